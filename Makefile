@@ -1,0 +1,66 @@
+# sealift: make targets wrap the CLI. Everything runs from a venv in .venv.
+#   make install                 venv + sealift + torch (CPU) + test deps
+#   make bento MODEL=DIR NAME=N  import then build (target cpu by default: TARGET=gpu adds vllm)
+#   make export NAME=N DEST=DIR  write a verified bundle to DEST
+#   make install-bundle BUNDLE=DIR  on the air-gapped host
+#   make start NAME=N            serve on 127.0.0.1:3000
+#   make demo                    the whole path on a tiny model, end to end
+#   make test                    the test suite CI runs
+#   make test-full               plus the long load test
+#   make bench                   the benchmarks (import, serve, export)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+SEALIFT := $(BIN)/sealift
+TARGET ?= cpu
+PORT   ?= 3000
+
+.PHONY: install bento export install-bundle start demo test test-full bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	# torch is pinned to the CPU build first so nothing pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+bento: install
+	@test -n "$(MODEL)" -a -n "$(NAME)" || { echo "usage: make bento MODEL=<dir or id> NAME=<name> [TARGET=cpu|gpu]"; exit 2; }
+	$(SEALIFT) import "$(MODEL)" --name "$(NAME)" $(IMPORT_FLAGS)
+	$(SEALIFT) build "$(NAME)" --target $(TARGET)
+
+export: install
+	@test -n "$(NAME)" -a -n "$(DEST)" || { echo "usage: make export NAME=<name> DEST=<dir>"; exit 2; }
+	$(SEALIFT) export "$(NAME)" "$(DEST)" $(EXPORT_FLAGS)
+
+install-bundle: install
+	@test -n "$(BUNDLE)" || { echo "usage: make install-bundle BUNDLE=<dir>"; exit 2; }
+	$(SEALIFT) install "$(BUNDLE)"
+
+start: install
+	@test -n "$(NAME)" || { echo "usage: make start NAME=<name>"; exit 2; }
+	$(SEALIFT) start "$(NAME)" --port $(PORT)
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(BIN)/pytest -q -m "not slow"
+
+test-full: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(PY) scripts/bench_import.py
+	$(PY) scripts/bench_serve.py
+	$(PY) scripts/bench_export.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-out

@@ -1,0 +1,286 @@
+"""The `sealift` command line: thin; every command calls one step module.
+
+Expected errors (pipeline.errors.SealiftError) become one line on stderr and
+exit code 2 (bad input) or 1 (failure); nothing else prints a traceback unless
+SEALIFT_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline import __version__
+from pipeline import console
+from pipeline.errors import SealiftError
+
+HELP = """\
+Carry a language model across an air gap, verified, and serve it offline.
+
+[bold]THE PATH[/bold]
+
+  On the online host:
+    sealift import SRC --name NAME    a downloaded model into the Bento model store,
+                                      checked for completeness, sha256 manifest recorded
+    sealift build NAME                a Bento: weights, tokenizer, code and service
+    sealift export NAME DEST          a bundle on removable media: bento tar, wheels,
+                                      SHA256SUMS, manifest.json, INSTALL.txt
+  On the air-gapped host:
+    sealift install BUNDLE            verify every byte, import, offline venv,
+                                      register for openllm
+    sealift start NAME                an OpenAI-compatible server on loopback
+                                      (or: openllm serve NAME, bentoml serve TAG)
+
+[bold]SOURCES[/bold]
+
+  SRC is a local model directory, a Hugging Face id found in the local HF cache
+  (HF_HOME, HF_HUB_CACHE), or a ModelScope id found in MODELSCOPE_CACHE.
+  Only `import --download` touches the network.
+
+[bold]EXIT STATUS[/bold]
+
+  0 success; 1 the work failed (e.g. verification found a mismatch);
+  2 bad input (missing shard, truncated file, corrupted bundle, unknown name).
+
+[bold]ENVIRONMENT[/bold]
+
+  BENTOML_HOME   the Bento store (default ~/bentoml)
+  SEALIFT_HOME   sealift's venvs, openllm repo and env file (default ~/.sealift)
+  SEALIFT_DEBUG  1 to show tracebacks
+"""
+
+app = typer.Typer(
+    name="sealift",
+    help=HELP,
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout (implies --quiet).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or chatter.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sealift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- import
+
+
+@app.command("import")
+def import_(
+    src: str = typer.Argument(..., help="Model directory, Hugging Face id (from the local cache) or ModelScope id."),
+    name: str = typer.Option(..., "--name", "-n", help="Name in the Bento model store."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) in the cache."),
+    hub: str = typer.Option("auto", "--hub", help="Where to resolve an id: auto, hf or modelscope."),
+    download: bool = typer.Option(False, "--download", help="Fetch the id with snapshot_download first (network)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Accept the model's own Python code."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle weights (*.bin, *.pt)."),
+    to_safetensors: bool = typer.Option(False, "--to-safetensors", help="Convert pickle weights to safetensors."),
+    link: bool = typer.Option(False, "--link", help="Hardlink/reflink files instead of copying (same filesystem)."),
+    json_output: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Import a downloaded model into the Bento model store, verified.
+
+    The model is inspected first (config, every shard, safetensors headers,
+    tokenizer, custom code); an incomplete one is refused with exit code 2 and
+    nothing is written. Files are copied and hashed in one pass; the sha256
+    manifest is stored with the model. Importing content already in the store
+    returns the existing tag.
+    """
+    console.set_mode(quiet=quiet, json_output=json_output)
+    from pipeline import sources, store
+
+    source = sources.resolve(src, revision=revision, hub=hub, download=download)
+    result = store.import_model(
+        source,
+        name,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        to_safetensors=to_safetensors,
+        link=link,
+    )
+    console.emit(result.to_dict(), result.print_human)
+
+
+@app.command("list")
+def list_(json_output: bool = JsonOpt) -> None:
+    """List the models sealift imported: name, version, size, parameters, source."""
+    console.set_mode(json_output=json_output)
+    from pipeline import store
+
+    models = store.list_models()
+    console.emit({"models": [m.to_dict() for m in models]}, lambda: store.print_table(models))
+
+
+@app.command("verify")
+def verify(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model in the store."),
+    json_output: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Re-hash a stored model against its manifest; exit 1 on any mismatch."""
+    console.set_mode(quiet=quiet, json_output=json_output)
+    from pipeline import store
+
+    report = store.verify_model(ref)
+    console.emit(report.to_dict(), report.print_human)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- build / start
+
+
+@app.command("build")
+def build(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model imported with `sealift import`."),
+    target: str = typer.Option("gpu", "--target", help="gpu (requirements include vllm) or cpu (transformers only)."),
+    backend: str = typer.Option("auto", "--backend", help="Default backend: auto, vllm or transformers."),
+    json_output: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Build a Bento that holds the model, its tokenizer and code, and the OpenAI service."""
+    console.set_mode(quiet=quiet, json_output=json_output)
+    from pipeline import build as build_step
+
+    result = build_step.build_bento(ref, target=target, backend=backend)
+    console.emit(result.to_dict(), result.print_human)
+
+
+def _start(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (or bento) in the local store."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(3000, "--port", "-p", help="Port to listen on."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto, vllm or transformers (default: the bento's)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SEALIFT_API_KEY", help="Require this bearer key."),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", help="Reject requests past this many with 429."),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="vLLM: GPUs per model."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context length to serve."),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", help="vLLM: GPU memory fraction."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="vLLM: the checkpoint's quantization."),
+) -> None:
+    """Serve a model from the local store with an OpenAI-compatible API, offline.
+
+    NAME is looked up in the model store first (as `openllm start` did), then
+    as a bento. Ctrl-C stops the server.
+    """
+    from pipeline import start as start_step
+
+    options = {
+        "backend": backend,
+        "api_key": api_key,
+        "max_concurrency": max_concurrency,
+        "tensor_parallel_size": tensor_parallel_size,
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "dtype": dtype,
+        "quantization": quantization,
+    }
+    code = start_step.start(ref, host=host, port=port, options={k: v for k, v in options.items() if v is not None})
+    raise typer.Exit(code)
+
+
+app.command("start")(_start)
+app.command("serve", help="Alias of `start`.")(_start)
+
+
+# --------------------------------------------------------------------------- export / install
+
+
+@app.command("export")
+def export(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (its newest bento) or a bento tag."),
+    dest: Path = typer.Argument(..., help="Directory on the removable medium."),
+    platform: str = typer.Option("manylinux_2_28_x86_64", "--platform", help="Target platform tag for wheels."),
+    python_version: str = typer.Option("3.11", "--python-version", help="Target Python version for wheels."),
+    wheels_from: Optional[Path] = typer.Option(None, "--wheels-from", help="Take wheels from this directory."),
+    no_wheels: bool = typer.Option(False, "--no-wheels", help="Leave the wheels out."),
+    json_output: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write a verified bundle: bento tar, wheels/, manifest.json, SHA256SUMS, INSTALL.txt."""
+    console.set_mode(quiet=quiet, json_output=json_output)
+    from pipeline import bundle
+
+    result = bundle.export_bundle(
+        ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels
+    )
+    console.emit(result.to_dict(), result.print_human)
+
+
+@app.command("install")
+def install(
+    bundle_dir: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle directory written by `sealift export`."),
+    venv: Optional[Path] = typer.Option(None, "--venv", help="Where to make the runtime venv (default under SEALIFT_HOME)."),
+    no_venv: bool = typer.Option(False, "--no-venv", help="Do not create the runtime venv."),
+    json_output: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Verify a bundle byte for byte, import it, make the offline venv, register for openllm."""
+    console.set_mode(quiet=quiet, json_output=json_output)
+    from pipeline import bundle
+
+    result = bundle.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv)
+    console.emit(result.to_dict(), result.print_human)
+
+
+@app.command("env")
+def env(name: Optional[str] = typer.Argument(None, help="An installed model (default: all).")) -> None:
+    """Print the environment for serving offline, for `eval "$(sealift env)"`."""
+    from pipeline import openllm
+
+    sys.stdout.write(openllm.env_text(name))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, prog_name="sealift", standalone_mode=False)
+    except SealiftError as exc:
+        console.err.print(f"[red]error:[/] {exc.one_line()}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.err.print("interrupted; nothing half-done was kept")
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        if os.environ.get("SEALIFT_DEBUG"):
+            raise
+        console.err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc} (SEALIFT_DEBUG=1 shows the traceback)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Terminal output: rich progress bars on stderr, quiet and JSON modes.
+
+Step modules never print. They take an optional `progress` callback
+(`Advance`: called with a number of bytes done, from any thread) and the CLI
+makes one with `byte_progress`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+Advance = Callable[[int], None]
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+class _Mode:
+    quiet = False
+    json = False
+
+
+mode = _Mode()
+
+
+def set_mode(*, quiet: bool = False, json_output: bool = False) -> None:
+    mode.quiet = quiet or json_output
+    mode.json = json_output
+
+
+def info(message: str) -> None:
+    """A human line on stderr (not in --quiet or --json)."""
+    if not mode.quiet:
+        err.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, shown even in --quiet (not in --json)."""
+    if not mode.json:
+        err.print(f"[yellow]warning:[/] {message}")
+
+
+def emit(result: dict[str, Any], human: Callable[[], None]) -> None:
+    """Print a command's result: JSON on stdout in --json, else the human form."""
+    if mode.json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    else:
+        human()
+
+
+@contextlib.contextmanager
+def byte_progress(total: int, label: str) -> Iterator[Advance]:
+    """A bytes/rate/ETA bar on stderr; a no-op in quiet/JSON mode or when stderr is no terminal."""
+    if mode.quiet or not err.is_terminal or total <= 0:
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -1,0 +1,130 @@
+"""Shared fixtures: tiny models built on the fly, isolated stores, the real CLI.
+
+bentoml fixes its store location (BENTOML_HOME) when it is first imported, so
+tests drive sealift through its real CLI in subprocesses, each with its own
+BENTOML_HOME and SEALIFT_HOME, never through in-process calls that touch a store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_tiny_model import make_model  # noqa: E402
+
+SEALIFT = [sys.executable, "-m", "pipeline.cli"]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@dataclass
+class Env:
+    """An isolated host: its own Bento store and sealift home."""
+
+    root: Path
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.root / "bentoml"
+
+    @property
+    def sealift_home(self) -> Path:
+        return self.root / "sealift"
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            BENTOML_HOME=str(self.bentoml_home),
+            SEALIFT_HOME=str(self.sealift_home),
+            HF_HOME=str(self.root / "hf"),
+            MODELSCOPE_CACHE=str(self.root / "modelscope"),
+            BENTOML_DO_NOT_TRACK="True",
+            HF_HUB_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def sealift(self, *args: str, timeout: float = 600, check: bool = False, **extra: str) -> Run:
+        """Run the real `sealift` CLI in a subprocess in this host's environment."""
+        p = subprocess.run(
+            [*SEALIFT, *map(str, args)],
+            env=self.environ(**extra),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        run = Run(p.returncode, p.stdout, p.stderr)
+        if check and run.code != 0:
+            raise AssertionError(f"sealift {' '.join(map(str, args))} exited {run.code}:\n{run.err}\n{run.out}")
+        return run
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Env:
+    """A fresh, empty host for one test."""
+    return Env(tmp_path / "host")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def _cached_model(models_dir: Path, key: str, **kwargs) -> Path:
+    out = models_dir / key
+    if not (out / "config.json").exists():
+        tmp = models_dir / f"{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_model(tmp, **kwargs)
+        tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(models_dir: Path) -> Path:
+    """A random Llama-style model, one safetensors file (do not modify: copy first)."""
+    return _cached_model(models_dir, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_sharded(models_dir: Path) -> Path:
+    """A random Qwen2-style model in several shards with an index (do not modify)."""
+    return _cached_model(models_dir, "qwen-sharded", arch="qwen2", shards=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_custom(models_dir: Path) -> Path:
+    """A trust_remote_code model: auto_map + configuration/modeling/helper .py (do not modify)."""
+    return _cached_model(models_dir, "custom", custom_code=True)
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path):
+    """copy(src) -> a private copy of a model directory that a test may break."""
+
+    def copy(src: Path) -> Path:
+        dst = tmp_path / f"copy-{src.name}"
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
