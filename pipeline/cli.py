@@ -23,34 +23,32 @@ Carry a language model across an air gap, verified, and serve it offline.
 
 [bold]THE PATH[/bold]
 
-  On the online host:
-    sealift import SRC --name NAME    a downloaded model into the Bento model store,
-                                      checked for completeness, sha256 manifest recorded
-    sealift build NAME                a Bento: weights, tokenizer, code and service
-    sealift export NAME DEST          a bundle on removable media: bento tar, wheels,
-                                      SHA256SUMS, manifest.json, INSTALL.txt
-  On the air-gapped host:
-    sealift install BUNDLE            verify every byte, import, offline venv,
-                                      register for openllm
-    sealift start NAME                an OpenAI-compatible server on loopback
-                                      (or: openllm serve NAME, bentoml serve TAG)
+  online host
+    sealift import SRC --name NAME  into the Bento store, sha256 manifest
+    sealift build NAME              Bento: weights, tokenizer, code, service
+    sealift export NAME DEST        bundle: bento tar, wheels, SHA256SUMS
+  air-gapped host
+    sealift install BUNDLE          verify every byte, import, offline venv
+    sealift start NAME              OpenAI API on 127.0.0.1:3000
+                                    (or openllm serve NAME, bentoml serve)
 
 [bold]SOURCES[/bold]
 
-  SRC is a local model directory, a Hugging Face id found in the local HF cache
-  (HF_HOME, HF_HUB_CACHE), or a ModelScope id found in MODELSCOPE_CACHE.
-  Only `import --download` touches the network.
+  SRC is a model directory, a Hugging Face id in the local HF cache
+  (HF_HOME, HF_HUB_CACHE) or a ModelScope id in MODELSCOPE_CACHE.
+  Only `import --download` uses the network.
 
 [bold]EXIT STATUS[/bold]
 
-  0 success; 1 the work failed (e.g. verification found a mismatch);
-  2 bad input (missing shard, truncated file, corrupted bundle, unknown name).
+  0 success; 1 the work failed (a verification mismatch);
+  2 bad input (missing shard, truncated file, corrupted bundle, unknown
+    name); nothing is written.
 
 [bold]ENVIRONMENT[/bold]
 
   BENTOML_HOME   the Bento store (default ~/bentoml)
-  SEALIFT_HOME   sealift's venvs, openllm repo and env file (default ~/.sealift)
-  SEALIFT_DEBUG  1 to show tracebacks
+  SEALIFT_HOME   venvs, openllm repo, env file (default ~/.sealift)
+  SEALIFT_DEBUG  1 shows tracebacks
 """
 
 app = typer.Typer(
@@ -243,6 +241,22 @@ def install(
     console.emit(result.to_dict(), result.print_human)
 
 
+@app.command("doctor")
+def doctor(
+    name: Optional[str] = typer.Argument(None, help="A model to check (default: every model in the store)."),
+    quick: bool = typer.Option(False, "--quick", help="Do not re-hash the weights against their manifest."),
+    json_output: bool = JsonOpt,
+) -> None:
+    """Check this host for serving offline: env, store, bento, venv, openllm, GPU, disk; exit 1 on any failure."""
+    console.set_mode(json_output=json_output)
+    from pipeline import doctor as doctor_step
+
+    report = doctor_step.run_doctor(name, verify=not quick)
+    console.emit(report.to_dict(), report.print_human)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("env")
 def env(name: Optional[str] = typer.Argument(None, help="An installed model (default: all).")) -> None:
     """Print the environment for serving offline, for `eval "$(sealift env)"`."""
@@ -255,8 +269,13 @@ def env(name: Optional[str] = typer.Argument(None, help="An installed model (def
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("SEALIFT_NET_GUARD") == "1":  # refuse and count any non-loopback connection
+        from pipeline import offline
+
+        offline.install_network_guard()
     try:
-        app(args=argv, prog_name="sealift", standalone_mode=False)
+        # standalone_mode=False: click returns typer.Exit(code)'s code instead of raising it.
+        code = app(args=argv, prog_name="sealift", standalone_mode=False)
     except SealiftError as exc:
         console.err.print(f"[red]error:[/] {exc.one_line()}", soft_wrap=True)
         return exc.exit_code
@@ -279,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc} (SEALIFT_DEBUG=1 shows the traceback)")
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -128,3 +128,75 @@ def model_copy(tmp_path: Path):
         return dst
 
     return copy
+
+
+@dataclass
+class BuiltBento:
+    """A host holding tiny_llama imported as `tiny` and a cpu bento built for it."""
+
+    host: Env
+    build: dict  # `sealift build --json`
+    guard_log: Path  # network attempts refused during the build (should stay empty)
+
+    @property
+    def bento_dir(self) -> Path:
+        return Path(self.build["path"])
+
+
+@pytest.fixture(scope="session")
+def cpu_bento(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> BuiltBento:
+    """One cpu bento shared by the build/start tests (do not modify). Built with no package
+    index (UV_OFFLINE, PIP_NO_INDEX) and under the network guard, which logs any attempt."""
+    from pipeline.offline import guard_dir
+
+    env = Env(tmp_path_factory.mktemp("bento-host"))
+    env.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
+    log = env.root / "build-net.log"
+    run = env.sealift(
+        "build", "tiny", "--target", "cpu", "--json", check=True,
+        UV_OFFLINE="1", PIP_NO_INDEX="1", SEALIFT_NET_GUARD="1",
+        SEALIFT_NET_GUARD_LOG=str(log), PYTHONPATH=str(guard_dir()),
+    )
+    return BuiltBento(env, run.json(), log)
+
+
+@pytest.fixture(scope="session")
+def wheel_cache(request: pytest.FixtureRequest) -> Path:
+    """Where `sealift export` keeps the wheels it downloads (SEALIFT_WHEEL_CACHE), kept across sessions."""
+    return Path(request.config.cache.mkdir("sealift-wheel-cache"))
+
+
+@dataclass
+class InstalledBundle:
+    """cpu_bento exported with its wheels, then installed on a second, empty host with no network."""
+
+    export: dict  # `sealift export --json`
+    host: Env  # the air-gapped host
+    install: dict  # `sealift install --json`
+
+    @property
+    def bundle(self) -> Path:
+        return Path(self.export["bundle"])
+
+    @property
+    def guard_log(self) -> Path:
+        """The network guard's log of the install (read with pipeline.offline.read_guard_log)."""
+        return self.host.root / "install-net.jsonl"
+
+
+@pytest.fixture(scope="session")
+def installed_bundle(cpu_bento: BuiltBento, wheel_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> InstalledBundle:
+    """Shared by test_install/test_openllm (do not modify). The install runs in a network namespace
+    with only loopback where one can be made, else under the network guard, and never with an index."""
+    from pipeline.offline import guarded_env, netns_prefix
+
+    usb = tmp_path_factory.mktemp("usb-with-wheels")
+    export = cpu_bento.host.sealift("export", "tiny", usb, "--json", check=True, timeout=1800,
+                                    SEALIFT_WHEEL_CACHE=str(wheel_cache)).json()
+    host = Env(tmp_path_factory.mktemp("airgap-host"))
+    env = guarded_env(host.environ(PIP_NO_INDEX="1", UV_NO_INDEX="1"), log_path=host.root / "install-net.jsonl",
+                      SEALIFT_NET_GUARD_TRACE="1")  # every attempt, and every guarded process, logged
+    p = subprocess.run([*(netns_prefix() or []), *SEALIFT, "install", export["bundle"], "--json"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, f"sealift install exited {p.returncode}:\n{p.stderr}\n{p.stdout}"
+    return InstalledBundle(export, host, json.loads(p.stdout))

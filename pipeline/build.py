@@ -1,0 +1,489 @@
+"""Build step: a Bento that holds one stored model, its tokenizer, sealift's code and the service.
+
+    build_bento("qwen7b", target="gpu")   -> BuildResult (bento tag "qwen7b:<version>")
+    find_bento("qwen7b")                  -> newest bento tag carrying that model
+
+The build context is a private temporary directory under $BENTOML_HOME/tmp (the
+same filesystem as the store, so bentoml's copy into the store is cheap) holding
+copies of service.py, bentofile.yaml (rewritten with this build's name, labels,
+envs and requirements) and pipeline/, plus `sealift_bento.json`, which tells
+service.py which model to declare (`bentoml.models.BentoModel(model_tag)`) and
+with what defaults. The weights are not copied: the bento references the model
+by tag, and `bentoml export` packs it with the bento.
+
+No step needs the network, and why:
+- `lock_packages: false`. Locking runs `uv pip compile` against an index; an
+  air-gap build host may have none, and the bundle step resolves and downloads
+  the wheels for the target platform itself, from the same requirements.
+- bentoml 1.4.39 still looks up `uv` at build time (and would `pip install uv`
+  if it were missing); sealift depends on uv, so it is found on PATH or as a
+  package and never installed. With lock_packages false uv is not run at all.
+  UV_OFFLINE=1 (from OFFLINE_ENV) is set anyway.
+- bentoml adds its own requirement line; BENTOML_NO_LOCAL_URL=1 makes that
+  `bentoml==<installed version>` rather than a `file://` URL of the build host,
+  and BENTOML_BUNDLE_LOCAL_BUILD=false stops it building an sdist of an
+  editable bentoml (which would run a build backend).
+- No git requirements (bentoml would clone them), no `models:` that name a hub
+  (HuggingFaceModel needs the network at build and serve), no docker build.
+- Loading service.py at build time imports the serving code; OFFLINE_ENV is set
+  first so transformers and huggingface_hub stay offline, and analytics are off
+  (BENTOML_DO_NOT_TRACK).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__, console, paths
+from pipeline.errors import Failure, UserError
+from pipeline.manifest import write_atomic
+from pipeline.offline import OFFLINE_ENV, apply_offline_env
+
+TARGETS = ("cpu", "gpu")
+BACKENDS = ("auto", "vllm", "transformers")
+
+#: Written next to service.py in the bento; service.py reads it.
+BENTO_CONFIG = "sealift_bento.json"
+
+#: Labels sealift puts on every bento it builds (openllm reads `aliases` and `platforms`).
+LABEL_MODEL = "sealift-model"
+LABEL_MANIFEST = "sealift-manifest"
+LABEL_TARGET = "sealift-target"
+LABEL_BACKEND = "sealift-backend"
+LABEL_VERSION = "sealift-version"
+
+#: vLLM for `--target gpu` when the build host has none installed: 0.32.0 is the
+#: newest that resolves from the registry here (0.33.0 wants a certifi it lacks).
+DEFAULT_VLLM_VERSION = "0.32.0"
+
+#: Distributions the CPU (transformers) backend needs at serve time whatever
+#: pipeline/serving imports: the model loader, its tokenizer and weight formats,
+#: the chat template engine and torch (CPU build).
+CPU_BASE = ("transformers", "tokenizers", "safetensors", "torch", "jinja2", "huggingface-hub")
+
+#: Files and folders the service needs, copied from sealift's source tree.
+SOURCES = ("service.py", "bentofile.yaml", "pipeline")
+
+#: Build directories under $BENTOML_HOME/tmp: sealift-build-<pid>-<random>/{context,store}.
+BUILD_PREFIX = "sealift-build-"
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class BuildResult:
+    """What `sealift build` made."""
+
+    bento_tag: str
+    model_tag: str
+    name: str
+    target: str
+    backend: str
+    size_bytes: int
+    model_size_bytes: int
+    path: str
+    requirements: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def print_human(self) -> None:
+        lines = [
+            f"built {self.bento_tag}  (model {self.model_tag}, target {self.target}, "
+            f"backend {self.backend}, {_human(self.size_bytes)} with the model)",
+            "serve it with any of:",
+            f"  sealift start {self.name}",
+            f"  openllm serve {self.name}    (on the host where `sealift install` put it)",
+            f"  bentoml serve {self.bento_tag}",
+        ]
+        for line in lines:
+            console.out.print(line, markup=False, soft_wrap=True)
+
+
+def _human(n: int) -> str:
+    size, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            break
+        size /= 1024
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> BuildResult:
+    """Build a bento for the stored model `ref` (NAME or NAME:VERSION) and save it in the store.
+
+    `target` chooses the python requirements: "cpu" pins the build host's
+    transformers/torch stack, "gpu" adds vllm and leaves torch/transformers to
+    vllm's pins. `backend` is the default the service starts with.
+    """
+    _check_options(target, backend)
+    # Before bentoml is imported: analytics off, hub offline, no local URLs.
+    apply_offline_env()
+    os.environ["BENTOML_NO_LOCAL_URL"] = "1"
+    os.environ["BENTOML_BUNDLE_LOCAL_BUILD"] = "false"
+
+    from pipeline import store
+
+    model = store.describe(ref)
+    root = paths.repo_root()
+    _check_sources(root)
+    requirements = requirements_for(target, root)
+    config = {
+        "model_tag": str(model.tag),
+        "served_model_name": model.name,
+        "backend": backend,
+        "target": target,
+        "trust_remote_code": bool(model.trust_remote_code),
+        "manifest_digest": model.manifest_digest,
+        "sealift_version": __version__,
+    }
+    labels = {
+        LABEL_MODEL: str(model.tag),
+        LABEL_MANIFEST: str(model.manifest_digest),
+        LABEL_TARGET: target,
+        LABEL_BACKEND: backend,
+        LABEL_VERSION: __version__,
+        # openllm 0.6.30 reads these two from bento.yaml labels: `aliases` (comma
+        # separated; each becomes bentos/<name>/<alias>, so `openllm serve NAME:gpu`
+        # works) and `platforms` (comma separated; default linux).
+        "aliases": target,
+        "platforms": "linux",
+    }
+    console.info(f"building a bento for {model.tag} (target {target}, backend {backend})")
+    tmp_parent = paths.bentoml_home() / "tmp"
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    _sweep_dead_builds(tmp_parent)
+    with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=tmp_parent) as tmp:
+        ctx = Path(tmp) / "context"
+        ctx.mkdir()
+        _make_context(root, ctx, config)
+        bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=requirements)
+        bento = _run_build(bentofile, ctx, Path(tmp) / "store")
+    model_size = _model_size(model)
+    return BuildResult(
+        bento_tag=str(bento.tag),
+        model_tag=str(model.tag),
+        name=model.name,
+        target=target,
+        backend=backend,
+        size_bytes=bento.file_size + model_size,
+        model_size_bytes=model_size,
+        path=str(bento.path),
+        requirements=_read_requirements(Path(bento.path)),
+    )
+
+
+def _check_options(target: str, backend: str) -> None:
+    if target not in TARGETS:
+        raise UserError(f"unknown --target {target!r}", hint="use cpu or gpu")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend {backend!r}", hint="use auto, vllm or transformers")
+    if target == "cpu" and backend == "vllm":
+        raise UserError("--backend vllm needs --target gpu (a cpu bento has no vllm)", hint="use --target gpu")
+
+
+def _check_sources(root: Path) -> None:
+    missing = [name for name in SOURCES if not (root / name).exists()]
+    if missing:
+        raise UserError(
+            f"sealift's service sources are missing from {root}: {', '.join(missing)}",
+            hint="run sealift from its source tree (pip install -e .)",
+        )
+
+
+def _make_context(root: Path, ctx: Path, config: dict[str, Any]) -> None:
+    """Copy service.py, bentofile.yaml and pipeline/ (no caches) into ctx; write sealift_bento.json."""
+    shutil.copy2(root / "service.py", ctx / "service.py")
+    shutil.copy2(root / "bentofile.yaml", ctx / "bentofile.yaml")
+    shutil.copytree(
+        root / "pipeline",
+        ctx / "pipeline",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*"),
+    )
+    (ctx / BENTO_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_bentofile(ctx: Path, *, name: str, labels: dict[str, str], requirements: list[str]) -> Path:
+    """Rewrite the bentofile in ctx: this build's name, labels, envs, requirements; no locking.
+
+    Keys of the source bentofile.yaml (service, description, docker, ...) are
+    kept; its labels and envs are merged under ours; its python packages are
+    folded into `requirements` by `requirements_for`.
+    """
+    import yaml
+
+    path = ctx / "bentofile.yaml"
+    spec = yaml.safe_load(path.read_text()) or {}
+    spec["name"] = name
+    spec["labels"] = {**(spec.get("labels") or {}), **labels}
+    include = list(spec.get("include") or [])
+    for item in ("service.py", BENTO_CONFIG, "pipeline/"):
+        if item not in include:
+            include.append(item)
+    spec["include"] = include
+    exclude = list(spec.get("exclude") or [])
+    for item in ("__pycache__/", "*.pyc"):
+        if item not in exclude:
+            exclude.append(item)
+    spec["exclude"] = exclude
+    envs = {e["name"]: e for e in (spec.get("envs") or [])}
+    envs.update({k: {"name": k, "value": v} for k, v in OFFLINE_ENV.items()})
+    spec["envs"] = list(envs.values())
+    python = dict(spec.get("python") or {})
+    python.pop("requirements_txt", None)
+    python["packages"] = requirements
+    python["lock_packages"] = False
+    spec["python"] = python
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _run_build(bentofile: Path, ctx: Path, staging: Path):
+    """bentoml's Python build API (same process: the store is this process's BENTOML_HOME), published atomically.
+
+    bentoml 1.4.39 saves a bento by making bentos/NAME/VERSION/ and copying into
+    it, so a build killed mid-copy leaves a half bento that `bentoml list` shows
+    and `sealift export` would pick. It saves into a private store in `staging`
+    instead (same filesystem) and the finished directory is renamed into place.
+    """
+    import bentoml
+    from bentoml._internal.bento.bento import BentoStore
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        staged = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(ctx), _bento_store=BentoStore(staging))
+        return _publish_bento(staged)
+    except BentoMLException as exc:
+        raise Failure(f"bentoml build failed: {_first_line(exc)}") from exc
+    except ImportError as exc:
+        raise Failure(f"bentoml could not load service.py: {_first_line(exc)}",
+                      hint="install the serving dependencies in this environment") from exc
+
+
+def _publish_bento(staged: Any) -> Any:
+    """fsync the staged bento, rename it to bentos/NAME/VERSION (atomic), point `latest` at it; the stored Bento."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    src = Path(staged.path)
+    for dirpath, _, files in os.walk(src):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    final = Path(BentoMLContainer.bento_store_dir.get()) / staged.tag.name / staged.tag.version
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, final)  # bentos/NAME/VERSION appears complete or not at all
+    write_atomic(final.parent / "latest", staged.tag.version.encode())
+    return BentoMLContainer.bento_store.get().get(staged.tag)
+
+
+def _sweep_dead_builds(tmp_parent: Path) -> None:
+    """Remove build directories of builds that died (SIGKILL, power loss): named sealift-build-<pid>-<random>."""
+    for d in tmp_parent.glob(f"{BUILD_PREFIX}*"):
+        pid = d.name[len(BUILD_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _model_size(model: Any) -> int:
+    size = getattr(model, "size_bytes", None) or getattr(model, "size", None)
+    if isinstance(size, int):
+        return size
+    return sum(p.stat().st_size for p in Path(model.path).rglob("*") if p.is_file())
+
+
+def _read_requirements(bento_path: Path) -> list[str]:
+    reqs = bento_path / "env" / "python" / "requirements.txt"
+    if not reqs.exists():
+        return []
+    return [line.strip() for line in reqs.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+# --------------------------------------------------------------------------- requirements
+
+
+def requirements_for(target: str, root: Path | None = None) -> list[str]:
+    """The bento's python requirements (bentoml adds its own `bentoml==X` line).
+
+    The distributions are CPU_BASE plus every third-party module that
+    service.py and the pipeline modules it imports (transitively, including
+    imports inside functions) import, plus the source bentofile's own packages.
+    cpu: each pinned to the version installed here (the stack this host ran).
+    gpu: vllm pinned, the rest by name only, so vllm's pins decide torch and
+    transformers (the build host's CPU torch must not leak into a GPU bento).
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = root or paths.repo_root()
+    names = {canonicalize_name(n) for n in CPU_BASE}
+    names |= {canonicalize_name(d) for d in _imported_distributions(root)}
+    specifiers: dict[str, str] = {}  # the source bentofile's bounds, kept for gpu ("pydantic>=2")
+    for line in _bentofile_packages(root):
+        req = Requirement(line)
+        names.add(canonicalize_name(req.name))
+        specifiers[canonicalize_name(req.name)] = str(req.specifier)
+    names -= {"bentoml", "vllm", "sealift"}
+    if target == "cpu":
+        return sorted(f"{n}=={_installed_public_version(n)}" for n in names)
+    return [f"vllm=={_vllm_version()}", *sorted(n + specifiers.get(n, "") for n in names)]
+
+
+def _installed_public_version(dist: str) -> str:
+    """The installed version without a local part: torch 2.13.0+cpu -> 2.13.0."""
+    from packaging.version import Version
+
+    try:
+        return Version(importlib.metadata.version(dist)).public
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"{dist} is not installed here, so a cpu bento cannot pin it",
+                        hint=f"pip install {dist} (the version to ship)") from None
+
+
+def _vllm_version() -> str:
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return DEFAULT_VLLM_VERSION
+
+
+def _bentofile_packages(root: Path) -> list[str]:
+    import yaml
+
+    spec = yaml.safe_load((root / "bentofile.yaml").read_text()) or {}
+    return [p for p in ((spec.get("python") or {}).get("packages") or []) if p and not p.startswith("-")]
+
+
+def _imported_distributions(root: Path) -> set[str]:
+    """Installed distributions that service.py and its pipeline modules import, at any depth."""
+    dists = importlib.metadata.packages_distributions()
+    found: set[str] = set()
+    for module in _third_party_modules(root):
+        found.update(dists.get(module, []))
+    return found
+
+
+def _third_party_modules(root: Path) -> set[str]:
+    """Top-level names of non-stdlib, non-pipeline modules imported from service.py, followed through pipeline."""
+    seen: set[Path] = set()
+    external: set[str] = set()
+    queue = [root / "service.py"]
+    while queue:
+        path = queue.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        package = _package_of(path, root)
+        for module in _imports(path, package):
+            top = module.split(".")[0]
+            if top == "pipeline":
+                queue.extend(_module_files(module, root))
+            elif top and top not in sys.stdlib_module_names and top != "__future__":
+                external.add(top)
+    return external
+
+
+def _package_of(path: Path, root: Path) -> str:
+    """The package a file's relative imports start from: its directory, dotted ("" at the root)."""
+    return ".".join(path.relative_to(root).parent.parts)
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """Absolute module names imported anywhere in a file (`from X import y` yields X and X.y)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".") if package else []
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)] if node.level > 1 else base_parts
+                base = ".".join([*base_parts, node.module] if node.module else base_parts)
+            else:
+                base = node.module or ""
+            if not base:
+                continue
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return names
+
+
+def _module_files(module: str, root: Path) -> list[Path]:
+    """The files Python runs to import `module` from root: each package's __init__ and the module."""
+    parts = module.split(".")
+    files = []
+    for i in range(1, len(parts) + 1):
+        base = root.joinpath(*parts[:i])
+        files += [base / "__init__.py", base.with_suffix(".py")]
+    return [f for f in files if f.is_file()]
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def find_bento(ref: str, *, target: str | None = None, prefer_target: str | None = None) -> str:
+    """The tag of the bento to serve or export for `ref`.
+
+    `ref` is looked up as a model first (NAME or NAME:VERSION, the meaning
+    `openllm start` had): the newest bento whose `sealift-model` label is that
+    model's tag; only of `target` if given; of `prefer_target` if there is one
+    (`sealift start` prefers the bento made for the host it runs on).
+    Otherwise `ref` may name a bento directly (NAME:VERSION, or NAME for its latest).
+    """
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    from pipeline import store
+
+    try:
+        model = store.describe(ref)
+    except UserError:
+        model = None
+    if model is not None:
+        matches = [
+            b for b in bentoml.bentos.list()
+            if b.info.labels.get(LABEL_MODEL) == str(model.tag)
+            and (target is None or b.info.labels.get(LABEL_TARGET) == target)
+        ]
+        preferred = [b for b in matches if b.info.labels.get(LABEL_TARGET) == prefer_target]
+        if matches:
+            return str(max(preferred or matches, key=lambda b: b.creation_time).tag)
+        kind = f"{target} " if target else ""
+        raise UserError(
+            f"model {model.tag} has no {kind}bento in {paths.bentoml_home()}",
+            hint=f"run: sealift build {model.name}" + (f" --target {target}" if target else ""),
+        )
+    try:
+        return str(bentoml.bentos.get(ref).tag)
+    except (BentoMLException, ValueError):
+        raise UserError(
+            f"no model or bento named {ref!r} in {paths.bentoml_home()}",
+            hint="see `sealift list`; import it with `sealift import SRC --name NAME`, then `sealift build NAME`",
+        ) from None

@@ -1,0 +1,64 @@
+"""Serve a model directory with the transformers backend, without BentoML.
+
+    python -m pipeline.serving MODEL_DIR [--name NAME] [--host 127.0.0.1] [--port 3000]
+                               [--api-key KEY] [--max-concurrency N] [--trust-remote-code]
+                               [--max-model-len N] [--dtype auto]
+
+For tests, benchmarks and debugging: the same app BentoML mounts, under plain
+uvicorn. The port opens at once; /readyz answers 200 once the model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.offline import apply_offline_env
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_env()
+    ap = argparse.ArgumentParser(prog="python -m pipeline.serving", description=__doc__.splitlines()[0])
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("--name", help="served model name (default: the directory name)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=3000)
+    ap.add_argument("--api-key")
+    ap.add_argument("--max-concurrency", type=int)
+    ap.add_argument("--trust-remote-code", action="store_true")
+    ap.add_argument("--max-model-len", type=int)
+    ap.add_argument("--dtype")
+    a = ap.parse_args(argv)
+
+    import uvicorn
+
+    from pipeline.serving.app import create_app
+    from pipeline.serving.config import ServeConfig
+    from pipeline.serving.transformers_backend import TransformersBackend
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = a.name or a.model_dir.resolve().name
+    config = ServeConfig(
+        model_tag=name,
+        served_model_name=name,
+        backend="transformers",
+        trust_remote_code=a.trust_remote_code,
+        api_key=a.api_key,
+        max_concurrency=a.max_concurrency,
+        max_model_len=a.max_model_len,
+        dtype=a.dtype,
+    )
+    backend = TransformersBackend(
+        a.model_dir, trust_remote_code=a.trust_remote_code, dtype=a.dtype, max_model_len=a.max_model_len
+    )
+    backend.start()
+    try:
+        uvicorn.run(create_app(config, backend), host=a.host, port=a.port, log_level="warning")
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

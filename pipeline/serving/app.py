@@ -1,0 +1,386 @@
+"""The OpenAI-compatible ASGI app over an in-process Backend.
+
+Routes: GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions,
+POST /v1/completions (each streamed as server-sent events or not), and
+/readyz, /health (200 once the model is loaded, like vLLM's /health) and /livez
+when run without BentoML. Under BentoML the app is
+mounted at "/" and BentoML's own /readyz asks the service's __is_ready__.
+
+Order of checks for a generation request: API key (401), concurrency (429),
+model loaded (503), body (400), model name (404), prompt length (400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pipeline.serving import protocol as p
+from pipeline.serving.backend import Backend, BackendError, Chunk, GenerationRequest, PromptError, SamplingParams
+from pipeline.serving.config import ServeConfig
+from pipeline.serving.errors import (
+    APIError,
+    bad_request,
+    model_not_found,
+    not_ready,
+    server_error,
+    too_many_requests,
+    unauthorized,
+)
+
+log = logging.getLogger("sealift.serving")
+
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
+UNKNOWN_V1 = "/v1/{rest:path}"
+
+#: A request body may hold this many bytes per token of context (JSON escapes and
+#: ignored fields included), and 1 MiB whatever the context; past that it is a 413,
+#: answered before the prompt is tokenized (a 10 MB prompt would hold the event loop
+#: for seconds only to be refused for its length).
+BODY_BYTES_PER_TOKEN = 64
+MIN_BODY_LIMIT = 1 << 20
+#: Past the limit the rest of the body is read and dropped (so the client gets the
+#: 413 rather than a reset connection), up to this many bytes.
+MAX_BODY_DRAIN = 64 << 20
+
+
+def _is_json(content_type: str) -> bool:
+    """application/json or application/<anything>+json, parameters (charset) ignored."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most `limit` generation requests in flight (a stream counts until it ends); 429 past it."""
+
+    def __init__(self, app: ASGIApp, limit: int, paths: Iterable[str] = GENERATION_PATHS) -> None:
+        self.app = app
+        self.limit = limit
+        self.paths = frozenset(paths)
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await too_many_requests(self.limit).response()(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+class OpenAIServer:
+    """Request handlers bound to one backend and one ServeConfig."""
+
+    def __init__(self, config: ServeConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.created = p.now()
+
+    # ------------------------------------------------------------------ checks
+
+    def check_auth(self, request: Request) -> None:
+        key = self.config.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header:
+            raise unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            raise unauthorized("Incorrect API key provided.")
+
+    def check_ready(self) -> None:
+        if not self.backend.ready:
+            raise not_ready(self.backend.load_error or "The model is still loading; retry when /readyz answers 200.")
+
+    def check_model(self, model: str) -> None:
+        if not self.config.accepts_model(model):
+            raise model_not_found(model)
+
+    def body_limit(self) -> int:
+        return max(MIN_BODY_LIMIT, self.backend.context_length * BODY_BYTES_PER_TOKEN)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The JSON body: 415 if it says it is not JSON (no Content-Type is taken as JSON), 413 past body_limit()."""
+        ctype = request.headers.get("content-type")
+        if ctype is not None and not _is_json(ctype):
+            raise APIError(
+                415, f"Content-Type must be application/json, got {ctype!r}.", code="unsupported_media_type"
+            )
+        limit = self.body_limit()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > MAX_BODY_DRAIN:
+                break
+        if size > limit:
+            raise APIError(
+                413,
+                f"The request body is {size:,}{'+' if size > MAX_BODY_DRAIN else ''} bytes; this server takes at most "
+                f"{limit:,} for a model with a context of {self.backend.context_length} tokens.",
+                code="request_too_large",
+            )
+        return b"".join(chunks)
+
+    def check_token_ids(self, ids: list[int]) -> None:
+        """400 for a token-id prompt holding an id the model has no embedding for."""
+        vocab = getattr(self.backend, "vocab_size", None)
+        if not vocab:
+            return
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise bad_request(f"prompt: token id {bad} is out of the vocabulary (0 to {vocab - 1})", param="prompt")
+
+    def sampling(self, req: p.ChatCompletionRequest | p.CompletionRequest, prompt_tokens: int) -> SamplingParams:
+        """SamplingParams for a request, refusing one that does not fit the context (400)."""
+        context = self.backend.context_length
+        wanted = req.requested_max_tokens()
+        if prompt_tokens >= context or (wanted is not None and prompt_tokens + wanted > context):
+            asked = f"{prompt_tokens + (wanted or 0)} tokens ({prompt_tokens} in the prompt, {wanted or 0} to complete)"
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, you requested {asked}. "
+                "Please reduce the length of the messages or the completion.",
+                param="messages" if isinstance(req, p.ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        defaults = self.backend.sampling_defaults
+        temperature = req.temperature if req.temperature is not None else defaults.temperature
+        max_tokens = wanted if wanted is not None else context - prompt_tokens
+        return SamplingParams(
+            max_tokens=max_tokens,
+            min_tokens=max_tokens if req.ignore_eos else min(req.min_tokens or 0, max_tokens),
+            temperature=temperature,
+            top_p=req.top_p if req.top_p is not None else defaults.top_p,
+            top_k=defaults.top_k,
+            seed=req.seed,
+            stop=req.stop_sequences(),
+        )
+
+    # ------------------------------------------------------------------ routes
+
+    async def models(self, request: Request) -> Response:
+        self.check_auth(request)
+        return JSONResponse({"object": "list", "data": [self._card()]})
+
+    async def model(self, request: Request) -> Response:
+        self.check_auth(request)
+        self.check_model(request.path_params["model"])
+        return JSONResponse(self._card())
+
+    def _card(self) -> dict[str, Any]:
+        return p.model_card(self.config.served_model_name, self.created, self.backend.context_length or None)
+
+    async def chat_completions(self, request: Request) -> Response:
+        self.check_auth(request)
+        self.check_ready()
+        req = p.parse_request(p.ChatCompletionRequest, await self.read_body(request))
+        self.check_model(req.model)
+        req.check_supported()
+        try:
+            prompt_ids = self.backend.encode_chat(req.template_messages())
+        except PromptError as exc:
+            raise bad_request(str(exc), param="messages") from None
+        params = self.sampling(req, len(prompt_ids))
+        gen = GenerationRequest(prompt_ids, params)
+        rid, created, name = p.new_id("chatcmpl"), p.now(), self.config.served_model_name
+        if req.stream:
+            return _event_stream(self._chat_events(gen, rid, created, name, req.include_usage()))
+        text, finish, completion_tokens = await self._collect(gen, request)
+        use = p.usage(len(prompt_ids), completion_tokens)
+        return JSONResponse(p.chat_response(rid, created, name, text, finish, use))
+
+    async def completions(self, request: Request) -> Response:
+        self.check_auth(request)
+        self.check_ready()
+        req = p.parse_request(p.CompletionRequest, await self.read_body(request))
+        self.check_model(req.model)
+        req.check_supported()
+        prompt = req.single_prompt()
+        prompt_ids = self.backend.encode_prompt(prompt) if isinstance(prompt, str) else prompt
+        if not prompt_ids:
+            raise bad_request("prompt must not be empty", param="prompt")
+        if not isinstance(prompt, str):
+            self.check_token_ids(prompt_ids)
+        params = self.sampling(req, len(prompt_ids))
+        gen = GenerationRequest(prompt_ids, params)
+        rid, created, name = p.new_id("cmpl"), p.now(), self.config.served_model_name
+        if req.stream:
+            return _event_stream(self._completion_events(gen, rid, created, name, req.include_usage()))
+        text, finish, completion_tokens = await self._collect(gen, request)
+        use = p.usage(len(prompt_ids), completion_tokens)
+        return JSONResponse(p.completion_response(rid, created, name, text, finish, use))
+
+    async def readyz(self, request: Request) -> Response:
+        if self.backend.ready:
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse((self.backend.load_error or "loading") + "\n", status_code=503)
+
+    async def live(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def unknown_route(self, request: Request) -> Response:
+        """Any other /v1 path: an OpenAI-style 404, or 405 where another method is served.
+
+        Under BentoML the app is mounted passively (only paths one of its routes
+        matches reach it); without this route BentoML answers a plain-text 404.
+        """
+        allowed = sorted({m for r in request.app.routes if isinstance(r, Route) and r.path != UNKNOWN_V1
+                          and r.matches(request.scope)[0] is Match.PARTIAL for m in (r.methods or ())})
+        if allowed:
+            raise APIError(405, "Method Not Allowed", code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
+        raise APIError(404, f"Unknown path {request.url.path}; this server serves /v1/models, /v1/chat/completions "
+                            "and /v1/completions.", code="not_found")
+
+    # ------------------------------------------------------------------ generation
+
+    async def _collect(self, gen: GenerationRequest, request: Request) -> tuple[str, str, int]:
+        """The whole completion; a client that hangs up first cancels it (its place in the queue too)."""
+
+        async def collect() -> tuple[str, str, int]:
+            pieces: list[str] = []
+            last = Chunk("")
+            async with contextlib.aclosing(self.backend.generate(gen)) as chunks:
+                async for last in chunks:
+                    pieces.append(last.text)
+            return "".join(pieces), last.finish_reason or "length", last.completion_tokens
+
+        work = asyncio.ensure_future(collect())
+        hangup = asyncio.ensure_future(_wait_for_disconnect(request))
+        try:
+            await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hangup.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if work.cancelled():
+            log.info("client went away; its generation was cancelled")
+            raise APIError(499, "client closed the request", type="client_closed_request")
+        try:
+            return work.result()
+        except BackendError as exc:
+            raise server_error(str(exc)) from None
+
+    async def _chat_events(
+        self, gen: GenerationRequest, rid: str, created: int, name: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, use: dict[str, int] | None = None) -> bytes:
+            return p.sse(p.chat_chunk(rid, created, name, delta, finish, include_usage=include_usage, use=use))
+
+        yield chunk({"role": "assistant", "content": ""})
+        async for piece in self._generate_events(gen):
+            if isinstance(piece, bytes):  # an error event
+                yield piece
+                return
+            if piece.text:
+                yield chunk({"content": piece.text})
+            if piece.finish_reason is not None:
+                yield chunk({}, piece.finish_reason)
+                if include_usage:
+                    yield chunk(None, use=p.usage(len(gen.prompt_ids), piece.completion_tokens))
+        yield p.SSE_DONE
+
+    async def _completion_events(
+        self, gen: GenerationRequest, rid: str, created: int, name: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        def chunk(text: str | None, finish: str | None = None, use: dict[str, int] | None = None) -> bytes:
+            return p.sse(p.completion_chunk(rid, created, name, text, finish, include_usage=include_usage, use=use))
+
+        async for piece in self._generate_events(gen):
+            if isinstance(piece, bytes):
+                yield piece
+                return
+            if piece.text or piece.finish_reason is not None:
+                yield chunk(piece.text, piece.finish_reason)
+            if piece.finish_reason is not None and include_usage:
+                yield chunk(None, use=p.usage(len(gen.prompt_ids), piece.completion_tokens))
+        yield p.SSE_DONE
+
+    async def _generate_events(self, gen: GenerationRequest) -> AsyncIterator[Chunk | bytes]:
+        """Chunks from the backend; a failure mid-stream becomes one OpenAI error event (the status is sent)."""
+        try:
+            async with contextlib.aclosing(self.backend.generate(gen)) as chunks:
+                async for piece in chunks:
+                    yield piece
+        except BackendError as exc:
+            yield p.sse(server_error(str(exc)).body())
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body has been read, so receive() waits for that)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return APIError(exc.status_code, str(exc.detail), code=code, headers=dict(exc.headers or {})).response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s", request.url.path, exc_info=exc)
+    return server_error(f"internal error: {type(exc).__name__}").response()
+
+
+def create_app(config: ServeConfig, backend: Backend, *, system_routes: bool = True) -> Starlette:
+    """The ASGI app serving `backend` under `config` (API key, concurrency limit, model names)."""
+    server = OpenAIServer(config, backend)
+    routes = [
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", server.model, methods=["GET"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+    ]
+    if system_routes:
+        routes += [
+            Route("/readyz", server.readyz, methods=["GET"]),
+            Route("/health", server.readyz, methods=["GET"]),  # as vLLM's /health: 200 once it can serve
+            Route("/livez", server.live, methods=["GET"]),
+        ]
+    routes.append(Route(UNKNOWN_V1, server.unknown_route, methods=None))  # last: only what nothing else matched
+    from starlette.middleware import Middleware
+
+    middleware = [Middleware(ConcurrencyLimit, limit=config.max_concurrency)] if config.max_concurrency else []
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+    app.state.server = server
+    return app

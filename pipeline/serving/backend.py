@@ -1,0 +1,163 @@
+"""The Backend protocol the app serves through, and the backend-neutral pieces.
+
+A Backend loads a model, turns chat messages or a prompt into token ids, and
+generates: an async iterator of Chunks (new text, and on the last one the
+finish reason and token count). `OutputText` is the incremental detokeniser
+with stop strings: it turns token ids into text that is safe to send (never a
+half UTF-8 character, never the start of a stop string), and says when a stop
+string was hit so generation can end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to generate: greedy when temperature == 0; seed makes sampling repeatable."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # no end-of-sequence before this many tokens (vLLM's min_tokens / ignore_eos)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New text; the last chunk of a generation has finish_reason ("stop" or "length") set."""
+
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that names no temperature/top_p gets: the model's generation_config.json."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+class BackendError(Exception):
+    """Generation failed for a reason that is not the client's (out of memory, a crashed worker)."""
+
+
+class PromptError(ValueError):
+    """The prompt cannot be built (no chat template, the template refused the messages): a 400."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the app needs from an in-process engine."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def load_error(self) -> str | None: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults: ...
+
+    def start(self) -> None:
+        """Begin loading the model in the background; `ready` turns True when it can serve."""
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Apply the model's chat template (add_generation_prompt) and tokenize. PromptError if impossible."""
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Tokenize a completion prompt as the model expects (its BOS token if it uses one)."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream the completion. Closing the iterator early cancels the generation."""
+
+    def close(self) -> None:
+        """Stop the worker; pending requests end with a BackendError."""
+
+
+@dataclass
+class OutputText:
+    """Incremental detokenising with stop strings.
+
+    `add(ids)` returns the text that became final; `finish()` the rest. Decoding
+    uses a sliding window of already-seen tokens as context (as vLLM and TGI do),
+    so tokenizers that drop a leading space or merge bytes across tokens still
+    yield exactly the text of decoding everything at once.
+    """
+
+    decode: Callable[[Sequence[int]], str]
+    stop: tuple[str, ...] = ()
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    stopped: bool = False
+    _prefix: int = 0
+    _read: int = 0
+    _sent: int = 0
+    _checked: int = 0
+
+    @property
+    def _hold(self) -> int:
+        return max((len(s) for s in self.stop), default=1) - 1
+
+    def add(self, new_ids: Sequence[int]) -> str:
+        """Feed generated token ids; returns the newly final text (may be empty)."""
+        if self.stopped:
+            return ""
+        self.ids.extend(new_ids)
+        prefix_text = self.decode(self.ids[self._prefix : self._read])
+        new_text = self.decode(self.ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self.text += new_text[len(prefix_text) :]
+            self._prefix, self._read = self._read, len(self.ids)
+        self._check_stop()
+        return self._release(final=self.stopped)
+
+    def finish(self) -> str:
+        """Generation ended: flush whatever was held back (an incomplete character included)."""
+        if not self.stopped and self._read < len(self.ids):
+            prefix_text = self.decode(self.ids[self._prefix : self._read])
+            new_text = self.decode(self.ids[self._prefix :])
+            if len(new_text) > len(prefix_text):
+                self.text += new_text[len(prefix_text) :]
+            self._read = len(self.ids)
+            self._check_stop()
+        return self._release(final=True)
+
+    def _check_stop(self) -> None:
+        if not self.stop or self.stopped:
+            return
+        start = max(0, self._checked - self._hold)
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
+        self._checked = len(self.text)
+
+    def _release(self, *, final: bool) -> str:
+        limit = len(self.text) if final else max(self._sent, len(self.text) - self._hold)
+        out = self.text[self._sent : limit]
+        self._sent = limit
+        return out

@@ -1,0 +1,299 @@
+"""The OpenAI request schema (pydantic) and the response/chunk builders.
+
+Requests are validated strictly (a string where a number belongs is a 400, as
+OpenAI does) but unknown fields are accepted and ignored, so clients that send
+newer or vendor-specific fields keep working. Responses are plain dicts: they
+are built once per token when streaming, and dicts are the cheapest to dump.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.serving.errors import APIError, bad_request
+
+# Bigger than any real context; a max_tokens past the context is refused later with the exact numbers.
+MAX_TOKENS_LIMIT = 1 << 24
+MAX_STOP_SEQUENCES = 16
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_Request):
+    include_usage: bool | None = None
+
+
+class ContentPart(_Request):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self, index: int) -> str:
+        """The message's text; non-text parts (images, audio) are refused: the backends are text-only."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        pieces = []
+        for j, part in enumerate(self.content):
+            if part.type != "text" or part.text is None:
+                raise bad_request(
+                    f"messages[{index}].content[{j}]: only text parts are supported, got type {part.type!r}",
+                    param=f"messages.{index}.content",
+                )
+            pieces.append(part.text)
+        return "".join(pieces)
+
+
+class _Sampling(_Request):
+    """Fields shared by chat and completion requests."""
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(1 << 63), le=(1 << 64) - 1)  # what torch.manual_seed takes
+    n: int | None = Field(default=1, ge=1, le=128)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extensions, for benchmarks and tests that need a fixed output length
+    ignore_eos: bool | None = False
+    min_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    user: str | None = None
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise bad_request(f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}", param="stop")
+        return tuple(dict.fromkeys(s for s in stops if s))
+
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def check_supported(self) -> None:
+        if (self.n or 1) != 1:
+            raise bad_request("n: only n=1 is supported", param="n")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs:
+            raise bad_request("logprobs are not supported by this server", param="logprobs")
+
+    def template_messages(self) -> list[dict[str, str]]:
+        """Messages as chat templates expect them: role and text content."""
+        out = []
+        for i, m in enumerate(self.messages):
+            role = "system" if m.role == "developer" else m.role
+            out.append({"role": role, "content": m.text(i)})
+        return out
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)
+    echo: bool | None = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise bad_request("echo is not supported by this server", param="echo")
+        if self.logprobs is not None:
+            raise bad_request("logprobs are not supported by this server", param="logprobs")
+        if self.best_of not in (None, 1):
+            raise bad_request("best_of: only 1 is supported", param="best_of")
+        if self.suffix:
+            raise bad_request("suffix is not supported by this server", param="suffix")
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt (text or token ids); a batch of prompts is refused like n > 1."""
+        p = self.prompt
+        if isinstance(p, str):
+            return p
+        if not p:
+            raise bad_request("prompt must not be empty", param="prompt")
+        if all(isinstance(x, int) for x in p):
+            return list(p)  # type: ignore[arg-type]
+        if len(p) != 1:
+            raise bad_request(f"prompt: one prompt per request is supported, got {len(p)}", param="prompt")
+        return p[0]  # type: ignore[return-value]
+
+
+R = TypeVar("R", bound=_Request)
+
+
+def parse_request(model: type[R], raw: bytes) -> R:
+    """Validate a request body; malformed JSON, a non-object or a wrongly typed field is a 400."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    except ValueError as exc:  # e.g. undecodable bytes
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+
+
+def _validation_error(exc: ValidationError) -> APIError:
+    errors = exc.errors(include_url=False)
+    first = errors[0] if errors else {"type": "", "loc": (), "msg": str(exc)}
+    if first["type"] == "json_invalid":
+        return bad_request(f"request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    if first["type"] == "model_type" and not first["loc"]:
+        return bad_request("request body must be a JSON object")
+    # union types report one error per branch; the location up to the branch name is what the user wrote
+    loc = [str(p) for p in first["loc"] if not _is_union_branch(p)]
+    param = ".".join(loc) or None
+    message = f"{param}: {first['msg']}" if param else first["msg"]
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return bad_request(message, param=param)
+
+
+def _is_union_branch(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part in {"str", "int", "float", "bool", "list[str]", "list[int]", "list[list[int]]", "list[ContentPart]"}
+        or part.startswith(("list[", "function-"))
+    )
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_response(rid: str, created: int, model: str, text: str, finish: str, use: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": use,
+    }
+
+
+def chat_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any] | None,
+    finish: str | None = None,
+    *,
+    include_usage: bool = False,
+    use: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One chat.completion.chunk; delta None means the usage-only final chunk (choices: [])."""
+    chunk: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if include_usage:
+        chunk["usage"] = use
+    return chunk
+
+
+def completion_response(
+    rid: str, created: int, model: str, text: str, finish: str, use: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "usage": use,
+    }
+
+
+def completion_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    text: str | None,
+    finish: str | None = None,
+    *,
+    include_usage: bool = False,
+    use: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One streamed text_completion; text None means the usage-only final chunk (choices: [])."""
+    chunk: dict[str, Any] = {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
+    if include_usage:
+        chunk["usage"] = use
+    return chunk
+
+
+def model_card(name: str, created: int, context_length: int | None) -> dict[str, Any]:
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "sealift"}
+    if context_length:
+        card["max_model_len"] = context_length
+    return card
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event: `data: <json>` and a blank line."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"

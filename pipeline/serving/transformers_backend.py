@@ -1,0 +1,393 @@
+"""The in-process backend: transformers `generate` on CPU or one GPU.
+
+One worker thread owns the model and runs one generation at a time from a
+queue, so any number of concurrent clients are all answered, in order, and the
+event loop never blocks on the model. Tokens reach the client as `generate`
+produces them (a streamer hands ids to the worker's detokeniser, the
+text goes to the request's asyncio queue; tokens made within STREAM_INTERVAL_S of
+the last hand-over travel together). Greedy requests call `generate` with
+do_sample=False and the model's own generation config, so their output is
+exactly what plain `model.generate(do_sample=False)` returns.
+
+torch and transformers are imported only when the model loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.serving.backend import (
+    BackendError,
+    Chunk,
+    GenerationRequest,
+    OutputText,
+    PromptError,
+    SamplingDefaults,
+)
+
+log = logging.getLogger("sealift.serving")
+
+#: Streamed text is handed to the client at most this often (the first token at once); tokens
+#: made in between travel together. 20 ms is below what a reader notices.
+STREAM_INTERVAL_S = 0.02
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def post(self, item: Chunk | BaseException) -> None:
+        """Hand an event to the request's coroutine (from the worker thread)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            self.cancelled.set()
+
+
+_STOP_WORKER = object()
+
+
+def default_torch_threads() -> int:
+    """Intra-op threads for generate on CPU: SEALIFT_TORCH_THREADS, else all usable cores but one.
+
+    The spare core runs the event loop (HTTP, JSON, detokenising). With every core
+    in torch's OpenMP pool, one thread that the OS preempts stalls each op for all
+    of them: on a 2-core host that made generate 10-30x slower under load.
+    """
+    raw = os.environ.get("SEALIFT_TORCH_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def context_length_of(config: dict[str, Any], tokenizer_max: int | None = None) -> int | None:
+    """The context length a model config declares (text_config for multimodal wrappers)."""
+    for source in (config, config.get("text_config") or {}):
+        for key in _CONTEXT_KEYS:
+            value = source.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    if tokenizer_max and 0 < tokenizer_max < 10_000_000:
+        return tokenizer_max
+    return None
+
+
+def sampling_defaults_of(generation_config: dict[str, Any]) -> SamplingDefaults:
+    """Request defaults from generation_config.json, as vLLM uses them: greedy if it says do_sample false."""
+    if generation_config.get("do_sample") is False:
+        return SamplingDefaults(temperature=0.0)
+    return SamplingDefaults(
+        temperature=float(generation_config.get("temperature", 1.0)),
+        top_p=float(generation_config.get("top_p", 1.0)),
+        top_k=int(generation_config.get("top_k") or 0),
+    )
+
+
+class TransformersBackend:
+    """AutoModelForCausalLM + AutoTokenizer from a local directory, offline."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        trust_remote_code: bool = False,
+        dtype: str | None = None,
+        max_model_len: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir).resolve() if model_dir is not None else None
+        self.trust_remote_code = trust_remote_code
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.device = device
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self._ready = threading.Event()
+        self._load_error: str | None = None
+        self._context_length = 0
+        self._vocab_size = 0
+        self._defaults = SamplingDefaults()
+        self._eos_ids: set[int] = set()
+        self._jobs: queue.Queue = queue.Queue()
+        self._decode = self._python_decode
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self._closed
+
+    @property
+    def load_error(self) -> str | None:
+        return self._load_error
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: a token id must be below this."""
+        return self._vocab_size
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        return self._defaults
+
+    def start(self, model_dir: str | Path | None = None) -> None:
+        """Load the model (from `model_dir` if given now) in the worker thread, then serve its queue."""
+        if model_dir is not None:
+            self.model_dir = Path(model_dir).resolve()
+        if self.model_dir is None:
+            raise ValueError("TransformersBackend.start: no model directory given")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sealift-generate", daemon=True)
+            self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        return self.ready
+
+    def close(self) -> None:
+        self._closed = True
+        self._jobs.put(_STOP_WORKER)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        """Load tokenizer and model (blocking). Called by the worker thread; public for scripts."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        assert self.model_dir is not None, "start(model_dir) first"
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{self.model_dir} has no config.json: not a model directory")
+        config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cpu":
+            torch.set_num_threads(default_torch_threads())
+        kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": self.trust_remote_code}
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(self.model_dir), dtype=self._torch_dtype(torch, config, device), **kwargs
+        )
+        self.model = model.to(device).eval()
+        self.device = device
+        self._vocab_size = int(self.model.get_input_embeddings().num_embeddings)
+        self._decode = self._fast_decode_or_none() or self._python_decode
+
+        declared = context_length_of(config, getattr(self.tokenizer, "model_max_length", None)) or 2048
+        if self.max_model_len and self.max_model_len > declared:
+            log.warning("max model len %d is above the model's %d; serving %d", self.max_model_len, declared, declared)
+        self._context_length = min(self.max_model_len or declared, declared)
+
+        gen_path = self.model_dir / "generation_config.json"
+        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        self._defaults = sampling_defaults_of(gen)
+        eos = self.model.generation_config.eos_token_id
+        eos_list = eos if isinstance(eos, list) else [eos]
+        if self.tokenizer.eos_token_id is not None:
+            eos_list.append(self.tokenizer.eos_token_id)
+        self._eos_ids = {int(e) for e in eos_list if e is not None}
+        log.info(
+            "loaded %s on %s (%s, context %d)", self.model_dir.name, device, self.model.dtype, self._context_length
+        )
+
+    def _torch_dtype(self, torch: Any, config: dict[str, Any], device: str) -> Any:
+        names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
+        names |= {"float32": torch.float32, "float": torch.float32}
+        if self.dtype and self.dtype != "auto":
+            return names[self.dtype]
+        declared = config.get("torch_dtype") or config.get("dtype")
+        if device == "cpu" and declared == "float16":
+            return torch.float32  # half precision matmuls on CPU are slow or missing
+        return "auto"
+
+    # ------------------------------------------------------------------ prompts
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise PromptError("this model has no chat template; use /v1/completions with a prompt")
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # jinja raise_exception() in templates: the messages are not acceptable
+            raise PromptError(f"the model's chat template refused the messages: {exc}") from exc
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._decode(ids)
+
+    def _python_decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _fast_decode_or_none(self) -> Any:
+        """The Rust tokenizer's decode when it gives exactly what tokenizer.decode gives (no
+        clean-up of spaces), at half the cost per token; else None."""
+        try:
+            from transformers.tokenization_utils_tokenizers import TokenizersBackend
+        except ImportError:  # transformers 4: keep the public path
+            return None
+        tok = self.tokenizer
+        rust = getattr(tok, "_tokenizer", None)
+        plain = type(tok)._decode is TokenizersBackend._decode and type(tok).decode is TokenizersBackend.decode
+        if rust is None or not plain or getattr(tok, "clean_up_tokenization_spaces", False):
+            return None
+        return lambda ids: rust.decode(list(ids), skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if not self.ready:
+            raise BackendError(self._load_error or "the model is still loading")
+        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue())
+        self._jobs.put(job)
+        try:
+            while True:
+                item = await job.events.get()
+                # Whatever else is already waiting goes out in the same chunk: fewer events under load.
+                while isinstance(item, Chunk) and item.finish_reason is None and not job.events.empty():
+                    nxt = job.events.get_nowait()
+                    if isinstance(nxt, BaseException):
+                        yield item
+                        item = nxt
+                        break
+                    item = Chunk(item.text + nxt.text, nxt.finish_reason, nxt.completion_tokens)
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.cancelled.set()  # a client that went away stops its generation at the next token
+
+    def _run(self) -> None:
+        try:
+            self.load()
+        except Exception as exc:
+            self._load_error = f"the model failed to load from {self.model_dir}: {type(exc).__name__}: {exc}"
+            log.error("%s", self._load_error, exc_info=True)
+            self._fail_pending(self._load_error)
+            return
+        self._ready.set()
+        while True:
+            job = self._jobs.get()
+            if job is _STOP_WORKER:
+                self._fail_pending("the server is shutting down")
+                return
+            if job.cancelled.is_set():
+                continue
+            try:
+                self._generate(job)
+            except Exception as exc:
+                log.error("generation failed", exc_info=True)
+                job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _fail_pending(self, message: str) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP_WORKER:
+                job.post(BackendError(message))
+
+    def _generate(self, job: _Job) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        params = job.request.params
+        out = OutputText(self.decode, params.stop)
+        eos_ids = self._eos_ids
+        interval = STREAM_INTERVAL_S
+        state: dict[str, Any] = {"prompt_seen": False, "tokens": 0, "eos": False, "pending": "", "posted": 0.0}
+
+        class Streamer(BaseStreamer):
+            """Gets each new token from generate: detokenises it and hands the text to the client.
+
+            Text goes out at once when the previous chunk is `interval` old (so the first token
+            and slow models stream token by token), else it waits for the next one: a fast small
+            model would otherwise spend a good part of its time handing single tokens across threads.
+            """
+
+            def put(self, value: Any) -> None:
+                if not state["prompt_seen"]:  # generate first puts the prompt
+                    state["prompt_seen"] = True
+                    return
+                if out.stopped or state["eos"]:
+                    return
+                ids = value.reshape(-1).tolist()
+                state["tokens"] += len(ids)
+                if not eos_ids.isdisjoint(ids):
+                    state["eos"] = True
+                state["pending"] += out.add(ids)
+                now = time.monotonic()
+                if state["pending"] and now - state["posted"] >= interval:
+                    job.post(Chunk(state["pending"]))
+                    state["pending"], state["posted"] = "", now
+
+            def end(self) -> None:
+                pass
+
+        go, halt = torch.zeros(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool)
+
+        class Cancelled(StoppingCriteria):
+            """Ends generate when the client went away or a stop string was found."""
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                flag = halt if (job.cancelled.is_set() or out.stopped) else go
+                return flag.to(input_ids.device).expand(input_ids.shape[0])
+
+        input_ids = torch.tensor([job.request.prompt_ids], dtype=torch.long, device=self.model.device)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "max_new_tokens": params.max_tokens,
+            "streamer": Streamer(),
+            "stopping_criteria": StoppingCriteriaList([Cancelled()]),
+        }
+        if params.min_tokens:
+            kwargs["min_new_tokens"] = params.min_tokens
+        if params.greedy:
+            kwargs["do_sample"] = False
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        if self.model.generation_config.pad_token_id is None and self._eos_ids:
+            kwargs["pad_token_id"] = min(self._eos_ids)
+        with torch.inference_mode():
+            self.model.generate(**kwargs)
+        if job.cancelled.is_set():
+            return
+        tail = state["pending"] + out.finish()
+        finish = "stop" if (out.stopped or state["eos"]) else "length"
+        job.post(Chunk(tail, finish_reason=finish, completion_tokens=state["tokens"]))

@@ -1,0 +1,82 @@
+"""The vLLM backend: vLLM's own OpenAI server, run behind BentoML's `__command__` proxy.
+
+BentoML 1.4 starts the command a service's `__command__` returns, waits until
+`GET <proxy_port>/health` answers, then forwards every request to it (see
+_bentoml_impl/server/proxy.py). vLLM's OpenAI server then owns /v1/models,
+/v1/chat/completions and /v1/completions, their streaming, their errors
+(OpenAI JSON: 400 for bad input and over-long prompts, 404 for an unknown
+model) and the API key (401, from VLLM_API_KEY). Nothing here imports vllm: the command line is
+vLLM's most stable interface, so vLLM upgrades do not break the bento.
+
+Offline: the model is an absolute local path (a relative one would make vLLM
+look it up on the hub), the server binds to loopback only, and the process
+inherits OFFLINE_ENV (VLLM_NO_USAGE_STATS, HF_HUB_OFFLINE, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from pipeline.serving.config import ServeConfig
+
+VLLM_HOST = "127.0.0.1"
+
+
+def vllm_executable() -> list[str]:
+    """How to run vLLM's CLI: the `vllm` script next to this Python, on PATH, or `python -m vllm...`."""
+    override = os.environ.get("SEALIFT_VLLM_EXECUTABLE")
+    if override:
+        return [override]
+    beside = Path(sys.executable).with_name("vllm")
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("vllm")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+
+
+def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: list[str] | None = None) -> list[str]:
+    """The `vllm serve` command line for this model and the configured engine knobs."""
+    path = Path(model_path).resolve()
+    cmd = [
+        *(executable or vllm_executable()),
+        "serve",
+        str(path),
+        "--host",
+        VLLM_HOST,
+        "--port",
+        str(config.vllm_port),
+        "--served-model-name",
+        config.served_model_name,
+        *config.aliases,
+        "--disable-uvicorn-access-log",
+    ]
+    if config.tensor_parallel_size:
+        cmd += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
+    if config.max_model_len:
+        cmd += ["--max-model-len", str(config.max_model_len)]
+    if config.gpu_memory_utilization:
+        cmd += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
+    if config.dtype:
+        cmd += ["--dtype", config.dtype]
+    if config.quantization:
+        cmd += ["--quantization", config.quantization]
+    if config.max_concurrency:
+        # vLLM queues past --max-num-seqs; the 429 past max_concurrency comes from the bento's middleware.
+        cmd += ["--max-num-seqs", str(config.max_concurrency)]
+    if config.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    return cmd
+
+
+def vllm_environment(config: ServeConfig) -> dict[str, str]:
+    """Environment for the vLLM process. The API key goes here, not on the command line,
+    because BentoML logs the command and `ps` shows it; vLLM reads VLLM_API_KEY like `--api-key`."""
+    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if config.api_key:
+        env["VLLM_API_KEY"] = config.api_key
+    return env

@@ -1,0 +1,342 @@
+"""Start step: serve a stored model's bento with an OpenAI-compatible API, offline.
+
+    start("qwen7b", host="127.0.0.1", port=3000, options={"api_key": "..."}) -> exit code
+
+NAME is looked up in the model store first (what `openllm start NAME` meant in
+openllm 0.5), then its newest bento (the one built for this host's kind, cpu or
+gpu, if there is one) is served with `bentoml serve`, run by the runtime venv
+that `sealift install` made for it if any, else by this Python, in a
+subprocess that leads its own session, under the offline environment and the
+network guard (pipeline.offline.guarded_env), with the SEALIFT_* settings the
+service reads. Once /readyz answers, the URL, a curl line and an openai-client
+line are printed. SIGINT/SIGTERM are forwarded to the server's process group; a
+second one kills it; every descendant seen while it ran (circus starts workers
+in their own sessions) is killed if still alive afterwards, so no worker
+outlives `sealift start`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pipeline import console
+from pipeline.errors import Failure, UserError
+from pipeline.offline import apply_offline_env, guarded_env
+
+#: options key -> environment variable the service reads.
+OPTION_ENV = {
+    "backend": "SEALIFT_BACKEND",
+    "api_key": "SEALIFT_API_KEY",
+    "max_concurrency": "SEALIFT_MAX_CONCURRENCY",
+    "tensor_parallel_size": "SEALIFT_TENSOR_PARALLEL_SIZE",
+    "max_model_len": "SEALIFT_MAX_MODEL_LEN",
+    "gpu_memory_utilization": "SEALIFT_GPU_MEMORY_UTILIZATION",
+    "dtype": "SEALIFT_DTYPE",
+    "quantization": "SEALIFT_QUANTIZATION",
+}
+BACKENDS = ("auto", "vllm", "transformers")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+POLL_S = 0.5
+STOP_TIMEOUT_S = 30.0
+
+
+def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
+    """Serve `ref` (model NAME[:VERSION] or a bento tag) on host:port until SIGINT/SIGTERM; return the exit code."""
+    env_extra = option_env(options)
+    check_port_free(host, port)
+    apply_offline_env()
+    from pipeline import build
+
+    tag = build.find_bento(ref, prefer_target=host_target())
+    bento_src = _bento_src(tag)
+    check_model_code(bento_src)
+    served = _served_model_name(bento_src, tag)
+    python = server_python(tag)
+    env = guarded_env(**env_extra)
+    if python != sys.executable:  # the runtime venv: its bin (vllm, ...) first on PATH too
+        env["VIRTUAL_ENV"] = str(Path(python).parent.parent)
+        env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
+    cmd = [python, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)]
+    console.info(f"starting {tag} on {host}:{port} with {python} (Ctrl-C stops it)")
+    # cwd = the bento's src: `python -m` puts cwd first on sys.path, so the
+    # bento's own copy of service.py and pipeline/ is what runs.
+    with _Signals() as signals:
+        proc = subprocess.Popen(cmd, env=env, cwd=bento_src, start_new_session=True)
+        signals.attach(proc.pid)
+        return _supervise(proc, signals, host, port, served, bool(options.get("api_key")))
+
+
+def server_python(bento_tag: str) -> str:
+    """The Python that serves `bento_tag`: the runtime venv `sealift install` made for it
+    (recorded by pipeline.openllm), else this one (a build host, or an install with --no-venv)."""
+    from pipeline import openllm
+
+    for entry in openllm.read_installed().values():
+        if entry.get("bento_tag") == bento_tag and entry.get("venv"):
+            python = Path(entry["venv"]) / "bin" / "python"
+            if python.is_file():
+                return str(python)
+    return sys.executable
+
+
+def host_target() -> str:
+    """"gpu" where an NVIDIA device is present, else "cpu": which bento suits this host."""
+    return "gpu" if any(Path("/dev").glob("nvidia[0-9]*")) else "cpu"
+
+
+def option_env(options: dict[str, Any]) -> dict[str, str]:
+    """SEALIFT_* variables for the given options (None values left out), validated."""
+    unknown = set(options) - set(OPTION_ENV)
+    if unknown:
+        raise UserError(f"unknown start option(s): {', '.join(sorted(unknown))}")
+    opts = {k: v for k, v in options.items() if v is not None}
+    if opts.get("backend") not in (None, *BACKENDS):
+        raise UserError(f"unknown --backend {opts['backend']!r}", hint="use auto, vllm or transformers")
+    if opts.get("dtype") not in (None, *DTYPES):
+        raise UserError(f"unknown --dtype {opts['dtype']!r}", hint="use " + ", ".join(DTYPES))
+    for key in ("max_concurrency", "tensor_parallel_size", "max_model_len"):
+        if key in opts and int(opts[key]) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
+    if "gpu_memory_utilization" in opts and not 0 < float(opts["gpu_memory_utilization"]) <= 1:
+        raise UserError(f"--gpu-memory-utilization must be in (0, 1], got {opts['gpu_memory_utilization']}")
+    return {OPTION_ENV[k]: str(v) for k, v in opts.items()}
+
+
+def check_port_free(host: str, port: int) -> None:
+    """UserError if host:port cannot be listened on (in use, or not an address of this host)."""
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port} is not a TCP port", hint="use 1-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host!r} is not an address of this host: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # The server sets SO_REUSEADDR too, so a port held only by TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is already in use", hint="stop that server or pick --port") from None
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _bento_src(tag: str) -> Path:
+    import bentoml
+
+    return Path(bentoml.bentos.get(tag).path) / "src"
+
+
+def check_model_code(src: Path) -> None:
+    """Failure (exit 1) if the bento trusts its model's code and that code is not what `sealift import` hashed.
+
+    The same check runs in the service (service.py) for `bentoml serve` and
+    `openllm serve`; here it refuses before a server starts.
+    """
+    try:
+        config = json.loads((src / "sealift_bento.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not config.get("trust_remote_code"):
+        return
+    from pipeline import store
+    from pipeline.manifest import code_problems
+
+    model = store.describe(str(config["model_tag"]))
+    problems = code_problems(model.path)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise Failure(
+            f"model {model.tag} runs its own code, and {problems[0]}{more} in {model.path}: "
+            "not the code recorded at import; refusing to run it",
+            hint=f"run `sealift verify {model.tag}`, then install or import the model again",
+        )
+
+
+def _served_model_name(src: Path, tag: str) -> str:
+    try:
+        return json.loads((src / "sealift_bento.json").read_text())["served_model_name"]
+    except (OSError, ValueError, KeyError):
+        return tag.split(":")[0]
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+class _Signals:
+    """Forward SIGINT/SIGTERM to the server's process group; the second one kills it."""
+
+    def __init__(self) -> None:
+        self.pgid: int | None = None
+        self.count = 0
+        self._old: dict[int, Any] = {}
+
+    def attach(self, pgid: int) -> None:
+        """The server's group is known now; a signal that came while starting it is forwarded."""
+        self.pgid = pgid
+        if self.count:
+            _killpg(pgid, signal.SIGINT)
+
+    def __enter__(self) -> "_Signals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.pgid is not None:
+            _killpg(self.pgid, signum if self.count == 1 else signal.SIGKILL)
+
+
+def _supervise(proc: subprocess.Popen, signals: _Signals, host: str, port: int, served: str, with_key: bool) -> int:
+    """Wait for readiness (print how to call it), then for a signal or the server's own exit."""
+    url = f"http://{_client_host(host)}:{port}"
+    ready = False
+    known: dict[int, str] = {}  # every descendant seen, so none outlives us even once orphaned
+    try:
+        while proc.poll() is None:
+            known.update(descendants(proc.pid))
+            if signals.count:
+                _wait_stop(proc, known)
+                break
+            if not ready and _ready(url):
+                ready = True
+                _print_ready(url, served, with_key)
+            time.sleep(POLL_S)
+    finally:
+        _killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(known)
+        if proc.poll() is None:
+            proc.wait()
+    if signals.count:
+        console.info("stopped")
+        return 0
+    code = proc.returncode
+    if not ready:
+        raise Failure(f"bentoml serve exited with code {code} before {url}/readyz answered (its log is above)")
+    if code != 0:
+        raise Failure(f"bentoml serve exited with code {code} (its log is above)")
+    return 0
+
+
+def _wait_stop(proc: subprocess.Popen, known: dict[int, str]) -> None:
+    """Wait for the server to exit after the forwarded signal; SIGKILL it and its workers after STOP_TIMEOUT_S."""
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        known.update(descendants(proc.pid))
+        time.sleep(0.2)
+    if proc.poll() is None:
+        console.warn(f"server did not stop within {STOP_TIMEOUT_S:.0f}s; killing it")
+        _killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(known)
+        proc.wait()
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after "(comm)": state ppid pgrp session ... starttime (index 19)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Live descendants of `root` as {pid: start time}: the server's workers, even in their own sessions.
+
+    circus (bentoml's supervisor) starts each worker with setsid, so neither the
+    process group nor the session of `bentoml serve` holds them; the parent
+    links do.
+    """
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _proc_stat(int(entry.name))
+        if fields is None or len(fields) < 20 or fields[0] in ("Z", "X"):
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        starts[pid] = fields[19]
+    found: dict[int, str] = {}
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found[pid] = starts[pid]
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def _kill_leftovers(known: dict[int, str]) -> None:
+    """SIGKILL every remembered descendant still alive (same pid and same start time: not a reused pid)."""
+    for pid, started in known.items():
+        fields = _proc_stat(pid)
+        if fields is not None and len(fields) > 19 and fields[19] == started and fields[0] not in ("Z", "X"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _client_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
+def _ready(url: str) -> bool:
+    try:
+        with _OPENER.open(f"{url}/readyz", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _print_ready(url: str, served: str, with_key: bool) -> None:
+    key_header = " -H \"Authorization: Bearer $SEALIFT_API_KEY\"" if with_key else ""
+    key_arg = 'os.environ["SEALIFT_API_KEY"]' if with_key else '"none"'
+    body = json.dumps({"model": served, "messages": [{"role": "user", "content": "Hello"}]})
+    python = (
+        f"import os; from openai import OpenAI; c = OpenAI(base_url=\"{url}/v1\", api_key={key_arg}); "
+        f"print(c.chat.completions.create(model=\"{served}\", "
+        "messages=[{\"role\": \"user\", \"content\": \"Hello\"}]).choices[0].message.content)"
+    )
+    lines = [
+        f"ready: {url}/v1  (model \"{served}\"; Ctrl-C stops it)",
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{key_header} -d {shlex.quote(body)}",
+        f"  python -c {shlex.quote(python)}",
+    ]
+    for line in lines:
+        console.out.print(line, markup=False, soft_wrap=True)
