@@ -19,9 +19,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.offline import OFFLINE_ENV, apply_offline_env
+from pipeline.offline import OFFLINE_ENV, apply_offline_env, install_network_guard
 
 apply_offline_env()  # before anything imports huggingface_hub / transformers
+if os.environ.get("SEALIFT_NET_GUARD", "1") != "0":
+    # However the bento is started (sealift start, bentoml serve, openllm serve), the
+    # server and every Python it starts refuse non-loopback connections and DNS lookups.
+    install_network_guard()
 
 import bentoml  # noqa: E402
 

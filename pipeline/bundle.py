@@ -253,10 +253,13 @@ def _write_all(fd: int, view: memoryview | bytes) -> None:
 
 
 class _Sink:
-    """Appends to a file from a helper thread, in order; the caller hashes the next chunk meanwhile.
+    """Appends to a file from a helper thread, in order, while the caller hashes the same chunk.
 
-    At most two writes are outstanding after each `put`, so a caller rotating
-    three buffers never refills one that is still being written.
+    A second helper thread runs the per-file check hashes (`check`), so the
+    archive hash, the check hash and the write of a chunk run on three threads
+    (hashlib and os.write release the GIL). At most two writes and two checks
+    are outstanding after each call, so a caller rotating three buffers never
+    refills one that is still being written or hashed.
     """
 
     BUFFERS = 3
@@ -265,9 +268,21 @@ class _Sink:
         self.fd = fd
         self.offset = offset
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealift-tar")
+        self.checker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealift-check")
         self.pending: deque[concurrent.futures.Future[None]] = deque()
+        self.checks: deque[concurrent.futures.Future[None]] = deque()
         self.buffers = [bytearray(CHUNK) for _ in range(self.BUFFERS)]
         self.turn = 0
+
+    def check(self, hasher: Any, view: memoryview) -> None:
+        """hasher.update(view) on the checker thread, in order."""
+        self.checks.append(self.checker.submit(hasher.update, view))
+        while len(self.checks) > self.BUFFERS - 1:
+            self.checks.popleft().result()
+
+    def settle_checks(self) -> None:
+        while self.checks:
+            self.checks.popleft().result()
 
     def buffer(self) -> bytearray:
         buf = self.buffers[self.turn % self.BUFFERS]
@@ -287,8 +302,10 @@ class _Sink:
     def close(self) -> None:
         try:
             self.drain()
+            self.settle_checks()
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self.checker.shutdown(wait=True, cancel_futures=True)
 
 
 class _Journal:
@@ -447,14 +464,15 @@ def _stream_file(m: Member, skip: int, h: Any, sink: _Sink, advance: Advance, af
                 raise Failure(f"{m.src} shrank while it was being exported", hint="export again")
             view = memoryview(buf)[:n]
             sink.put(view)
-            h.update(view)
             if check is not None:
-                check.update(view)
+                sink.check(check, view)
+            h.update(view)
             left -= n
             advance(n)
             after_chunk()
         if f.read(1):
             raise Failure(f"{m.src} grew while it was being exported", hint="export again")
+    sink.settle_checks()
     if check is not None and check.hexdigest() != m.sha256:
         raise Failure(
             f"{m.src} in the model store does not match the model's manifest (sha256 {check.hexdigest()}, "

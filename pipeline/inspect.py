@@ -1,11 +1,13 @@
 """What a model directory is, and whether it is complete, before a byte is written.
 
 `inspect_model(path)` reads config.json, every `*.index.json`, every
-safetensors header (8-byte length + JSON, never the tensors), the tokenizer
-(loaded offline) and the model's own Python code (parsed with `ast`, never
-run unless --trust-remote-code). Everything broken is collected and refused in
-one UserError line naming every missing or broken file; a model that needs
-custom code or holds pickle weights is refused unless the caller allows it.
+safetensors header (8-byte length + JSON, never the tensors) and the model's
+own Python code (parsed with `ast`, never run unless --trust-remote-code).
+Everything broken is collected and refused in one UserError line naming every
+missing or broken file; a model that needs custom code or holds pickle weights
+is refused unless the caller allows it. What needs transformers (the
+architecture is known, the tokenizer loads offline with local_files_only)
+runs in a child process (`Inspection`), so an import overlaps it with copying.
 """
 
 from __future__ import annotations
@@ -636,33 +638,49 @@ class Inspection:
             "tokenizer_files": tok_files,
             "trust_remote_code": trust_remote_code,
         }
+        self._request = request
+        self._lock = threading.Lock()
+        self._closed = False
         self._child: subprocess.Popen[bytes] | None = None
-        if not with_transformers:
-            self._thread = threading.Thread(target=lambda: None)
-            self._thread.start()
-            return
-        self._child = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.inspect import _child_main; _child_main()", json.dumps(request)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_child_env(),
-        )
-        self._thread = threading.Thread(target=self._wait_child, name="sealift-inspect", daemon=True)
+        self._thread = threading.Thread(target=self._run_checks if with_transformers else lambda: None,
+                                        name="sealift-inspect", daemon=True)
         self._thread.start()
 
-    def _wait_child(self) -> None:
-        assert self._child is not None
-        out, err = self._child.communicate()
-        try:
-            answer = json.loads(out.decode().strip().splitlines()[-1])
-            self._deep_problems = list(answer["problems"])
-            self.info.tokenizer_class = answer.get("tokenizer_class")
-        except (ValueError, IndexError, KeyError, TypeError):
-            last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {self._child.returncode}"])[-1]
-            self._deep_error = Failure(f"the transformers check of {self.root} crashed: {last[:300]}")
-        if self._deep_problems or self._deep_error is not None:
-            self.failed.set()
+    def _spawn(self, hide_torch: bool) -> subprocess.Popen[bytes] | None:
+        with self._lock:
+            if self._closed:
+                return None
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", "from pipeline.inspect import _child_main; _child_main()",
+                 json.dumps({**self._request, "hide_torch": hide_torch})],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=_child_env(),
+            )
+            return self._child
+
+    def _run_checks(self) -> None:
+        """Run the checker: first with torch hidden (a tokenizer and a config need no torch: seconds
+        faster, and what a torch-less host sees), then, only if that fails, with torch."""
+        for hide_torch in (True, False):
+            child = self._spawn(hide_torch)
+            if child is None:
+                return
+            out, err = child.communicate()
+            self._deep_error = None
+            try:
+                answer = json.loads(out.decode().strip().splitlines()[-1])
+                self._deep_problems = list(answer["problems"])
+                self.info.tokenizer_class = answer.get("tokenizer_class")
+            except (ValueError, IndexError, KeyError, TypeError):
+                last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+                self._deep_error = Failure(f"the transformers check of {self.root} crashed: {last[:300]}")
+            if not self._deep_problems and self._deep_error is None:
+                return
+        with self._lock:
+            if not self._closed:
+                self.failed.set()
 
     def finish(self) -> ModelInfo:
         """Wait for the transformers checks; UserError (exit 2) if they failed. Returns the ModelInfo."""
@@ -679,10 +697,32 @@ class Inspection:
         return self.info
 
     def close(self) -> None:
-        """Stop the background check if it still runs (on Ctrl-C or another failure)."""
-        if self._child is not None and self._child.poll() is None:
-            self._child.kill()
-            self._child.wait()
+        """Stop the background check if it still runs (on Ctrl-C, another failure, or when it is not needed)."""
+        with self._lock:
+            self._closed = True
+            child = self._child
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _hide_torch() -> None:
+    """Make torch look absent in this process, as on a torch-less build host.
+
+    transformers then skips importing it (seconds), and tokenizers and configs
+    still load: they never needed it.
+    """
+    import importlib.util
+
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None):
+        if name == "torch" or name.startswith("torch."):
+            return None
+        return real_find_spec(name, package)
+
+    importlib.util.find_spec = find_spec  # transformers asks find_spec whether torch is installed
 
 
 def _child_env() -> dict[str, str]:
@@ -700,6 +740,8 @@ def _child_main() -> None:
     import io
 
     req = json.loads(sys.argv[-1])
+    if req.get("hide_torch"):
+        _hide_torch()
     real_stdout = sys.stdout
     sys.stdout = io.StringIO()  # the model's own code may print; keep our answer the last line
     try:

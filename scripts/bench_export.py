@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         # ---- bentoml's default export (tar.xz) on a slice
         if not a.no_xz:
             print(f"\nmaking a {a.slice_mb:g} MB model for bentoml's default export ...", flush=True)
-            senv, sbuild, sbento, smodel = prepare(work, "slice", int(a.slice_mb * 1e6), 1)
+            # the generator writes whole 16 MiB tensors: round up so the slice is at least SLICE MB
+            tensor = 2048 * 4096 * 2
+            slice_bytes = -(-int(a.slice_mb * 1e6) // tensor) * tensor + tensor // 2
+            senv, sbuild, sbento, smodel = prepare(work, "slice", slice_bytes, 1)
             evict([sbento, smodel])
             t_ours, out = timed(sealift("export", "slice", work / "usb-slice", "--no-wheels", "--json"), senv)
             smb = json.loads(out)["archive_bytes"] / 1e6

@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.offline import apply_offline_env
 
     apply_offline_env()
+    # `timeout` and kill send SIGTERM: unwind through the finally that stops the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(a.prompts)]
     with stdout_to_stderr():  # library chatter (some of it from Rust) must not mix with --json
         rounds, threads = measure(a, prompts)
@@ -251,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  served, single stream {b['single_tok_s']:7.1f} ({m['single_tok_s']:7.1f}) tok/s  "
               f"ratio {b['single_over_raw']:.2f} ({m['single_over_raw']:.2f})  "
               f"ttft {result['single_ttft_s'] * 1000:.0f} ms")
-        print(f"  served, {a.concurrency} concurrent  {b['concurrent_tok_s']:7.1f} ({m['concurrent_tok_s']:7.1f}) tok/s  "
+        print(f"  served, {a.concurrency} concurrent  "
+              f"{b['concurrent_tok_s']:7.1f} ({m['concurrent_tok_s']:7.1f}) tok/s  "
               f"ratio {b['concurrent_over_raw']:.2f} ({m['concurrent_over_raw']:.2f})  "
               f"ttft {result['concurrent_ttft_s'] * 1000:.0f} ms")
         verdict = "met" if b["single_over_raw"] >= 0.9 else "NOT met"

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
+#: A temperature below this is greedy decoding.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to generate: greedy when temperature == 0; seed makes sampling repeatable."""
+    """How to generate: greedy when temperature is 0 (below GREEDY_BELOW); seed makes sampling repeatable."""
 
     max_tokens: int
     temperature: float = 0.0
@@ -29,7 +33,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # as vLLM (_SAMPLING_EPS): dividing logits by a temperature this small overflows to inf/nan
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

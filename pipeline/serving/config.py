@@ -26,6 +26,7 @@ BENTO_CONFIG_FILE = "sealift_bento.json"
 BACKENDS = ("auto", "vllm", "transformers")
 TARGETS = ("cpu", "gpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
+REBUILD = "rebuild the bento with `sealift build`"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class BentoConfig:
         """Validate a parsed sealift_bento.json; a bad field is a UserError naming it."""
         tag = data.get("model_tag")
         if not isinstance(tag, str) or not tag.strip():
-            raise UserError(f"{where}: model_tag is missing or not a string", hint="rebuild the bento with `sealift build`")
+            raise UserError(f"{where}: model_tag is missing or not a string", hint=REBUILD)
         name = data.get("served_model_name") or tag.split(":", 1)[0]
         if not isinstance(name, str):
             raise UserError(f"{where}: served_model_name must be a string")
@@ -84,7 +85,7 @@ class BentoConfig:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
-                raise UserError(f"{path}: not readable JSON ({exc})", hint="rebuild the bento with `sealift build`") from exc
+                raise UserError(f"{path}: not readable JSON ({exc})", hint=REBUILD) from exc
             if not isinstance(data, dict):
                 raise UserError(f"{path}: expected a JSON object")
             return cls.from_dict(data, where=str(path))
@@ -92,7 +93,8 @@ class BentoConfig:
         if not tag:
             raise UserError(
                 f"no {BENTO_CONFIG_FILE} next to service.py and SEALIFT_MODEL is not set",
-                hint="build a bento with `sealift build NAME`, or set SEALIFT_MODEL=NAME[:VERSION] to serve from the repo",
+                hint="build a bento with `sealift build NAME`, "
+                "or set SEALIFT_MODEL=NAME[:VERSION] to serve from the repo",
             )
         return cls(model_tag=tag, served_model_name=tag.split(":", 1)[0], development=True)
 
@@ -228,9 +230,13 @@ def select_backend(
         if not check:
             return "vllm"
         if not has_vllm():
-            raise UserError("backend vllm asked for, but vllm is not installed", hint="use --backend transformers or a gpu bento")
+            raise UserError(
+                "backend vllm asked for, but vllm is not installed", hint="use --backend transformers or a gpu bento"
+            )
         if not has_cuda():
-            raise UserError("backend vllm asked for, but no CUDA device is visible", hint="use --backend transformers on CPU")
+            raise UserError(
+                "backend vllm asked for, but no CUDA device is visible", hint="use --backend transformers on CPU"
+            )
         return "vllm"
     if requested != "auto":
         raise UserError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")

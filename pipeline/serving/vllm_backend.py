@@ -76,7 +76,10 @@ def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: lis
 def vllm_environment(config: ServeConfig) -> dict[str, str]:
     """Environment for the vLLM process. The API key goes here, not on the command line,
     because BentoML logs the command and `ps` shows it; vLLM reads VLLM_API_KEY like `--api-key`."""
-    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           # vLLM's get_ip() otherwise probes a public address to find the host IP; tensor-parallel
+           # workers rendezvous on it. On one host, loopback is the right answer.
+           "VLLM_HOST_IP": VLLM_HOST}
     if config.api_key:
         env["VLLM_API_KEY"] = config.api_key
     return env
