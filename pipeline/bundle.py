@@ -8,7 +8,11 @@ A bundle directory holds:
     <name>-<version>.tar   the bento with its models inside, in the layout `bentoml export
                            TAG x.tar` writes and `bentoml import x.tar` reads (bento files at
                            the root, `models/<model>/{latest,<version>/...}`); uncompressed
-    wheels/                every distribution the bento needs on the target (plus bentoml)
+    wheels/                every distribution the bento needs on the target (plus bentoml), and a
+                           sealift wheel with sealift's own dependencies (one resolution), so
+                           sealift itself installs on a host that has only Python
+    wheels-openllm/        with --with-openllm: openllm 0.6.30, click<8.2, typer<0.16 and their
+                           dependencies, for openllm's own venv (its pins clash with sealift's)
     INSTALL.txt            the commands to run on the other side
     manifest.json          sealift version, bento and model tags, the model manifest digest,
                            target platform/python, every file above with size and sha256
@@ -29,10 +33,11 @@ Install verifies every file against SHA256SUMS and manifest.json before it
 touches anything, checks every archive member (no absolute paths, no `..`, no
 links leaving the archive, no devices: bentoml 1.4.39 checks none of this),
 then imports the bento and its models the way `bentoml import` does (models
-into the model store unless present, then the bento without `models/`), through
-bentoml's own store registration, but extracting once into a staging directory
-on the store's filesystem and renaming into place: `bentoml import` would copy
-every byte twice, through the system temp directory. Then it makes the runtime
+into the model store unless present, then the bento without `models/`, each
+checked by bentoml's Model/Bento.from_path, `latest` updated as bentoml does),
+but extracting once into a staging directory on the store's filesystem and
+renaming each item into place: `bentoml import` would copy every byte twice,
+through the system temp directory (which may be a small tmpfs). Then it makes the runtime
 venv from wheels/ with uv and no index, and registers the bento for openllm
 (pipeline.openllm).
 
@@ -66,8 +71,8 @@ from typing import Any
 
 from pipeline import __version__, console, paths
 from pipeline.errors import Failure, UserError
-from pipeline.manifest import MANIFEST_NAME, FileEntry, Manifest, copy_and_hash, hash_file, map_parallel, \
-    sha256sums_text, write_atomic
+from pipeline.manifest import MANIFEST_NAME, FileEntry, Manifest, code_problems, copy_and_hash, hash_file, \
+    map_parallel, sha256sums_text, write_atomic
 from pipeline.offline import apply_offline_env, offline_env
 
 BUNDLE_FORMAT = "sealift-bundle/1"
@@ -85,6 +90,12 @@ WHEEL_CACHE_ENV = "SEALIFT_WHEEL_CACHE"
 #: Free space to keep beyond the bundle's own bytes (directory blocks, filesystem slack).
 SLACK = 16 * 1024 * 1024
 VENV_MARKER = ".sealift-venv.json"
+#: openllm's own wheels (`--with-openllm`): apart from wheels/, whose typer and bentoml pins theirs conflict with.
+WHEELS_OPENLLM = "wheels-openllm"
+#: What `openllm serve` needs in its own venv (DESIGN.md: 0.6.30 crashes with click>=8.2, typer>=0.16).
+OPENLLM_REQUIREMENTS = ("openllm==0.6.30", "click<8.2", "typer<0.16")
+#: The files beside pipeline/ that building the sealift wheel reads.
+SELF_BUILD_FILES = ("pyproject.toml", "README.md")
 
 Advance = Callable[[int], None]
 
@@ -151,7 +162,8 @@ def plan_digest(members: list[Member]) -> str:
     return hashlib.sha256(json.dumps([m.key() for m in members]).encode()).hexdigest()
 
 
-def _walk(root: Path, prefix: str, *, skip_top: Iterable[str] = (), checks: dict[str, str] | None = None) -> list[Member]:
+def _walk(root: Path, prefix: str, *, skip_top: Iterable[str] = (),
+          checks: dict[str, str] | None = None) -> list[Member]:
     """Members for everything under root (sorted), named prefix + relative path; symlinked files are followed."""
     skip = set(skip_top)
     checks = checks or {}
@@ -518,7 +530,9 @@ def bundle_requirements(bento: BentoSource) -> list[str]:
     return lines
 
 
-def _pip(args: list[str], *, isolated: bool, what: str) -> subprocess.CompletedProcess[str]:
+def _pip(args: list[str], *, isolated: bool, what: str,
+         hint: str = "check --platform/--python-version, the index, or --wheels-from DIR"
+         ) -> subprocess.CompletedProcess[str]:
     """Run pip (this Python's) quietly; `isolated` ignores the user's pip config, index and find-links."""
     env = dict(os.environ)
     if isolated:
@@ -531,8 +545,7 @@ def _pip(args: list[str], *, isolated: bool, what: str) -> subprocess.CompletedP
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         errors = [ln for ln in p.stderr.splitlines() if ln.startswith("ERROR")] or p.stderr.strip().splitlines()[-3:]
-        raise UserError(f"{what} failed: {' '.join(errors)[:600]}",
-                        hint="check --platform/--python-version, the index, or --wheels-from DIR")
+        raise UserError(f"{what} failed: {' '.join(errors)[:600]}", hint=hint)
     return p
 
 
@@ -581,6 +594,73 @@ def resolve_wheels(requirements: list[str], *, platform: str, python_version: st
     return sorted(set(files), key=lambda p: p.name)
 
 
+def _self_source() -> list[Path] | None:
+    """The files the sealift wheel is built from (sorted), or None when this sealift is no source checkout."""
+    root = paths.repo_root()
+    if not all((root / f).is_file() for f in SELF_BUILD_FILES) or \
+            not re.search(r'^name\s*=\s*"sealift"', (root / "pyproject.toml").read_text(), re.M):
+        return None
+    package = [p for p in (root / "pipeline").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
+    return sorted([root / f for f in SELF_BUILD_FILES] + package)
+
+
+def sealift_wheel(wheels_from: Path | None = None) -> Path:
+    """A wheel of the sealift that is running (py3-none-any), so a bundle can install sealift with no index.
+
+    From a source checkout (pyproject.toml beside pipeline/, editable install
+    or not): built with the setuptools already installed (`pip wheel --no-deps
+    --no-build-isolation --no-index`), from a copy of just the files the wheel
+    holds, so the checkout gets no build/ or egg-info. The wheel is kept in the
+    wheel cache under the sha256 of those files: the same source gives the same
+    wheel file, built once, and a resumed export finds the bytes it wrote.
+    Without a checkout (sealift installed from a wheel), the
+    `sealift-<version>-*.whl` in --wheels-from or in the wheels an install kept.
+    """
+    source = _self_source()
+    if source is None:
+        from pipeline import openllm
+
+        places = [d for d in (wheels_from, openllm.wheels_dir()) if d is not None]
+        for d in places:
+            found = sorted(Path(d).glob(f"sealift-{__version__}-*.whl"))
+            if found:
+                return found[-1]
+        raise UserError(f"no sealift source checkout at {paths.repo_root()} and no sealift-{__version__} wheel in "
+                        f"{' or '.join(map(str, places))} to put in the bundle",
+                        hint="export from a sealift checkout, pass --wheels-from DIR holding the sealift wheel, "
+                             "or use --no-wheels")
+    root = paths.repo_root()
+    h = hashlib.sha256()
+    for path in source:
+        data = path.read_bytes()
+        h.update(f"{path.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    where = wheel_cache() / "sealift" / h.hexdigest()[:16]
+    built = sorted(where.glob("sealift-*.whl")) if where.is_dir() else []
+    if built:
+        return built[-1]
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sealift-self-", dir=where.parent) as tmp:
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
+        for path in source:
+            dst = src / path.relative_to(root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst)
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", "--wheel-dir", str(out), str(src)],
+             isolated=True, what="building the sealift wheel",
+             hint="the build needs setuptools in this venv (pip install 'setuptools>=68'), or use --no-wheels")
+        wheels = sorted(out.glob("sealift-*-py3-none-any.whl"))
+        if len(wheels) != 1:
+            raise Failure(f"building the sealift wheel in {out} gave {[w.name for w in out.iterdir()]}")
+        try:
+            os.rename(out, where)  # atomic: a concurrent export that built the same source first wins
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    return sorted(where.glob("sealift-*.whl"))[-1]
+
+
 # =========================================================================== export
 
 
@@ -602,6 +682,10 @@ class ExportResult:
     already_complete: bool = False
     platform: str = ""
     python_version: str = ""
+    #: The sealift wheel in wheels/ (the bundle installs sealift itself), "" without wheels.
+    sealift_wheel: str = ""
+    openllm_wheels: int = 0
+    openllm_wheel_bytes: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -618,12 +702,46 @@ class ExportResult:
             return
         resumed = f", resumed after {_mb(self.resumed_from_bytes)}" if self.resumed_from_bytes else ""
         p(f"exported {self.bento_tag} to {self.bundle}", markup=False, soft_wrap=True)
-        p(f"  {self.archive}: {_mb(self.archive_bytes)}; wheels: {self.wheels} ({_mb(self.wheel_bytes)}); "
+        openllm = (f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({_mb(self.openllm_wheel_bytes)})"
+                   if self.openllm_wheels else "")
+        p(f"  {self.archive}: {_mb(self.archive_bytes)}; wheels: {self.wheels} ({_mb(self.wheel_bytes)}){openllm}; "
           f"{_mb(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})",
           markup=False, soft_wrap=True)
-        p("on the air-gapped host:", markup=False)
-        for line in install_commands(Path(self.bundle).name, self.bento_tag.split(":")[0]):
+        p("on the air-gapped host (see INSTALL.txt):", markup=False)
+        lines = [c for c, _ in bootstrap_commands(Path(self.bundle).name, self.python_version,
+                                                   openllm=bool(self.openllm_wheels))] if self.sealift_wheel else []
+        for line in [*lines, *install_commands(Path(self.bundle).name, self.bento_tag.split(":")[0])]:
             p(f"  {line}", markup=False, soft_wrap=True)
+
+
+#: Where INSTALL.txt puts sealift's own venv and openllm's on the air-gapped host.
+CLI_VENV = "~/.sealift/cli"
+OPENLLM_VENV = "~/.sealift/openllm"
+
+
+def bootstrap_commands(bundle_name: str, python_version: str, *, openllm: bool) -> list[tuple[str, str]]:
+    """(command, why) lines that put sealift (and openllm) on a host that has only Python, from the bundle.
+
+    pip with --no-index reads nothing but the bundle's wheels (resolved for this
+    target Python, hence `pythonX.Y`); openllm goes in a venv of its own (its
+    pins clash with sealift's) and only its `openllm` command joins sealift's.
+    """
+    python = f"python{python_version}" if python_version else "python3"
+    lines = [
+        (f"{python} -m venv {CLI_VENV}", "sealift's own venv (any directory will do)"),
+        (f"{CLI_VENV}/bin/pip install --no-index --find-links {bundle_name}/{WHEELS} sealift",
+         f"sealift and its dependencies from {WHEELS}/, no index"),
+    ]
+    if openllm:
+        reqs = " ".join(f"'{r}'" if "<" in r else r for r in OPENLLM_REQUIREMENTS)
+        lines += [
+            (f"{python} -m venv {OPENLLM_VENV}", "openllm in a venv of its own: it pins bentoml==1.4.8"),
+            (f"{OPENLLM_VENV}/bin/pip install --no-index --find-links {bundle_name}/{WHEELS_OPENLLM} {reqs}",
+             f"openllm and its pins from {WHEELS_OPENLLM}/, no index"),
+            (f"ln -sf {OPENLLM_VENV}/bin/openllm {CLI_VENV}/bin/", "only the openllm command beside sealift's"),
+        ]
+    lines.append((f'export PATH="{CLI_VENV.replace("~", "$HOME")}/bin:$PATH"', "sealift (and openllm) on PATH"))
+    return lines
 
 
 def install_commands(bundle_name: str, name: str) -> list[str]:
@@ -682,22 +800,30 @@ def _fsync_dir(path: Path) -> None:
 
 
 def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str = "3.11",
-                  wheels_from: Path | None = None, no_wheels: bool = False) -> ExportResult:
-    """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/."""
+                  wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False) -> ExportResult:
+    """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
+
+    wheels/ holds the bento's wheels plus a sealift wheel and sealift's own
+    dependencies (one resolution: one version of each), so sealift installs on
+    a host with only Python; `with_openllm` adds openllm 0.6.30 and its pins in
+    wheels-openllm/.
+    """
     started = time.monotonic()
     if wheels_from is not None and no_wheels:
         raise UserError("--wheels-from and --no-wheels contradict each other", hint="use one of them")
+    if with_openllm and no_wheels:
+        raise UserError("--with-openllm and --no-wheels contradict each other", hint="use one of them")
     if wheels_from is not None and not Path(wheels_from).is_dir():
         raise UserError(f"--wheels-from {wheels_from}: no such directory")
     apply_offline_env()
     from pipeline import build
 
     return export_bento(build.find_bento(ref), dest, platform=platform, python_version=python_version,
-                        wheels_from=wheels_from, no_wheels=no_wheels, started=started)
+                        wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started)
 
 
 def export_bento(tag: str, dest: Path, *, platform: str, python_version: str, wheels_from: Path | None,
-                 no_wheels: bool, started: float | None = None) -> ExportResult:
+                 no_wheels: bool, with_openllm: bool = False, started: float | None = None) -> ExportResult:
     """export_bundle for a bento tag already resolved."""
     started = time.monotonic() if started is None else started
     bento = load_bento(tag)
@@ -705,24 +831,35 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str, wh
     final = dest / f"{bento.name}-{bento.version}"
     partial = dest / f"{bento.name}-{bento.version}{PARTIAL}"
     if final.exists():
-        return _already_exported(final, bento, started)
+        return _already_exported(final, bento, started, with_openllm=with_openllm)
 
     members = plan_archive(bento)
     total = archive_size(members)
     wheels: list[Path] = []
+    openllm_wheels: list[Path] = []
     if not no_wheels:
         console.info(f"resolving wheels for {platform}, Python {python_version}")
-        wheels = resolve_wheels(bundle_requirements(bento), platform=platform, python_version=python_version,
-                                wheels_from=Path(wheels_from) if wheels_from else None)
+        source = Path(wheels_from) if wheels_from else None
+        own = sealift_wheel(source)
+        wheels = resolve_wheels([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
+                                python_version=python_version, wheels_from=source)
+        if with_openllm:
+            console.info(f"resolving openllm's wheels ({' '.join(OPENLLM_REQUIREMENTS)})")
+            openllm_wheels = resolve_wheels(list(OPENLLM_REQUIREMENTS), platform=platform,
+                                            python_version=python_version, wheels_from=source)
     journal = _Journal.load(partial, bento.tag, plan_digest(members), total)
-    done_archive = int(journal.archive.get("offset", 0)) if (partial / f"{bento.name}-{bento.version}.tar").is_file() else 0
+    archive_there = (partial / f"{bento.name}-{bento.version}.tar").is_file()
+    done_archive = int(journal.archive.get("offset", 0)) if archive_there else 0
     done_wheels = {k for k, v in journal.doc["files"].items()
                    if (partial / k).is_file() and (partial / k).stat().st_size == v.get("size")}
-    needed = total - done_archive + sum(w.stat().st_size for w in wheels if f"{WHEELS}/{w.name}" not in done_wheels)
+    to_copy = [w for d, ws in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels)) for w in ws
+               if f"{d}/{w.name}" not in done_wheels]
+    needed = total - done_archive + sum(w.stat().st_size for w in to_copy)
     check_free_space(dest, needed)
 
     try:
-        return _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started)
+        return _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
+                             openllm_wheels=openllm_wheels)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"{dest} is full; the export stopped and can be resumed",
@@ -731,7 +868,8 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str, wh
 
 
 def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path], journal: _Journal, partial: Path,
-                  final: Path, platform: str, python_version: str, started: float) -> ExportResult:
+                  final: Path, platform: str, python_version: str, started: float, *,
+                  openllm_wheels: list[Path] | None = None) -> ExportResult:
     """Write (or finish) everything in `partial`, then make it `final`."""
     if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
         shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
@@ -742,7 +880,8 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
     entries: list[FileEntry] = []
 
     arch = journal.archive
-    if arch.get("done") and (partial / archive_name).is_file() and (partial / archive_name).stat().st_size == arch["size"]:
+    written = partial / archive_name
+    if arch.get("done") and written.is_file() and written.stat().st_size == arch["size"]:
         with console.byte_progress(arch["size"], "checking the archive already written") as adv:
             digest = hash_file(partial / archive_name, adv)
         if digest == arch["sha256"]:
@@ -758,33 +897,41 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         entries.append(entry)
 
     reused = 0
-    if wheels:
-        (partial / WHEELS).mkdir(exist_ok=True)
-        wanted = {f"{WHEELS}/{w.name}" for w in wheels}
-        for stale in (partial / WHEELS).iterdir():
-            if f"{WHEELS}/{stale.name}" not in wanted:
+    for folder, files in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels or [])):
+        if not files:  # an earlier, interrupted run may have had wheels this one leaves out
+            shutil.rmtree(partial / folder, ignore_errors=True)
+            continue
+        (partial / folder).mkdir(exist_ok=True)
+        wanted = {f"{folder}/{w.name}" for w in files}
+        for stale in (partial / folder).iterdir():
+            if f"{folder}/{stale.name}" not in wanted:
                 stale.unlink()
-        with console.byte_progress(sum(w.stat().st_size for w in wheels), "wheels") as adv:
-            for w in wheels:
-                rel = f"{WHEELS}/{w.name}"
+        with console.byte_progress(sum(w.stat().st_size for w in files), folder) as adv:
+            for w in files:
+                rel = f"{folder}/{w.name}"
                 entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv)
                 reused += kept
                 entries.append(entry)
     wheel_entries = [e for e in entries if e.path.startswith(WHEELS + "/")]
+    openllm_entries = [e for e in entries if e.path.startswith(WHEELS_OPENLLM + "/")]
+    own = next((e.path.split("/", 1)[1] for e in wheel_entries if e.path.startswith(f"{WHEELS}/sealift-")), "")
 
-    install_txt = _install_text(bento, archive_name, f"{bento.name}-{bento.version}", bool(wheels))
+    install_txt = _install_text(bento, archive_name, f"{bento.name}-{bento.version}", bool(wheels),
+                                python_version=python_version, sealift_wheel=own, openllm=bool(openllm_entries))
     write_atomic(partial / INSTALL_TXT, install_txt.encode())
     entries.append(FileEntry(INSTALL_TXT, len(install_txt.encode()), hashlib.sha256(install_txt.encode()).hexdigest()))
 
-    manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels))
+    manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
+                                sealift_wheel=own, openllm=bool(openllm_entries))
     data = (json.dumps(manifest, indent=1) + "\n").encode()
     write_atomic(partial / MANIFEST_JSON, data)
     sums = [*entries, FileEntry(MANIFEST_JSON, len(data), hashlib.sha256(data).hexdigest())]
     write_atomic(partial / SUMS, sha256sums_text(sums).encode())
 
     (partial / JOURNAL).unlink(missing_ok=True)
-    if (partial / WHEELS).is_dir():
-        _fsync_dir(partial / WHEELS)
+    for folder in (WHEELS, WHEELS_OPENLLM):
+        if (partial / folder).is_dir():
+            _fsync_dir(partial / folder)
     _fsync_dir(partial)
     os.rename(partial, final)
     _fsync_dir(final.parent)
@@ -793,7 +940,8 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         bundle=str(final), bento_tag=bento.tag, model_tags=[m.tag for m in bento.models], archive=archive_name,
         archive_bytes=entries[0].size, wheels=len(wheel_entries), wheel_bytes=sum(e.size for e in wheel_entries),
         total_bytes=total, seconds=time.monotonic() - started, resumed_from_bytes=resumed, reused_files=reused,
-        platform=platform, python_version=python_version,
+        platform=platform, python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
+        openllm_wheel_bytes=sum(e.size for e in openllm_entries),
     )
 
 
@@ -810,7 +958,7 @@ def _copy_wheel(src: Path, dst: Path, rel: str, journal: _Journal, advance: Adva
     return entry, 0
 
 
-def _already_exported(final: Path, bento: BentoSource, started: float) -> ExportResult:
+def _already_exported(final: Path, bento: BentoSource, started: float, *, with_openllm: bool = False) -> ExportResult:
     try:
         doc = json.loads((final / MANIFEST_JSON).read_text())
     except (OSError, ValueError):
@@ -820,47 +968,76 @@ def _already_exported(final: Path, bento: BentoSource, started: float) -> Export
                         hint="remove it or choose another DEST")
     files = doc.get("files", [])
     wheels = [f for f in files if f["path"].startswith(WHEELS + "/")]
+    openllm = [f for f in files if f["path"].startswith(WHEELS_OPENLLM + "/")]
+    if with_openllm and not openllm:
+        raise UserError(f"{final} already exists, exported without --with-openllm",
+                        hint="remove it or choose another DEST")
     return ExportResult(
         bundle=str(final), bento_tag=bento.tag, model_tags=[m.tag for m in bento.models],
         archive=doc.get("archive", ""), archive_bytes=sum(f["size"] for f in files if f["path"] == doc.get("archive")),
         wheels=len(wheels), wheel_bytes=sum(f["size"] for f in wheels), total_bytes=sum(f["size"] for f in files),
         seconds=time.monotonic() - started, already_complete=True,
-        platform=doc.get("target", {}).get("platform", ""), python_version=doc.get("target", {}).get("python_version", ""),
+        platform=doc.get("target", {}).get("platform", ""),
+        python_version=doc.get("target", {}).get("python_version", ""),
+        sealift_wheel=doc.get("sealift_wheel") or "", openllm_wheels=len(openllm),
+        openllm_wheel_bytes=sum(f["size"] for f in openllm),
     )
 
 
-def _install_text(bento: BentoSource, archive: str, bundle_name: str, has_wheels: bool) -> str:
+def _commented(pairs: list[tuple[str, str]]) -> list[str]:
+    """`  command   # why` lines, the comments aligned."""
+    width = max(len(c) for c, _ in pairs) + 2
+    return [f"  {c.ljust(width)}# {why}" for c, why in pairs]
+
+
+def _install_text(bento: BentoSource, archive: str, bundle_name: str, has_wheels: bool, *, python_version: str = "",
+                  sealift_wheel: str = "", openllm: bool = False) -> str:
+    """INSTALL.txt: how to get sealift (and openllm) onto a host that has only Python, then install and serve."""
     name = bento.name
     commands = [
         (f"(cd {bundle_name} && sha256sum -c SHA256SUMS)", "optional: install verifies every byte itself"),
         (f"sealift install {bundle_name}", "verify, import, offline venv, register for openllm"),
         (f"sealift start {name}", "OpenAI API on http://127.0.0.1:3000/v1"),
     ]
+    openllm_why = ("openllm from the venv made above" if openllm else
+                   "needs openllm 0.6.30 in its own venv, click<8.2, typer<0.16 (export --with-openllm carries it)")
     also = [
-        (f'eval "$(sealift env)"; openllm serve {name}', "openllm 0.6.30 in its own venv: click<8.2, typer<0.16"),
+        (f'eval "$(sealift env)"; openllm serve {name}', openllm_why),
         (f'eval "$(sealift env {name})"; bentoml serve {bento.tag}', "the runtime venv's bentoml"),
     ]
-    width = max(len(c) for c, _ in commands + also) + 2
     lines = [
         f"sealift bundle of {bento.tag} ({', '.join(m.tag for m in bento.models) or 'no models'})",
         f"written by sealift {__version__} on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
         "On the air-gapped host, in the directory that holds this bundle:",
         "",
-        *(f"  {c.ljust(width)}# {why}" for c, why in commands),
+    ]
+    if sealift_wheel:
+        python = f"python{python_version}" if python_version else "python3"
+        lines += [
+            f"1. sealift itself, from {WHEELS}/ with no package index (the host needs only {python}):",
+            "",
+            *(line for c, why in bootstrap_commands(bundle_name, python_version, openllm=openllm)
+              for line in (f"  # {why}", f"  {c}")),
+            "",
+            "2. the model:",
+            "",
+        ]
+    lines += [
+        *_commented(commands),
         "",
         "It is also served by:",
-        *(f"  {c.ljust(width)}# {why}" for c, why in also),
+        *_commented(also),
         "",
         f"{archive} is also what `bentoml import {archive}` reads.",
     ]
     if not has_wheels:
-        lines += ["", "This bundle has no wheels/: the host must already have the bento's Python packages."]
+        lines += ["", "This bundle has no wheels/: the host must already have sealift and the bento's Python packages."]
     return "\n".join(lines) + "\n"
 
 
 def _bundle_manifest(bento: BentoSource, archive: str, entries: list[FileEntry], platform: str, python_version: str,
-                     has_wheels: bool) -> dict[str, Any]:
+                     has_wheels: bool, *, sealift_wheel: str = "", openllm: bool = False) -> dict[str, Any]:
     return {
         "format": BUNDLE_FORMAT,
         "sealift_version": __version__,
@@ -874,6 +1051,8 @@ def _bundle_manifest(bento: BentoSource, archive: str, entries: list[FileEntry],
         "target": {"platform": platform, "python_version": python_version},
         "wheels": has_wheels,
         "requirements": bundle_requirements(bento),
+        "sealift_wheel": sealift_wheel or None,
+        "openllm_requirements": list(OPENLLM_REQUIREMENTS) if openllm else None,
         "files": [e.to_dict() for e in sorted(entries, key=lambda e: e.path)],
         "install": install_commands("<this directory>", bento.name),
     }
@@ -910,9 +1089,12 @@ def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise UserError(f"{bundle / MANIFEST_JSON} is unreadable ({exc}); nothing was imported",
                         hint="copy the bundle again") from None
     try:
-        text = (bundle / SUMS).read_text()
+        text = (bundle / SUMS).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{bundle / SUMS} is missing; nothing was imported", hint="copy the whole bundle again") from None
+        raise UserError(f"{bundle / SUMS} is missing; nothing was imported",
+                        hint="copy the whole bundle again") from None
+    except (OSError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
+        raise UserError(f"{bundle / SUMS} is unreadable ({exc}); nothing was imported", hint="copy the bundle again") from None
     sums: dict[str, str] = {}
     for line in text.splitlines():
         m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
@@ -920,6 +1102,12 @@ def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str]]:
             raise UserError(f"{bundle / SUMS}: malformed line {line[:80]!r}; nothing was imported",
                             hint="copy the bundle again")
         sums[m.group(2)] = m.group(1)
+    # Nothing hashes SHA256SUMS itself: any byte of it that differs from what export writes for these
+    # entries (a `*` for a space, a repeated line, a lost newline) is damage, even where sha256sum -c
+    # would read the same meaning.
+    if text != sha256sums_text(FileEntry(path, 0, digest) for path, digest in sums.items()):
+        raise UserError(f"{bundle / SUMS} is not as `sealift export` wrote it (damaged or edited); nothing was imported",
+                        hint="copy the bundle again")
     return doc, sums
 
 
@@ -967,7 +1155,9 @@ def verify_bundle(bundle: Path, doc: dict[str, Any], sums: dict[str, str], advan
             digest = hash_file(bundle / path, advance)
         except OSError as exc:
             return BundleProblem(path, f"unreadable ({exc.strerror})")
-        return None if digest == sums[path] else BundleProblem(path, f"corrupted: sha256 {digest}, expected {sums[path]}")
+        if digest == sums[path]:
+            return None
+        return BundleProblem(path, f"corrupted: sha256 {digest}, expected {sums[path]}")
 
     todo.sort(key=lambda t: -(t[1] or 0))
     problems.extend(p for p in map_parallel(check, todo) if p is not None)
@@ -1143,7 +1333,8 @@ class ImportOutcome:
     extracted_bytes: int
 
 
-def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str, model_tags: list[str]) -> ImportOutcome:
+def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str,
+                   model_tags: list[str]) -> ImportOutcome:
     """Put the archive's bento and models into this process's Bento store, as `bentoml import` would.
 
     Models already in the store are left alone (as bentoml does); a bento
@@ -1196,6 +1387,10 @@ def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str
             model = Model.from_path(src)
             if str(model.tag) != tag:
                 raise UserError(f"{archive}: {rel} holds model {model.tag}, the manifest says {tag}")
+            code = code_problems(src) if (src / MANIFEST_NAME).is_file() else []
+            if code:  # a bundle re-sealed after its model's code was changed: that code must never be stored
+                raise UserError(f"{archive}: model {tag}: {code[0]}: not the code its manifest recorded at import; "
+                                "nothing was imported", hint="do not install this bundle; export it again from the source")
             _place(model_store, Path(BentoMLContainer.model_store_dir.get()), model.tag, src)
             added.append(tag)
         if need_bento:
@@ -1266,7 +1461,7 @@ def create_venv(venv: Path, *, python_version: str, requirements: Path, wheels: 
 
 
 def _python_for(version: str) -> str:
-    """This interpreter when it is the version asked for (uv may not find it on PATH), else the version for uv to find."""
+    """This interpreter if it is the version asked for (uv may not find it on PATH), else the version for uv."""
     if version == f"{sys.version_info[0]}.{sys.version_info[1]}":
         return getattr(sys, "_base_executable", None) or sys.executable
     return version
@@ -1348,21 +1543,10 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     started = time.monotonic()
     timings: dict[str, float] = {}
     bundle = Path(bundle_dir).expanduser().absolute()
-    doc, sums = read_bundle(bundle)
-    total = sum(f["size"] for f in doc["files"]) + (bundle / MANIFEST_JSON).stat().st_size
     t = time.monotonic()
-    with console.byte_progress(total, "verifying") as adv:
-        problems = verify_bundle(bundle, doc, sums, adv)
+    doc, sums, archive, members = check_bundle(bundle)
     timings["verify"] = time.monotonic() - t
-    if problems:
-        more = f" (and {len(problems) - 1} more: {', '.join(p.path for p in problems[1:4])})" if len(problems) > 1 else ""
-        raise UserError(f"bundle {bundle} failed verification: {problems[0]}{more}; nothing was imported",
-                        hint="copy the bundle from the source again (or run `sealift export` again)")
-    archive = bundle / doc["archive"]
-    if not _safe_relpath(doc["archive"]) or doc["archive"] not in sums:
-        raise UserError(f"{bundle / MANIFEST_JSON}: archive {doc['archive']!r} is not one of the verified files")
-    members = check_archive(archive)
-    _check_layout(archive, members, doc)
+    total = sum(f["size"] for f in doc["files"]) + (bundle / MANIFEST_JSON).stat().st_size
 
     apply_offline_env()
     bento_tag = doc["bento"]["tag"]
@@ -1414,6 +1598,30 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     )
 
 
+def check_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str], Path, list[tarfile.TarInfo]]:
+    """Everything install checks before it touches any store; needs no Bento store (tests call it directly).
+
+    manifest.json and SHA256SUMS readable and agreeing, every file's size and
+    sha256, then every archive member safe and the layout a sealift bundle's.
+    UserError (exit 2) naming the first problem; else (manifest, sums, archive, members).
+    """
+    doc, sums = read_bundle(bundle)
+    total = sum(f["size"] for f in doc["files"]) + (bundle / MANIFEST_JSON).stat().st_size
+    with console.byte_progress(total, "verifying") as adv:
+        problems = verify_bundle(bundle, doc, sums, adv)
+    if problems:
+        others = ", ".join(p.path for p in problems[1:4])
+        more = f" (and {len(problems) - 1} more: {others})" if len(problems) > 1 else ""
+        raise UserError(f"bundle {bundle} failed verification: {problems[0]}{more}; nothing was imported",
+                        hint="copy the bundle from the source again (or run `sealift export` again)")
+    archive = bundle / doc["archive"]
+    if not _safe_relpath(doc["archive"]) or doc["archive"] not in sums:
+        raise UserError(f"{bundle / MANIFEST_JSON}: archive {doc['archive']!r} is not one of the verified files")
+    members = check_archive(archive)
+    _check_layout(archive, members, doc)
+    return doc, sums, archive, members
+
+
 def doc_size(doc: dict[str, Any], path: str) -> int:
     return next((int(f["size"]) for f in doc["files"] if f["path"] == path), 0)
 
@@ -1455,4 +1663,5 @@ def _check_model_digests(outcome: ImportOutcome, doc: dict[str, Any]) -> None:
             raise Failure(f"{path}: {exc}", hint="run `sealift verify` on the model") from None
         if got != want:
             raise Failure(f"model {model['tag']} in the store has manifest digest {got}, the bundle says {want}",
-                          hint=f"the store already held a different {model['tag']}; run `sealift verify {model['tag']}`")
+                          hint=f"the store already held a different {model['tag']}; "
+                               f"run `sealift verify {model['tag']}`")

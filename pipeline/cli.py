@@ -211,16 +211,19 @@ def export(
     platform: str = typer.Option("manylinux_2_28_x86_64", "--platform", help="Target platform tag for wheels."),
     python_version: str = typer.Option("3.11", "--python-version", help="Target Python version for wheels."),
     wheels_from: Optional[Path] = typer.Option(None, "--wheels-from", help="Take wheels from this directory."),
-    no_wheels: bool = typer.Option(False, "--no-wheels", help="Leave the wheels out."),
+    no_wheels: bool = typer.Option(False, "--no-wheels", help="Leave the wheels (and sealift's own wheel) out."),
+    with_openllm: bool = typer.Option(
+        False, "--with-openllm", help="Also carry openllm 0.6.30 (click<8.2, typer<0.16) in wheels-openllm/."),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Write a verified bundle: bento tar, wheels/, manifest.json, SHA256SUMS, INSTALL.txt."""
+    """Write a verified bundle: bento tar, wheels/ (with sealift itself), manifest.json, SHA256SUMS, INSTALL.txt."""
     console.set_mode(quiet=quiet, json_output=json_output)
     from pipeline import bundle
 
     result = bundle.export_bundle(
-        ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels
+        ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
+        with_openllm=with_openllm,
     )
     console.emit(result.to_dict(), result.print_human)
 

@@ -60,7 +60,7 @@ def sealift(*args: str | Path) -> list[str]:
 
 
 def prepare(work: Path, name: str, size_bytes: int, shards: int) -> tuple[dict[str, str], dict, Path, Path]:
-    """A model of about size_bytes imported and built on a host under work; (env, build result, bento dir, model dir)."""
+    """A model of about size_bytes imported and built on a host under work: (env, build, bento dir, model dir)."""
     src = work / f"{name}-src"
     make_big_model(src, size_bytes, shards)
     env = host_env(work / f"{name}-host")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         row("tar cf", t_tar, mb)
         row("sha256sum X.tar", t_sum, mb)
         row("admin: tar cf + sha256sum", t_admin_exp, mb, "(baseline)")
-        row("  + sync (tar does not fsync; sealift does)", t_admin_exp + t_sync, mb)
+        row("  + sync (sealift fsyncs, tar does not)", t_admin_exp + t_sync, mb)
         row("sealift export (whole CLI)", t_exp, mb, f"{t_exp / t_admin_exp:.2f}x admin, "
             f"{t_exp / (t_admin_exp + t_sync):.2f}x admin+sync")
         row("  of which in export_bundle", exp["seconds"], mb)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         row("sha256sum -c SHA256SUMS", t_check, mb)
         row("tar xf", t_xf, mb)
         row("admin: sha256sum -c + tar xf", t_admin_inst, mb, "(baseline)")
-        row("  + sync (tar does not; sealift syncs the store)", t_admin_inst + t_sync2, mb)
+        row("  + sync (sealift syncs the store)", t_admin_inst + t_sync2, mb)
         row("sealift install --no-venv (whole CLI)", t_inst, mb, f"{t_inst / t_admin_inst:.2f}x admin, "
             f"{t_inst / (t_admin_inst + t_sync2):.2f}x admin+sync")
         timings = ", ".join(f"{k} {v:.2f} s" for k, v in inst["timings"].items())
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             xz_mb = (work / "slice.bento").stat().st_size / 1e6
             print(f"\nbentoml export default (.bento = tar.xz) vs sealift export, {smb:,.0f} MB")
             row("sealift export (whole CLI)", t_ours, smb)
-            row("bentoml export TAG x.bento (whole CLI)", t_xz, smb, f"{t_xz / t_ours:.0f}x sealift; {xz_mb:,.0f} MB xz")
+            row("bentoml export TAG x.bento (whole CLI)", t_xz, smb,
+                f"{t_xz / t_ours:.0f}x sealift; {xz_mb:,.0f} MB xz")
         print(f"\nexport / admin = {t_exp / t_admin_exp:.2f}, install / admin = {t_inst / t_admin_inst:.2f} "
               f"(goal <= 1.00 each)")
     finally:

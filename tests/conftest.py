@@ -168,7 +168,8 @@ def wheel_cache(request: pytest.FixtureRequest) -> Path:
 
 @dataclass
 class InstalledBundle:
-    """cpu_bento exported with its wheels, then installed on a second, empty host with no network."""
+    """cpu_bento exported with its wheels (and --with-openllm), then installed on a second, empty host with no
+    network."""
 
     export: dict  # `sealift export --json`
     host: Env  # the air-gapped host
@@ -191,7 +192,7 @@ def installed_bundle(cpu_bento: BuiltBento, wheel_cache: Path, tmp_path_factory:
     from pipeline.offline import guarded_env, netns_prefix
 
     usb = tmp_path_factory.mktemp("usb-with-wheels")
-    export = cpu_bento.host.sealift("export", "tiny", usb, "--json", check=True, timeout=1800,
+    export = cpu_bento.host.sealift("export", "tiny", usb, "--with-openllm", "--json", check=True, timeout=1800,
                                     SEALIFT_WHEEL_CACHE=str(wheel_cache)).json()
     host = Env(tmp_path_factory.mktemp("airgap-host"))
     env = guarded_env(host.environ(PIP_NO_INDEX="1", UV_NO_INDEX="1"), log_path=host.root / "install-net.jsonl",
@@ -200,3 +201,69 @@ def installed_bundle(cpu_bento: BuiltBento, wheel_cache: Path, tmp_path_factory:
                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, f"sealift install exited {p.returncode}:\n{p.stderr}\n{p.stdout}"
     return InstalledBundle(export, host, json.loads(p.stdout))
+
+
+# --------------------------------------------------------------------------- a host that has only Python
+
+
+def install_txt_steps(bundle: Path) -> list[str]:
+    """The shell commands of the bundle's INSTALL.txt, part 1: sealift (and openllm) from its wheels alone."""
+    lines = (bundle / "INSTALL.txt").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("1. "))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("2. "))
+    return [ln[2:] for ln in lines[start + 1:end] if ln.startswith("  ") and ln[2:3] not in ("#", " ")]
+
+
+@dataclass
+class BareHost:
+    """A HOME where INSTALL.txt's commands ran: no index, no pip config, no network, nothing from this checkout."""
+
+    home: Path
+    bundle: Path
+    guard_log: Path
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        from pipeline.offline import guarded_env
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_")) and k != "VIRTUAL_ENV"}
+        # python3.X on PATH is the interpreter running the tests (its venv makes venvs from the base Python)
+        env.update(HOME=str(self.home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+                   PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+        return guarded_env(env, log_path=self.guard_log, **extra)
+
+    def bash(self, script: str, *, timeout: float = 900, **extra: str) -> Run:
+        """Run a bash script in the bundle's directory, in a loopback-only namespace where one can be made."""
+        from pipeline.offline import netns_prefix
+
+        p = subprocess.run([*(netns_prefix() or []), "bash", "-euo", "pipefail", "-c", script],
+                           env=self.environ(**extra), cwd=self.bundle.parent, capture_output=True, text=True,
+                           timeout=timeout)
+        return Run(p.returncode, p.stdout, p.stderr)
+
+    @property
+    def cli_bin(self) -> Path:
+        return self.home / ".sealift" / "cli" / "bin"
+
+
+@pytest.fixture(scope="session")
+def bare_host(installed_bundle: InstalledBundle, tmp_path_factory: pytest.TempPathFactory) -> BareHost:
+    """INSTALL.txt's commands for sealift itself, run as written on a host with only Python: pip, --no-index,
+    the bundle's wheels/ (shared by test_bundle_bootstrap and test_openllm)."""
+    root = tmp_path_factory.mktemp("bare-host")
+    host = BareHost(root / "home", installed_bundle.bundle, root / "net.jsonl")
+    host.home.mkdir()
+    steps = [s for s in install_txt_steps(installed_bundle.bundle) if "openllm" not in s]
+    run = host.bash("\n".join(steps))
+    assert run.code == 0, f"INSTALL.txt's sealift steps failed:\n{steps}\n{run.err[-3000:]}"
+    return host
+
+
+@pytest.fixture(scope="session")
+def bare_host_openllm(bare_host: BareHost) -> Path:
+    """INSTALL.txt's openllm steps run on bare_host as written (openllm 0.6.30 from wheels-openllm/, no index):
+    the `openllm` command they put beside sealift's."""
+    steps = [s for s in install_txt_steps(bare_host.bundle) if "openllm" in s]
+    assert steps, "INSTALL.txt has no openllm steps (was the bundle exported --with-openllm?)"
+    run = bare_host.bash("\n".join(steps))
+    assert run.code == 0, f"INSTALL.txt's openllm steps failed:\n{steps}\n{run.err[-3000:]}"
+    return bare_host.cli_bin / "openllm"

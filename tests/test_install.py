@@ -231,7 +231,8 @@ def test_install_without_wheels_imports_registers_and_says_present_the_second_ti
     assert sum(os.lstat(f).st_size for f in real_files if not os.path.islink(f)) < 1024
 
     # `sealift env` prints what a shell can eval
-    script = f'eval "$({sys.executable} -m pipeline.cli env)" && echo "$OPENLLM_TEST_REPO|$UV_NO_INDEX|$UV_FIND_LINKS|$HF_HUB_OFFLINE"'
+    show = 'echo "$OPENLLM_TEST_REPO|$UV_NO_INDEX|$UV_FIND_LINKS|$HF_HUB_OFFLINE"'
+    script = f'eval "$({sys.executable} -m pipeline.cli env)" && {show}'
     p = subprocess.run(["bash", "-c", script], env=host.environ(), capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parent.parent)
     assert p.returncode == 0, p.stderr
@@ -273,10 +274,9 @@ def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundl
     port = free_port()
     log = host.root / "serve-net.log"
     env = guarded_env(host.environ(), log_path=log)
-    env.update(json.loads(subprocess.run(
-        [sys.executable, "-c", "import json,sys; from pipeline import openllm; print(json.dumps(openllm.read_env_file()))"],
-        env=host.environ(), capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
-    ).stdout))
+    dump = "import json; from pipeline import openllm; print(json.dumps(openllm.read_env_file()))"
+    env.update(json.loads(subprocess.run([sys.executable, "-c", dump], env=host.environ(), capture_output=True,
+                                         text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stdout))
     proc = subprocess.Popen([str(py), "-m", "bentoml", "serve", result["bento_tag"], "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=host.root)

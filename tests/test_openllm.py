@@ -1,9 +1,11 @@
 """`openllm serve NAME` on a bundle that `sealift install` put on an air-gapped host: no index, no network.
 
-openllm 0.6.30 is installed once per cache into its own venv (it pins
-bentoml==1.4.8 and openai==1.73.0, and needs click<8.2, typer<0.16). The test
-then does what the user does on the air-gapped host, in a network namespace
-with only loopback where one can be made and under sealift's network guard:
+openllm 0.6.30 comes from the bundle itself: conftest's `bare_host_openllm`
+runs INSTALL.txt's openllm steps as written (its own venv, since it pins
+bentoml==1.4.8 and openai==1.73.0 and needs click<8.2, typer<0.16; pip
+--no-index from the bundle's wheels-openllm/, no network). The test then does
+what the user does on the air-gapped host, in a network namespace with only
+loopback where one can be made and under sealift's network guard:
 
     eval "$(sealift env)"; openllm serve tiny --port P
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,23 +34,11 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.openllm
 
-OPENLLM = ["openllm==0.6.30", "click<8.2", "typer<0.16"]
-
-
 @pytest.fixture(scope="session")
-def openllm_bin(request: pytest.FixtureRequest) -> Path:
-    """openllm 0.6.30 in its own venv, kept in pytest's cache between sessions (pip, from the configured index)."""
-    venv = Path(request.config.cache.mkdir("sealift-openllm-venv"))
-    marker = venv / ".sealift-ok"
-    if marker.is_file() and marker.read_text() == " ".join(OPENLLM):
-        return venv / "bin" / "openllm"
-    shutil.rmtree(venv)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    p = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *OPENLLM],
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    marker.write_text(" ".join(OPENLLM))
-    return venv / "bin" / "openllm"
+def openllm_bin(bare_host_openllm: Path) -> Path:
+    """`openllm` as the bundle's INSTALL.txt makes it: openllm 0.6.30 in its own venv from wheels-openllm/, with
+    pip --no-index and no network, its command linked beside sealift's (conftest `bare_host_openllm`)."""
+    return bare_host_openllm
 
 
 DRIVER = textwrap.dedent('''

@@ -7,7 +7,7 @@ when run without BentoML. Under BentoML the app is
 mounted at "/" and BentoML's own /readyz asks the service's __is_ready__.
 
 Order of checks for a generation request: API key (401), concurrency (429),
-model loaded (503), body (400), model name (404), prompt length (400).
+model loaded (503), body (415 not JSON, 413 too big, 400 invalid), model name (404), prompt length (400).
 """
 
 from __future__ import annotations
