@@ -1334,7 +1334,7 @@ class ImportOutcome:
 
 
 def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str,
-                   model_tags: list[str]) -> ImportOutcome:
+                   model_tags: list[str], digests: dict[str, str] | None = None) -> ImportOutcome:
     """Put the archive's bento and models into this process's Bento store, as `bentoml import` would.
 
     Models already in the store are left alone (as bentoml does); a bento
@@ -1387,6 +1387,15 @@ def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str
             model = Model.from_path(src)
             if str(model.tag) != tag:
                 raise UserError(f"{archive}: {rel} holds model {model.tag}, the manifest says {tag}")
+            want = (digests or {}).get(tag)
+            if want:  # before it is stored: the model's own manifest is the one the bundle names
+                try:
+                    got = Manifest.read(src / MANIFEST_NAME).digest()
+                except (OSError, ValueError) as exc:
+                    got = f"unreadable ({exc})"
+                if got != want:
+                    raise UserError(f"{archive}: model {tag} has manifest digest {got}, manifest.json says {want}; "
+                                    "nothing was imported", hint="do not install this bundle; export it again")
             code = code_problems(src) if (src / MANIFEST_NAME).is_file() else []
             if code:  # a bundle re-sealed after its model's code was changed: that code must never be stored
                 raise UserError(f"{archive}: model {tag}: {code[0]}: not the code its manifest recorded at import; "
@@ -1552,7 +1561,8 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     bento_tag = doc["bento"]["tag"]
     model_tags = [m["tag"] for m in doc.get("models", [])]
     t = time.monotonic()
-    outcome = import_archive(archive, members, bento_tag, model_tags)
+    digests = {m["tag"]: m["manifest_digest"] for m in doc.get("models", []) if m.get("manifest_digest")}
+    outcome = import_archive(archive, members, bento_tag, model_tags, digests)
     timings["import"] = time.monotonic() - t
     _check_model_digests(outcome, doc)
 

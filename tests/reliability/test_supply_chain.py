@@ -130,6 +130,25 @@ def test_install_refuses_a_bundle_whose_model_code_changed(trusted, forged: bool
     assert not list(host.bentoml_home.glob(".sealift-install-*"))
 
 
+def test_install_refuses_a_resealed_bundle_naming_another_model_digest(trusted, tmp_path: Path) -> None:
+    """manifest.json names the model manifest it shipped; a bundle re-sealed to name another is refused
+    before the model is stored (not imported and then rolled back)."""
+    bundle = tmp_path / trusted["bundle"].name
+    subprocess.run(["cp", "-r", str(trusted["bundle"]), str(bundle)], check=True)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    doc["models"][0]["manifest_digest"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    _reseal(bundle)
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=bundle, capture_output=True).returncode == 0
+    host = Env(tmp_path / "airgap")
+    run = host.sealift("install", bundle, "--no-venv")
+    assert run.code == 2, run.err
+    line = error_line(run.err)
+    assert "manifest digest" in line and "nothing was imported" in line
+    assert store_is_empty(host)
+    assert not list(host.bentoml_home.glob(".sealift-install-*"))
+
+
 # --------------------------------------------------------------------------- start and serve
 
 
