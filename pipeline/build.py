@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__, console, paths
+from pipeline.atomic import sweep_dead
 from pipeline.errors import Failure, UserError
 from pipeline.manifest import write_atomic
 from pipeline.offline import OFFLINE_ENV, apply_offline_env
@@ -165,7 +166,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
     console.info(f"building a bento for {model.tag} (target {target}, backend {backend})")
     tmp_parent = paths.bentoml_home() / "tmp"
     tmp_parent.mkdir(parents=True, exist_ok=True)
-    _sweep_dead_builds(tmp_parent)
+    sweep_dead(tmp_parent, BUILD_PREFIX)
     with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=tmp_parent) as tmp:
         ctx = Path(tmp) / "context"
         ctx.mkdir()
@@ -290,20 +291,6 @@ def _publish_bento(staged: Any) -> Any:
     os.rename(src, final)  # bentos/NAME/VERSION appears complete or not at all
     write_atomic(final.parent / "latest", staged.tag.version.encode())
     return BentoMLContainer.bento_store.get().get(staged.tag)
-
-
-def _sweep_dead_builds(tmp_parent: Path) -> None:
-    """Remove build directories of builds that died (SIGKILL, power loss): named sealift-build-<pid>-<random>."""
-    for d in tmp_parent.glob(f"{BUILD_PREFIX}*"):
-        pid = d.name[len(BUILD_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def _first_line(exc: BaseException) -> str:

@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__, console, paths
+from pipeline.atomic import fsync_dir, sweep_dead
 from pipeline.errors import Failure, UserError
 from pipeline.manifest import MANIFEST_NAME, FileEntry, Manifest, code_problems, copy_and_hash, hash_file, \
     map_parallel, sha256sums_text, write_atomic
@@ -791,14 +792,6 @@ def check_free_space(dest: Path, needed: int) -> None:
                         hint="free some space or choose another DEST")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str = "3.11",
                   wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False) -> ExportResult:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
@@ -931,10 +924,10 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
     (partial / JOURNAL).unlink(missing_ok=True)
     for folder in (WHEELS, WHEELS_OPENLLM):
         if (partial / folder).is_dir():
-            _fsync_dir(partial / folder)
-    _fsync_dir(partial)
+            fsync_dir(partial / folder)
+    fsync_dir(partial)
     os.rename(partial, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     total = sum(e.size for e in sums)
     return ExportResult(
         bundle=str(final), bento_tag=bento.tag, model_tags=[m.tag for m in bento.models], archive=archive_name,
@@ -1295,20 +1288,6 @@ def _syncfs(path: Path) -> None:
 INSTALL_STAGING = ".sealift-install-"
 
 
-def _sweep_dead_installs(home: Path) -> None:
-    """Remove the staging directories of installs that died (SIGKILL, power loss): .sealift-install-<pid>-<random>."""
-    for d in home.glob(f"{INSTALL_STAGING}*"):
-        pid = d.name[len(INSTALL_STAGING):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 def _place(store: Any, root: Path, tag: Any, src: Path) -> None:
     """Rename the extracted src to root/NAME/VERSION (atomic: it appears complete or not at all); update `latest`.
 
@@ -1374,7 +1353,7 @@ def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str
     nbytes = sum(m.size for m in selected if m.isreg())
     home = paths.bentoml_home()
     home.mkdir(parents=True, exist_ok=True)
-    _sweep_dead_installs(home)
+    sweep_dead(home, INSTALL_STAGING)
     staging = Path(tempfile.mkdtemp(prefix=f"{INSTALL_STAGING}{os.getpid()}-", dir=home))
     added: list[str] = []
     try:

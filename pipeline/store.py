@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__, console
+from pipeline.atomic import fsync_dir, sweep_dead
 from pipeline.errors import Failure, UserError
 from pipeline.inspect import Inspection, ModelInfo, fmt_bytes, fmt_params, inspect_model
 from pipeline.manifest import (
@@ -204,26 +205,6 @@ def print_table(models: list[StoredModel]) -> None:
 # --------------------------------------------------------------------------- staging
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep_stale(root: Path) -> None:
-    """Remove staging dirs of imports that died (SIGKILL, power loss): named <pid>-<random>."""
-    if not root.is_dir():
-        return
-    for d in root.iterdir():
-        pid = d.name.split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 #: errnos that mean the store's filesystem is full (or the user's quota is).
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: Free space to keep beyond the model's bytes (model.yaml, manifest, directory blocks).
@@ -252,7 +233,7 @@ def _staging(store: Path) -> Iterator[Path]:
     """
     root = store.resolve().parent / STAGING_DIRNAME
     root.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(root)
+    sweep_dead(root)
     stage = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
     try:
         yield stage
@@ -282,14 +263,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- import
@@ -584,13 +557,13 @@ def _publish(stage_model: Path, store: Path, name: str, version: str, info: Mode
         f.flush()
         os.fsync(f.fileno())
     for d in sorted({p.parent for p in stage_model.rglob("*")} | {stage_model}):
-        _fsync_dir(d)
+        fsync_dir(d)
     name_dir = store / name
     name_dir.mkdir(parents=True, exist_ok=True)
     final = name_dir / version
     os.rename(stage_model, final)  # atomic: models/NAME/VERSION appears complete or not at all
     write_atomic(name_dir / "latest", version.encode())
-    _fsync_dir(name_dir)
+    fsync_dir(name_dir)
     return final
 
 
