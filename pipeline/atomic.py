@@ -1,4 +1,4 @@
-"""Atomic steps: staging directories named after their process, fsync, sweep.
+"""Atomic steps: staging directories named after their process, fsync, rename, sweep.
 
 Every step writes into a staging directory named `<prefix><pid>-<random>` on
 the destination's filesystem, fsyncs, and renames into place. A step killed
@@ -20,6 +20,33 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path, *, files: bool = True) -> None:
+    """fsync every file (unless `files` is False: they were fsynced as written) and every directory under root.
+
+    Before the rename that publishes root: after a crash the renamed tree then
+    holds every entry and every byte, not just its top directory.
+    """
+    for dirpath, _, filenames in os.walk(root):
+        if files:
+            for name in filenames:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a fsynced `.partial` sibling and a rename."""
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def pid_alive(pid: int) -> bool:

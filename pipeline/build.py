@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__, console, paths
-from pipeline.atomic import sweep_dead
+from pipeline.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
 from pipeline.errors import Failure, UserError
-from pipeline.manifest import write_atomic
+from pipeline.inspect import fmt_bytes
 from pipeline.offline import OFFLINE_ENV, apply_offline_env
 
 TARGETS = ("cpu", "gpu")
@@ -101,7 +101,7 @@ class BuildResult:
     def print_human(self) -> None:
         lines = [
             f"built {self.bento_tag}  (model {self.model_tag}, target {self.target}, "
-            f"backend {self.backend}, {_human(self.size_bytes)} with the model)",
+            f"backend {self.backend}, {fmt_bytes(self.size_bytes)} with the model)",
             "serve it with any of:",
             f"  sealift start {self.name}",
             f"  openllm serve {self.name}    (on the host where `sealift install` put it)",
@@ -109,15 +109,6 @@ class BuildResult:
         ]
         for line in lines:
             console.out.print(line, markup=False, soft_wrap=True)
-
-
-def _human(n: int) -> str:
-    size, unit = float(n), "B"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            break
-        size /= 1024
-    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
 # --------------------------------------------------------------------------- build
@@ -173,15 +164,14 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
         _make_context(root, ctx, config)
         bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=requirements)
         bento = _run_build(bentofile, ctx, Path(tmp) / "store")
-    model_size = _model_size(model)
     return BuildResult(
         bento_tag=str(bento.tag),
         model_tag=str(model.tag),
         name=model.name,
         target=target,
         backend=backend,
-        size_bytes=bento.file_size + model_size,
-        model_size_bytes=model_size,
+        size_bytes=bento.file_size + model.size,
+        model_size_bytes=model.size,
         path=str(bento.path),
         requirements=_read_requirements(Path(bento.path)),
     )
@@ -279,30 +269,18 @@ def _publish_bento(staged: Any) -> Any:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     src = Path(staged.path)
-    for dirpath, _, files in os.walk(src):
-        for f in files:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    fsync_tree(src)
     final = Path(BentoMLContainer.bento_store_dir.get()) / staged.tag.name / staged.tag.version
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(src, final)  # bentos/NAME/VERSION appears complete or not at all
     write_atomic(final.parent / "latest", staged.tag.version.encode())
+    fsync_dir(final.parent)
     return BentoMLContainer.bento_store.get().get(staged.tag)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _model_size(model: Any) -> int:
-    size = getattr(model, "size_bytes", None) or getattr(model, "size", None)
-    if isinstance(size, int):
-        return size
-    return sum(p.stat().st_size for p in Path(model.path).rglob("*") if p.is_file())
 
 
 def _read_requirements(bento_path: Path) -> list[str]:

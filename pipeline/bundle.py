@@ -18,7 +18,7 @@ A bundle directory holds:
                            target platform/python, every file above with size and sha256
     SHA256SUMS             the same files plus manifest.json, for plain `sha256sum -c`
 
-Export writes the tar itself, in one pass: each source byte is read once, hashed
+Export writes the tar itself (pipeline.tarstream), in one pass: each source byte is read once, hashed
 into the archive's sha256 (and, for model files, into a check against the
 model's own sealift manifest, so a store that rotted since import is refused),
 and written once by a helper thread while the next chunk is hashed. Nothing is
@@ -43,12 +43,11 @@ venv from wheels/ with uv and no index, and registers the bento for openllm
 
 SEALIFT_EXPORT_CHECKPOINT_BYTES tunes how often export checkpoints (default
 512 MiB); SEALIFT_WHEEL_CACHE is where wheels downloaded from an index are kept
-between exports (default $SEALIFT_HOME/wheel-cache).
+between exports (default $SEALIFT_HOME/wheel-cache; pipeline.wheelhouse).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import datetime
 import errno
@@ -63,8 +62,6 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,22 +69,23 @@ from typing import Any
 from pipeline import __version__, console, paths
 from pipeline.atomic import fsync_dir, sweep_dead
 from pipeline.errors import Failure, UserError
+from pipeline.inspect import fmt_bytes
 from pipeline.manifest import MANIFEST_NAME, FileEntry, Manifest, code_problems, copy_and_hash, hash_file, \
     map_parallel, sha256sums_text, write_atomic
 from pipeline.offline import apply_offline_env, offline_env
+# The archive writer and the wheel resolution live apart; their names stay importable from here.
+from pipeline.tarstream import BUNDLE_FORMAT, CHUNK, JOURNAL, Advance, Member, _Journal, _walk, _write_all, \
+    archive_size, plan_digest, write_archive
+from pipeline.tarstream import CHECKPOINT_ENV  # noqa: F401 - re-exported
+from pipeline.wheelhouse import resolve_wheels, sealift_wheel
+from pipeline.wheelhouse import WHEEL_CACHE_ENV, expand_platforms  # noqa: F401 - re-exported
 
-BUNDLE_FORMAT = "sealift-bundle/1"
 MANIFEST_JSON = "manifest.json"
 SUMS = "SHA256SUMS"
 INSTALL_TXT = "INSTALL.txt"
 WHEELS = "wheels"
-JOURNAL = ".sealift-export.json"
 PARTIAL = ".partial"
 
-CHUNK = 8 * 1024 * 1024
-CHECKPOINT_ENV = "SEALIFT_EXPORT_CHECKPOINT_BYTES"
-DEFAULT_CHECKPOINT = 512 * 1024 * 1024
-WHEEL_CACHE_ENV = "SEALIFT_WHEEL_CACHE"
 #: Free space to keep beyond the bundle's own bytes (directory blocks, filesystem slack).
 SLACK = 16 * 1024 * 1024
 VENV_MARKER = ".sealift-venv.json"
@@ -95,115 +93,15 @@ VENV_MARKER = ".sealift-venv.json"
 WHEELS_OPENLLM = "wheels-openllm"
 #: What `openllm serve` needs in its own venv (DESIGN.md: 0.6.30 crashes with click>=8.2, typer>=0.16).
 OPENLLM_REQUIREMENTS = ("openllm==0.6.30", "click<8.2", "typer<0.16")
-#: The files beside pipeline/ that building the sealift wheel reads.
-SELF_BUILD_FILES = ("pyproject.toml", "README.md")
-
-Advance = Callable[[int], None]
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n < 10**9 else f"{n / 1e9:,.2f} GB"
 
 
 # =========================================================================== the archive
-#
-# The tar is a pure function of its members (names, sizes, modes, mtimes and the
-# source bytes), so a resumed export regenerates the same stream and can start
-# writing at any checkpointed offset.
 
 
-@dataclass(frozen=True)
-class Member:
-    """One tar member: a directory, a file read from `src`, or a small generated file (`data`)."""
+class _Tagged:
+    """`name` and `version` of a NAME:VERSION `tag`."""
 
-    name: str
-    kind: str  # "dir" | "file"
-    size: int
-    mode: int
-    mtime: int
-    src: str | None = None
-    data: bytes | None = None
-    #: The sha256 the source must have (from the model's sealift manifest), checked while streaming.
-    sha256: str | None = None
-
-    def header(self) -> bytes:
-        """The member's tar header (PAX, deterministic: uid/gid 0, no user names)."""
-        info = tarfile.TarInfo(self.name)
-        info.type = tarfile.DIRTYPE if self.kind == "dir" else tarfile.REGTYPE
-        info.size = 0 if self.kind == "dir" else self.size
-        info.mode = self.mode & 0o7777
-        info.mtime = self.mtime
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-    def key(self) -> list[Any]:
-        """What identifies this member in the stream (for the resume journal)."""
-        data = hashlib.sha256(self.data).hexdigest() if self.data is not None else None
-        return [self.name, self.kind, self.size, self.mode & 0o7777, self.mtime, self.src, data]
-
-
-def _padding(n: int) -> int:
-    return -n % tarfile.BLOCKSIZE
-
-
-def _trailer_size(body: int) -> int:
-    """Two zero blocks, then zeros up to a whole record, as tar and tarfile write."""
-    end = body + 2 * tarfile.BLOCKSIZE
-    return end + (-end % tarfile.RECORDSIZE) - body
-
-
-def archive_size(members: list[Member]) -> int:
-    """The exact size of the tar these members make."""
-    body = sum(len(m.header()) + (0 if m.kind == "dir" else m.size + _padding(m.size)) for m in members)
-    return body + _trailer_size(body)
-
-
-def plan_digest(members: list[Member]) -> str:
-    return hashlib.sha256(json.dumps([m.key() for m in members]).encode()).hexdigest()
-
-
-def _walk(root: Path, prefix: str, *, skip_top: Iterable[str] = (),
-          checks: dict[str, str] | None = None) -> list[Member]:
-    """Members for everything under root (sorted), named prefix + relative path; symlinked files are followed."""
-    skip = set(skip_top)
-    checks = checks or {}
-    out: list[Member] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        rel_dir = here.relative_to(root).as_posix()
-        rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        if not rel_dir:
-            dirnames[:] = [d for d in dirnames if d not in skip]
-            filenames = [f for f in filenames if f not in skip]
-        dirnames.sort()
-        for d in dirnames:
-            if (here / d).is_symlink():
-                raise UserError(f"{here / d} is a symlink to a directory; sealift does not archive those",
-                                hint="replace it with the directory itself")
-            st = (here / d).stat()
-            out.append(Member(prefix + rel_dir + d + "/", "dir", 0, st.st_mode, int(st.st_mtime)))
-        for f in sorted(filenames):
-            path = here / f
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                raise UserError(f"{path} is a dangling symlink", hint="re-import the model") from None
-            if not path.is_file():
-                raise UserError(f"{path} is not a regular file", hint="remove it from the bento or model")
-            rel = rel_dir + f
-            out.append(Member(prefix + rel, "file", st.st_size, st.st_mode, int(st.st_mtime),
-                              src=str(path), sha256=checks.get(rel)))
-    # os.walk yields a directory's entries after the directory itself; keep that
-    # order but make it stable: parents before children, then by name.
-    return sorted(out, key=lambda m: m.name.rstrip("/").split("/"))
-
-
-@dataclass
-class ModelSource:
     tag: str
-    path: Path
-    manifest: Manifest | None
 
     @property
     def name(self) -> str:
@@ -215,7 +113,14 @@ class ModelSource:
 
 
 @dataclass
-class BentoSource:
+class ModelSource(_Tagged):
+    tag: str
+    path: Path
+    manifest: Manifest | None
+
+
+@dataclass
+class BentoSource(_Tagged):
     """A bento in the local store, as export needs it."""
 
     tag: str
@@ -224,14 +129,6 @@ class BentoSource:
     python_version: str
     labels: dict[str, str]
     models: list[ModelSource]
-
-    @property
-    def name(self) -> str:
-        return self.tag.split(":")[0]
-
-    @property
-    def version(self) -> str:
-        return self.tag.split(":")[1]
 
     @property
     def requirements_file(self) -> Path:
@@ -259,265 +156,7 @@ def plan_archive(bento: BentoSource) -> list[Member]:
     return members
 
 
-def _write_all(fd: int, view: memoryview | bytes) -> None:
-    view = memoryview(view)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-class _Sink:
-    """Appends to a file from a helper thread, in order, while the caller hashes the same chunk.
-
-    A second helper thread runs the per-file check hashes (`check`), so the
-    archive hash, the check hash and the write of a chunk run on three threads
-    (hashlib and os.write release the GIL). At most two writes and two checks
-    are outstanding after each call, so a caller rotating three buffers never
-    refills one that is still being written or hashed.
-    """
-
-    BUFFERS = 3
-
-    def __init__(self, fd: int, offset: int) -> None:
-        self.fd = fd
-        self.offset = offset
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealift-tar")
-        self.checker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealift-check")
-        self.pending: deque[concurrent.futures.Future[None]] = deque()
-        self.checks: deque[concurrent.futures.Future[None]] = deque()
-        self.buffers = [bytearray(CHUNK) for _ in range(self.BUFFERS)]
-        self.turn = 0
-
-    def check(self, hasher: Any, view: memoryview) -> None:
-        """hasher.update(view) on the checker thread, in order."""
-        self.checks.append(self.checker.submit(hasher.update, view))
-        while len(self.checks) > self.BUFFERS - 1:
-            self.checks.popleft().result()
-
-    def settle_checks(self) -> None:
-        while self.checks:
-            self.checks.popleft().result()
-
-    def buffer(self) -> bytearray:
-        buf = self.buffers[self.turn % self.BUFFERS]
-        self.turn += 1
-        return buf
-
-    def put(self, view: memoryview | bytes) -> None:
-        self.pending.append(self.pool.submit(_write_all, self.fd, view))
-        self.offset += len(view)
-        while len(self.pending) > self.BUFFERS - 1:
-            self.pending.popleft().result()
-
-    def drain(self) -> None:
-        while self.pending:
-            self.pending.popleft().result()
-
-    def close(self) -> None:
-        try:
-            self.drain()
-            self.settle_checks()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.checker.shutdown(wait=True, cancel_futures=True)
-
-
-class _Journal:
-    """`.partial/.sealift-export.json`: what an interrupted export already wrote and fsynced."""
-
-    def __init__(self, path: Path, doc: dict[str, Any]) -> None:
-        self.path = path
-        self.doc = doc
-
-    @classmethod
-    def load(cls, partial: Path, bento_tag: str, plan: str, archive_total: int) -> _Journal:
-        """The journal of an earlier run of this same export, or a fresh one."""
-        fresh = {"format": BUNDLE_FORMAT, "bento": bento_tag, "plan": plan,
-                 "archive": {"offset": 0, "sha256": hashlib.sha256().hexdigest(), "size": archive_total,
-                             "done": False},
-                 "files": {}}
-        path = partial / JOURNAL
-        try:
-            doc = json.loads(path.read_text())
-            if doc.get("bento") != bento_tag or doc.get("plan") != plan or doc.get("format") != BUNDLE_FORMAT:
-                doc = fresh
-        except (OSError, ValueError):
-            doc = fresh
-        return cls(path, doc)
-
-    @property
-    def archive(self) -> dict[str, Any]:
-        return self.doc["archive"]
-
-    def save(self) -> None:
-        write_atomic(self.path, json.dumps(self.doc, indent=1).encode())
-
-
-def _checkpoint_every() -> int:
-    try:
-        return max(tarfile.RECORDSIZE, int(os.environ.get(CHECKPOINT_ENV, DEFAULT_CHECKPOINT)))
-    except ValueError:
-        return DEFAULT_CHECKPOINT
-
-
-def _verified_prefix(path: Path, journal: _Journal, advance: Advance) -> tuple[int, Any]:
-    """Re-read the archive up to the journal's checkpoint; (offset, running sha256) to go on from.
-
-    The bytes are only read: if they still hash to what the journal recorded
-    when they were fsynced, writing resumes right after them; otherwise (or if
-    the file is shorter) the archive starts over.
-    """
-    h = hashlib.sha256()
-    offset = int(journal.archive.get("offset", 0))
-    if offset <= 0 or not path.is_file() or path.stat().st_size < offset:
-        return 0, hashlib.sha256()
-    buf = bytearray(CHUNK)
-    left = offset
-    with open(path, "rb", buffering=0) as f:
-        while left:
-            n = f.readinto(memoryview(buf)[: min(CHUNK, left)])
-            if not n:
-                return 0, hashlib.sha256()
-            h.update(memoryview(buf)[:n])
-            left -= n
-            advance(n)
-    if h.hexdigest() != journal.archive.get("sha256"):
-        console.warn(f"{path.name}: the bytes written before the interruption changed; writing it again")
-        return 0, hashlib.sha256()
-    return offset, h
-
-
-def write_archive(members: list[Member], path: Path, journal: _Journal, advance: Advance,
-                  verify_advance: Advance | None = None) -> tuple[FileEntry, int]:
-    """Write (or finish) the tar at `path` from `members`; fsynced; returns its size and sha256.
-
-    Resumes at the journal's last checkpoint when the bytes before it are still
-    intact (the second value: where writing started). Raises Failure when a
-    model file does not match its manifest.
-    """
-    total = archive_size(members)
-    start, h = _verified_prefix(path, journal, verify_advance or advance)
-    every = _checkpoint_every()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    sink = _Sink(fd, start)
-    try:
-        os.ftruncate(fd, start)
-        os.lseek(fd, start, os.SEEK_SET)
-        last_checkpoint = start
-
-        def checkpoint() -> None:
-            nonlocal last_checkpoint
-            sink.drain()
-            os.fsync(fd)
-            journal.archive.update(offset=sink.offset, sha256=h.copy().hexdigest(), done=False)
-            journal.save()
-            last_checkpoint = sink.offset
-
-        def maybe_checkpoint() -> None:
-            if sink.offset - last_checkpoint >= every:
-                checkpoint()
-
-        def put_small(data: bytes, pos: int) -> int:
-            """Write the part of a small piece at stream position pos that lies past the resume point."""
-            end = pos + len(data)
-            if end > start:
-                piece = data[max(0, start - pos):]
-                h.update(piece)
-                sink.put(piece)
-                advance(len(piece))
-            return end
-
-        pos = 0
-        for m in members:
-            pos = put_small(m.header(), pos)
-            if m.kind == "dir":
-                continue
-            if m.data is not None:
-                pos = put_small(m.data, pos)
-            else:
-                if pos + m.size > start:
-                    _stream_file(m, max(0, start - pos), h, sink, advance, maybe_checkpoint)
-                pos += m.size
-            pos = put_small(b"\0" * _padding(m.size), pos)
-        pos = put_small(b"\0" * _trailer_size(pos), pos)
-        if pos != total or sink.offset != total:
-            raise Failure(f"internal error: wrote {sink.offset} bytes of a {total}-byte archive")
-        sink.drain()
-        os.fsync(fd)
-    finally:
-        sink.close()
-        os.close(fd)
-    journal.archive.update(offset=total, sha256=h.hexdigest(), done=True)
-    journal.save()
-    return FileEntry(path.name, total, h.hexdigest()), start
-
-
-def _stream_file(m: Member, skip: int, h: Any, sink: _Sink, advance: Advance, after_chunk: Callable[[], None]) -> None:
-    """Hash and write m's source from byte `skip` on; check it against m.sha256 (re-reading the skipped head).
-
-    `after_chunk` runs after each chunk is queued (checkpoints can fall inside a big file).
-    """
-    assert m.src is not None
-    check = hashlib.sha256() if m.sha256 else None
-    left = m.size - skip
-    with open(m.src, "rb", buffering=0) as f:
-        if check is not None and skip:
-            head = skip
-            buf = bytearray(min(CHUNK, skip))  # not one of the sink's: those may still be being written
-            while head:
-                n = f.readinto(memoryview(buf)[: min(CHUNK, head)])
-                if not n:
-                    break
-                check.update(memoryview(buf)[:n])
-                head -= n
-        f.seek(skip)
-        while left > 0:
-            buf = sink.buffer()
-            n = f.readinto(memoryview(buf)[: min(CHUNK, left)])
-            if not n:
-                raise Failure(f"{m.src} shrank while it was being exported", hint="export again")
-            view = memoryview(buf)[:n]
-            sink.put(view)
-            if check is not None:
-                sink.check(check, view)
-            h.update(view)
-            left -= n
-            advance(n)
-            after_chunk()
-        if f.read(1):
-            raise Failure(f"{m.src} grew while it was being exported", hint="export again")
-    sink.settle_checks()
-    if check is not None and check.hexdigest() != m.sha256:
-        raise Failure(
-            f"{m.src} in the model store does not match the model's manifest (sha256 {check.hexdigest()}, "
-            f"expected {m.sha256}); nothing was exported",
-            hint="run `sealift verify NAME`, then re-import the model",
-        )
-
-
 # =========================================================================== wheels
-
-
-def expand_platforms(platform: str) -> list[str]:
-    """A manylinux tag and every older one it runs (pip takes only the exact tags it is given).
-
-    manylinux_2_28_x86_64 -> manylinux_2_28_x86_64 ... manylinux_2_17_x86_64,
-    manylinux2014_x86_64, ..., manylinux1_x86_64. Other tags are returned as they are.
-    """
-    m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
-    if not m:
-        return [platform]
-    glibc, arch = int(m.group(1)), m.group(2)
-    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
-    out = []
-    for minor in range(glibc, 4, -1):
-        out.append(f"manylinux_2_{minor}_{arch}")
-        if minor in legacy:
-            out.append(f"{legacy[minor]}_{arch}")
-    return out
-
-
-def wheel_cache() -> Path:
-    return Path(os.environ.get(WHEEL_CACHE_ENV) or paths.sealift_home() / "wheel-cache")
 
 
 def bundle_requirements(bento: BentoSource) -> list[str]:
@@ -529,137 +168,6 @@ def bundle_requirements(bento: BentoSource) -> list[str]:
     if not any(re.match(r"bentoml\s*(==|@|$)", ln) for ln in lines):
         lines.append(f"bentoml=={bento.bentoml_version}")
     return lines
-
-
-def _pip(args: list[str], *, isolated: bool, what: str,
-         hint: str = "check --platform/--python-version, the index, or --wheels-from DIR"
-         ) -> subprocess.CompletedProcess[str]:
-    """Run pip (this Python's) quietly; `isolated` ignores the user's pip config, index and find-links."""
-    env = dict(os.environ)
-    if isolated:
-        for key in list(env):
-            if key.startswith("PIP_"):
-                del env[key]
-        env["PIP_CONFIG_FILE"] = os.devnull
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    cmd = [sys.executable, "-m", "pip", *args]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if p.returncode != 0:
-        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("ERROR")] or p.stderr.strip().splitlines()[-3:]
-        raise UserError(f"{what} failed: {' '.join(errors)[:600]}", hint=hint)
-    return p
-
-
-def resolve_wheels(requirements: list[str], *, platform: str, python_version: str,
-                   wheels_from: Path | None) -> list[Path]:
-    """Local wheel files for the requirements on the target, resolved by pip for that platform.
-
-    `wheels_from`: only that directory is looked at (no index, no pip config).
-    Otherwise pip resolves against the configured index; wheels not already
-    local (file:// links) are downloaded into the wheel cache.
-    """
-    plat_args = [a for p in expand_platforms(platform) for a in ("--platform", p)]
-    common = ["--only-binary=:all:", *plat_args, "--python-version", python_version]
-    with tempfile.TemporaryDirectory(prefix="sealift-wheels-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text("\n".join(requirements) + "\n")
-        report = Path(tmp) / "report.json"
-        source = ["--no-index", "--find-links", str(wheels_from)] if wheels_from else []
-        _pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), *common, *source,
-              "-r", str(req)], isolated=wheels_from is not None, what="resolving the wheels")
-        install = json.loads(report.read_text()).get("install", [])
-    files: list[Path] = []
-    remote: dict[str, str] = {}
-    for item in install:
-        url = item["download_info"]["url"]
-        if url.startswith("file://"):
-            from urllib.parse import unquote, urlparse
-
-            files.append(Path(unquote(urlparse(url).path)))
-        else:
-            name = url.rsplit("/", 1)[-1].split("#")[0]
-            meta = item["metadata"]
-            remote[name] = f"{meta['name']}=={meta['version']}"
-    if remote:
-        cache = wheel_cache()
-        cache.mkdir(parents=True, exist_ok=True)
-        missing = [spec for name, spec in remote.items() if not (cache / name).is_file()]
-        if missing:
-            console.info(f"downloading {len(missing)} wheels into {cache}")
-            _pip(["download", "--no-deps", "--quiet", "--dest", str(cache), *common, *missing],
-                 isolated=False, what="downloading the wheels")
-        for name in remote:
-            if not (cache / name).is_file():
-                raise UserError(f"pip did not download {name} into {cache}", hint="run the export again")
-            files.append(cache / name)
-    return sorted(set(files), key=lambda p: p.name)
-
-
-def _self_source() -> list[Path] | None:
-    """The files the sealift wheel is built from (sorted), or None when this sealift is no source checkout."""
-    root = paths.repo_root()
-    if not all((root / f).is_file() for f in SELF_BUILD_FILES) or \
-            not re.search(r'^name\s*=\s*"sealift"', (root / "pyproject.toml").read_text(), re.M):
-        return None
-    package = [p for p in (root / "pipeline").rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
-    return sorted([root / f for f in SELF_BUILD_FILES] + package)
-
-
-def sealift_wheel(wheels_from: Path | None = None) -> Path:
-    """A wheel of the sealift that is running (py3-none-any), so a bundle can install sealift with no index.
-
-    From a source checkout (pyproject.toml beside pipeline/, editable install
-    or not): built with the setuptools already installed (`pip wheel --no-deps
-    --no-build-isolation --no-index`), from a copy of just the files the wheel
-    holds, so the checkout gets no build/ or egg-info. The wheel is kept in the
-    wheel cache under the sha256 of those files: the same source gives the same
-    wheel file, built once, and a resumed export finds the bytes it wrote.
-    Without a checkout (sealift installed from a wheel), the
-    `sealift-<version>-*.whl` in --wheels-from or in the wheels an install kept.
-    """
-    source = _self_source()
-    if source is None:
-        from pipeline import openllm
-
-        places = [d for d in (wheels_from, openllm.wheels_dir()) if d is not None]
-        for d in places:
-            found = sorted(Path(d).glob(f"sealift-{__version__}-*.whl"))
-            if found:
-                return found[-1]
-        raise UserError(f"no sealift source checkout at {paths.repo_root()} and no sealift-{__version__} wheel in "
-                        f"{' or '.join(map(str, places))} to put in the bundle",
-                        hint="export from a sealift checkout, pass --wheels-from DIR holding the sealift wheel, "
-                             "or use --no-wheels")
-    root = paths.repo_root()
-    h = hashlib.sha256()
-    for path in source:
-        data = path.read_bytes()
-        h.update(f"{path.relative_to(root).as_posix()}\0{len(data)}\0".encode())
-        h.update(data)
-    where = wheel_cache() / "sealift" / h.hexdigest()[:16]
-    built = sorted(where.glob("sealift-*.whl")) if where.is_dir() else []
-    if built:
-        return built[-1]
-    where.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sealift-self-", dir=where.parent) as tmp:
-        src, out = Path(tmp) / "src", Path(tmp) / "out"
-        for path in source:
-            dst = src / path.relative_to(root)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dst)
-        _pip(["wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", "--wheel-dir", str(out), str(src)],
-             isolated=True, what="building the sealift wheel",
-             hint="the build needs setuptools in this venv (pip install 'setuptools>=68'), or use --no-wheels")
-        wheels = sorted(out.glob("sealift-*-py3-none-any.whl"))
-        if len(wheels) != 1:
-            raise Failure(f"building the sealift wheel in {out} gave {[w.name for w in out.iterdir()]}")
-        try:
-            os.rename(out, where)  # atomic: a concurrent export that built the same source first wins
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-    return sorted(where.glob("sealift-*.whl"))[-1]
 
 
 # =========================================================================== export
@@ -701,17 +209,18 @@ class ExportResult:
         if self.already_complete:
             p(f"{self.bundle} is already a complete bundle of {self.bento_tag}; nothing to do", markup=False)
             return
-        resumed = f", resumed after {_mb(self.resumed_from_bytes)}" if self.resumed_from_bytes else ""
+        resumed = f", resumed after {fmt_bytes(self.resumed_from_bytes)}" if self.resumed_from_bytes else ""
         p(f"exported {self.bento_tag} to {self.bundle}", markup=False, soft_wrap=True)
-        openllm = (f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({_mb(self.openllm_wheel_bytes)})"
-                   if self.openllm_wheels else "")
-        p(f"  {self.archive}: {_mb(self.archive_bytes)}; wheels: {self.wheels} ({_mb(self.wheel_bytes)}){openllm}; "
-          f"{_mb(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})",
-          markup=False, soft_wrap=True)
+        wheels = f"wheels: {self.wheels} ({fmt_bytes(self.wheel_bytes)})" if self.wheels else "no wheels"
+        if self.openllm_wheels:
+            wheels += f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({fmt_bytes(self.openllm_wheel_bytes)})"
+        p(f"  {self.archive}: {fmt_bytes(self.archive_bytes)}; {wheels}", markup=False, soft_wrap=True)
+        p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
         p("on the air-gapped host (see INSTALL.txt):", markup=False)
-        lines = [c for c, _ in bootstrap_commands(Path(self.bundle).name, self.python_version,
-                                                   openllm=bool(self.openllm_wheels))] if self.sealift_wheel else []
-        for line in [*lines, *install_commands(Path(self.bundle).name, self.bento_tag.split(":")[0])]:
+        name = Path(self.bundle).name
+        lines = [c for c, _ in bootstrap_commands(name, self.python_version, openllm=bool(self.openllm_wheels))
+                 ] if self.sealift_wheel else []
+        for line in [*lines, *install_commands(name, self.bento_tag.split(":")[0])]:
             p(f"  {line}", markup=False, soft_wrap=True)
 
 
@@ -745,10 +254,17 @@ def bootstrap_commands(bundle_name: str, python_version: str, *, openllm: bool) 
     return lines
 
 
+def install_steps(bundle_name: str, name: str) -> list[tuple[str, str]]:
+    """(command, why): check, install and serve the bundle once sealift is on the host."""
+    return [
+        (f"(cd {bundle_name} && sha256sum -c SHA256SUMS)", "optional: install verifies every byte itself"),
+        (f"sealift install {bundle_name}", "verify, import, offline venv, register for openllm"),
+        (f"sealift start {name}", "OpenAI API on http://127.0.0.1:3000/v1"),
+    ]
+
+
 def install_commands(bundle_name: str, name: str) -> list[str]:
-    return [f"sha256sum -c SHA256SUMS          # in {bundle_name}/ (optional: install verifies too)",
-            f"sealift install {bundle_name}",
-            f"sealift start {name}"]
+    return [c for c, _ in install_steps(bundle_name, name)]
 
 
 def load_bento(tag: str) -> BentoSource:
@@ -787,12 +303,12 @@ def check_free_space(dest: Path, needed: int) -> None:
     """UserError (exit 2) unless dest's filesystem has `needed` bytes free (plus a little slack)."""
     probe, free = _free_space(dest)
     if needed + SLACK > free:
-        raise UserError(f"not enough free space on {probe}: the bundle needs {_mb(needed + SLACK)}, "
-                        f"{_mb(free)} available; nothing was written",
+        raise UserError(f"not enough free space on {probe}: the bundle needs {fmt_bytes(needed + SLACK)}, "
+                        f"{fmt_bytes(free)} available; nothing was written",
                         hint="free some space or choose another DEST")
 
 
-def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str = "3.11",
+def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str | None = None,
                   wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False) -> ExportResult:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
 
@@ -815,11 +331,12 @@ def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_6
                         wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started)
 
 
-def export_bento(tag: str, dest: Path, *, platform: str, python_version: str, wheels_from: Path | None,
+def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | None, wheels_from: Path | None,
                  no_wheels: bool, with_openllm: bool = False, started: float | None = None) -> ExportResult:
-    """export_bundle for a bento tag already resolved."""
+    """export_bundle for a bento tag already resolved; python_version None means the bento's own."""
     started = time.monotonic() if started is None else started
     bento = load_bento(tag)
+    python_version = python_version or bento.python_version
     dest = Path(dest).expanduser().absolute()
     final = dest / f"{bento.name}-{bento.version}"
     partial = dest / f"{bento.name}-{bento.version}{PARTIAL}"
@@ -883,9 +400,9 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         else:
             arch.update(offset=0, sha256=hashlib.sha256().hexdigest(), done=False)
     if not entries:
-        console.info(f"writing {archive_name} ({_mb(archive_size(members))})")
+        console.info(f"writing {archive_name} ({fmt_bytes(arch['size'])})")
         # one bar (rich shows one at a time): a resumed export first re-reads what it wrote before
-        with console.byte_progress(archive_size(members) + int(arch.get("offset", 0)), archive_name) as adv:
+        with console.byte_progress(arch["size"] + int(arch.get("offset", 0)), archive_name) as adv:
             entry, resumed = write_archive(members, partial / archive_name, journal, adv, adv)
         entries.append(entry)
 
@@ -911,14 +428,10 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
 
     install_txt = _install_text(bento, archive_name, f"{bento.name}-{bento.version}", bool(wheels),
                                 python_version=python_version, sealift_wheel=own, openllm=bool(openllm_entries))
-    write_atomic(partial / INSTALL_TXT, install_txt.encode())
-    entries.append(FileEntry(INSTALL_TXT, len(install_txt.encode()), hashlib.sha256(install_txt.encode()).hexdigest()))
-
+    entries.append(_write_small(partial, INSTALL_TXT, install_txt.encode()))
     manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
                                 sealift_wheel=own, openllm=bool(openllm_entries))
-    data = (json.dumps(manifest, indent=1) + "\n").encode()
-    write_atomic(partial / MANIFEST_JSON, data)
-    sums = [*entries, FileEntry(MANIFEST_JSON, len(data), hashlib.sha256(data).hexdigest())]
+    sums = [*entries, _write_small(partial, MANIFEST_JSON, (json.dumps(manifest, indent=1) + "\n").encode())]
     write_atomic(partial / SUMS, sha256sums_text(sums).encode())
 
     (partial / JOURNAL).unlink(missing_ok=True)
@@ -936,6 +449,12 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         platform=platform, python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
         openllm_wheel_bytes=sum(e.size for e in openllm_entries),
     )
+
+
+def _write_small(folder: Path, name: str, data: bytes) -> FileEntry:
+    """Write a small generated file atomically; its entry, hashed from the bytes in hand."""
+    write_atomic(folder / name, data)
+    return FileEntry(name, len(data), hashlib.sha256(data).hexdigest())
 
 
 def _copy_wheel(src: Path, dst: Path, rel: str, journal: _Journal, advance: Advance) -> tuple[FileEntry, int]:
@@ -968,7 +487,7 @@ def _already_exported(final: Path, bento: BentoSource, started: float, *, with_o
     return ExportResult(
         bundle=str(final), bento_tag=bento.tag, model_tags=[m.tag for m in bento.models],
         archive=doc.get("archive", ""), archive_bytes=sum(f["size"] for f in files if f["path"] == doc.get("archive")),
-        wheels=len(wheels), wheel_bytes=sum(f["size"] for f in wheels), total_bytes=sum(f["size"] for f in files),
+        wheels=len(wheels), wheel_bytes=sum(f["size"] for f in wheels), total_bytes=_bundle_bytes(final, doc),
         seconds=time.monotonic() - started, already_complete=True,
         platform=doc.get("target", {}).get("platform", ""),
         python_version=doc.get("target", {}).get("python_version", ""),
@@ -977,9 +496,15 @@ def _already_exported(final: Path, bento: BentoSource, started: float, *, with_o
     )
 
 
+#: INSTALL.txt is read in a terminal: a comment that would make its line longer goes above the command.
+TEXT_WIDTH = 80
+
+
 def _commented(pairs: list[tuple[str, str]]) -> list[str]:
-    """`  command   # why` lines, the comments aligned."""
+    """`  command   # why` lines, the comments aligned; `  # why` above a command where it would not fit."""
     width = max(len(c) for c, _ in pairs) + 2
+    if any(len(f"  {c.ljust(width)}# {why}") > TEXT_WIDTH for c, why in pairs):
+        return [line for c, why in pairs for line in (f"  # {why}", f"  {c}")]
     return [f"  {c.ljust(width)}# {why}" for c, why in pairs]
 
 
@@ -987,13 +512,8 @@ def _install_text(bento: BentoSource, archive: str, bundle_name: str, has_wheels
                   sealift_wheel: str = "", openllm: bool = False) -> str:
     """INSTALL.txt: how to get sealift (and openllm) onto a host that has only Python, then install and serve."""
     name = bento.name
-    commands = [
-        (f"(cd {bundle_name} && sha256sum -c SHA256SUMS)", "optional: install verifies every byte itself"),
-        (f"sealift install {bundle_name}", "verify, import, offline venv, register for openllm"),
-        (f"sealift start {name}", "OpenAI API on http://127.0.0.1:3000/v1"),
-    ]
     openllm_why = ("openllm from the venv made above" if openllm else
-                   "needs openllm 0.6.30 in its own venv, click<8.2, typer<0.16 (export --with-openllm carries it)")
+                   "needs openllm 0.6.30 in a venv of its own: export --with-openllm carries it")
     also = [
         (f'eval "$(sealift env)"; openllm serve {name}', openllm_why),
         (f'eval "$(sealift env {name})"; bentoml serve {bento.tag}', "the runtime venv's bentoml"),
@@ -1008,24 +528,24 @@ def _install_text(bento: BentoSource, archive: str, bundle_name: str, has_wheels
     if sealift_wheel:
         python = f"python{python_version}" if python_version else "python3"
         lines += [
-            f"1. sealift itself, from {WHEELS}/ with no package index (the host needs only {python}):",
+            f"1. sealift from {WHEELS}/, no package index (this host needs only {python}):",
             "",
             *(line for c, why in bootstrap_commands(bundle_name, python_version, openllm=openllm)
-              for line in (f"  # {why}", f"  {c}")),
+              for line in (f"  # {why}", f"  {c}")),  # always above: these commands are long
             "",
             "2. the model:",
             "",
         ]
     lines += [
-        *_commented(commands),
+        *_commented(install_steps(bundle_name, name)),
         "",
         "It is also served by:",
         *_commented(also),
         "",
-        f"{archive} is also what `bentoml import {archive}` reads.",
+        f"`bentoml import {archive}` reads the archive too.",
     ]
     if not has_wheels:
-        lines += ["", "This bundle has no wheels/: the host must already have sealift and the bento's Python packages."]
+        lines += ["", "This bundle has no wheels/: the host must already have sealift", "and the bento's Python packages."]
     return "\n".join(lines) + "\n"
 
 
@@ -1150,7 +670,7 @@ def verify_bundle(bundle: Path, doc: dict[str, Any], sums: dict[str, str], advan
             return BundleProblem(path, f"unreadable ({exc.strerror})")
         if digest == sums[path]:
             return None
-        return BundleProblem(path, f"corrupted: sha256 {digest}, expected {sums[path]}")
+        return BundleProblem(path, f"corrupted: sha256 {digest[:16]}..., {SUMS} says {sums[path][:16]}...")
 
     todo.sort(key=lambda t: -(t[1] or 0))
     problems.extend(p for p in map_parallel(check, todo) if p is not None)
@@ -1345,11 +865,11 @@ def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str
         top = rel.split("/")[0]
         if top != "models":
             return need_bento
-        if rel in ("models",) or rel.count("/") < 2:
+        if rel.count("/") < 2:  # models/ and models/NAME/ (with its `latest`) are not extracted
             return False
         return "/".join(rel.split("/")[:3]) in model_dirs
 
-    selected = [m for m in members if wanted(member_path(m.name)) or (need_bento and member_path(m.name) == "")]
+    selected = [m for m in members if wanted(member_path(m.name))]
     nbytes = sum(m.size for m in selected if m.isreg())
     home = paths.bentoml_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -1505,7 +1025,7 @@ class InstallResult:
 
     def print_human(self) -> None:
         p = console.out.print
-        p(f"verified {_mb(self.verified_bytes)} in {self.bundle}: every file matches SHA256SUMS and manifest.json",
+        p(f"verified {fmt_bytes(self.verified_bytes)} in {self.bundle}: every file matches SHA256SUMS and manifest.json",
           markup=False, soft_wrap=True)
         p(f"bento {self.bento_tag}: {'already in the store' if self.bento == 'present' else 'imported'}", markup=False)
         for tag, how in self.models.items():
@@ -1534,7 +1054,6 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     t = time.monotonic()
     doc, sums, archive, members = check_bundle(bundle)
     timings["verify"] = time.monotonic() - t
-    total = sum(f["size"] for f in doc["files"]) + (bundle / MANIFEST_JSON).stat().st_size
 
     apply_offline_env()
     bento_tag = doc["bento"]["tag"]
@@ -1552,7 +1071,8 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     if wheel_files:
         t = time.monotonic()
         wheels_dir = openllm.wheels_dir()
-        with console.byte_progress(sum(doc_size(doc, w) for w in wheel_files), "wheels") as adv:
+        sizes = {f["path"]: int(f["size"]) for f in doc["files"]}
+        with console.byte_progress(sum(sizes[w] for w in wheel_files), "wheels") as adv:
             persist_wheels(bundle, wheel_files, wheels_dir, adv)
         timings["wheels"] = time.monotonic() - t
 
@@ -1579,7 +1099,7 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     )
     return InstallResult(
         bundle=str(bundle), bento_tag=bento_tag, model_tags=model_tags, bento=outcome.bento, models=outcome.models,
-        verified_bytes=total, extracted_bytes=outcome.extracted_bytes,
+        verified_bytes=_bundle_bytes(bundle, doc), extracted_bytes=outcome.extracted_bytes,
         venv=str(venv_path) if venv_path else None, venv_status=venv_status,
         wheels_dir=str(wheels_dir) if wheels_dir else None, openllm_repo=str(reg.repo), env_file=str(reg.env_file),
         seconds=time.monotonic() - started, timings={k: round(v, 2) for k, v in timings.items()},
@@ -1595,14 +1115,13 @@ def check_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str], Path, li
     UserError (exit 2) naming the first problem; else (manifest, sums, archive, members).
     """
     doc, sums = read_bundle(bundle)
-    total = sum(f["size"] for f in doc["files"]) + (bundle / MANIFEST_JSON).stat().st_size
-    with console.byte_progress(total, "verifying") as adv:
+    with console.byte_progress(_bundle_bytes(bundle, doc), "verifying") as adv:
         problems = verify_bundle(bundle, doc, sums, adv)
     if problems:
         others = ", ".join(p.path for p in problems[1:4])
         more = f" (and {len(problems) - 1} more: {others})" if len(problems) > 1 else ""
         raise UserError(f"bundle {bundle} failed verification: {problems[0]}{more}; nothing was imported",
-                        hint="copy the bundle from the source again (or run `sealift export` again)")
+                        hint="copy the bundle from the source again, or run `sealift export` again")
     archive = bundle / doc["archive"]
     if not _safe_relpath(doc["archive"]) or doc["archive"] not in sums:
         raise UserError(f"{bundle / MANIFEST_JSON}: archive {doc['archive']!r} is not one of the verified files")
@@ -1611,8 +1130,9 @@ def check_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str], Path, li
     return doc, sums, archive, members
 
 
-def doc_size(doc: dict[str, Any], path: str) -> int:
-    return next((int(f["size"]) for f in doc["files"] if f["path"] == path), 0)
+def _bundle_bytes(bundle: Path, doc: dict[str, Any]) -> int:
+    """Every byte of the bundle: the files manifest.json lists, and manifest.json itself."""
+    return sum(int(f["size"]) for f in doc.get("files", [])) + (bundle / MANIFEST_JSON).stat().st_size
 
 
 def _requirements_with_bentoml(requirements: Path, doc: dict[str, Any], where: Path) -> Path:
@@ -1640,10 +1160,13 @@ def _check_layout(archive: Path, members: list[tarfile.TarInfo], doc: dict[str, 
 
 
 def _check_model_digests(outcome: ImportOutcome, doc: dict[str, Any]) -> None:
-    """Each model's sealift manifest digest is the one manifest.json names (cheap: no re-hash of weights)."""
+    """Each model the store already held has the manifest digest manifest.json names (no re-hash of weights).
+
+    The models this install imported were checked before they were stored (import_archive).
+    """
     for model in doc.get("models", []):
         want = model.get("manifest_digest")
-        if not want:
+        if not want or outcome.models[model["tag"]] != "present":
             continue
         path = Path(outcome.model_paths[model["tag"]]) / MANIFEST_NAME
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from pipeline import __version__
 from pipeline import console
@@ -51,7 +52,33 @@ Carry a language model across an air gap, verified, and serve it offline.
   SEALIFT_DEBUG  1 shows tracebacks
 """
 
+
+class _Interrupted(Exception):
+    """Ctrl-C (or SIGTERM where a step maps it to Ctrl-C) during a command; `main` says so and exits 130."""
+
+    def __init__(self, command: str | None) -> None:
+        super().__init__(command)
+        self.command = command
+
+
+class _Group(TyperGroup):
+    """typer turns KeyboardInterrupt into a silent exit 130; this hands it to `main` instead, which says so."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted(ctx.invoked_subcommand) from None
+
+
+#: What an interrupted command leaves behind, said after "interrupted".
+INTERRUPTED = {
+    "import": "the partial copy was removed; nothing was added to the store",
+    "export": "the bundle's .partial folder is kept; the same command resumes it",
+}
+
 app = typer.Typer(
+    cls=_Group,
     name="sealift",
     help=HELP,
     rich_markup_mode="rich",
@@ -83,7 +110,7 @@ def _root(
 
 @app.command("import")
 def import_(
-    src: str = typer.Argument(..., help="Model directory, Hugging Face id (from the local cache) or ModelScope id."),
+    src: str = typer.Argument(..., metavar="SRC", help="Model directory, Hugging Face id (from the local cache) or ModelScope id."),
     name: str = typer.Option(..., "--name", "-n", help="Name in the Bento model store."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) in the cache."),
     hub: str = typer.Option("auto", "--hub", help="Where to resolve an id: auto, hf or modelscope."),
@@ -207,9 +234,11 @@ app.command("serve", help="Alias of `start`.")(_start)
 @app.command("export")
 def export(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (its newest bento) or a bento tag."),
-    dest: Path = typer.Argument(..., help="Directory on the removable medium."),
+    dest: Path = typer.Argument(..., metavar="DEST", help="Directory on the removable medium."),
     platform: str = typer.Option("manylinux_2_28_x86_64", "--platform", help="Target platform tag for wheels."),
-    python_version: str = typer.Option("3.11", "--python-version", help="Target Python version for wheels."),
+    python_version: Optional[str] = typer.Option(
+        None, "--python-version", help="Target Python for wheels (default: the bento's, e.g. 3.11)."
+    ),
     wheels_from: Optional[Path] = typer.Option(None, "--wheels-from", help="Take wheels from this directory."),
     no_wheels: bool = typer.Option(False, "--no-wheels", help="Leave the wheels (and sealift's own wheel) out."),
     with_openllm: bool = typer.Option(
@@ -246,7 +275,7 @@ def install(
 
 @app.command("doctor")
 def doctor(
-    name: Optional[str] = typer.Argument(None, help="A model to check (default: every model in the store)."),
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="A model to check (default: every model in the store)."),
     quick: bool = typer.Option(False, "--quick", help="Do not re-hash the weights against their manifest."),
     json_output: bool = JsonOpt,
 ) -> None:
@@ -261,7 +290,7 @@ def doctor(
 
 
 @app.command("env")
-def env(name: Optional[str] = typer.Argument(None, help="An installed model (default: all).")) -> None:
+def env(name: Optional[str] = typer.Argument(None, metavar="NAME", help="An installed model (default: all).")) -> None:
     """Print the environment for serving offline, for `eval "$(sealift env)"`."""
     from pipeline import openllm
 
@@ -280,28 +309,42 @@ def main(argv: list[str] | None = None) -> int:
         # standalone_mode=False: click returns typer.Exit(code)'s code instead of raising it.
         code = app(args=argv, prog_name="sealift", standalone_mode=False)
     except SealiftError as exc:
-        console.err.print(f"[red]error:[/] {exc.one_line()}", soft_wrap=True)
+        console.error(exc.one_line())
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.err.print("interrupted; nothing half-done was kept")
+    except _Interrupted as exc:
+        console.err.print(f"interrupted: {INTERRUPTED.get(exc.command or '', 'nothing half-done was kept')}")
         return 130
     except typer.Exit as exc:
         return exc.exit_code
+    except typer.Abort:  # EOF on a prompt
+        return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return 2
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
+        if _is_usage_error(exc):
+            return _usage_error(exc)
         if os.environ.get("SEALIFT_DEBUG"):
             raise
-        console.err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc} (SEALIFT_DEBUG=1 shows the traceback)")
+        console.error(f"unexpected {type(exc).__name__}: {exc} (SEALIFT_DEBUG=1 shows the traceback)")
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A click error (bad option, missing argument): newer typer vendors its own click, so check both families."""
+    import click
+
+    return isinstance(exc, (click.ClickException, getattr(typer, "TyperException", click.ClickException)))
+
+
+def _usage_error(exc: Exception) -> int:
+    """One line for a click usage error, pointing at the command's --help; its exit code (2 for usage)."""
+    message = exc.format_message().strip()  # type: ignore[attr-defined]
+    if message:  # empty for `sealift` alone: the help is already printed
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        console.error(f"{message}{hint}")
+    return int(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

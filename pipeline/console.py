@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -25,8 +26,10 @@ from rich.progress import (
 
 Advance = Callable[[int], None]
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# soft_wrap: a long line stays one line (rich would break it at 80 columns when piped, mid-word
+# for grep and scripts); tables still fit the terminal.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 class _Mode:
@@ -43,15 +46,20 @@ def set_mode(*, quiet: bool = False, json_output: bool = False) -> None:
 
 
 def info(message: str) -> None:
-    """A human line on stderr (not in --quiet or --json)."""
+    """A human line on stderr (not in --quiet or --json); text, not rich markup."""
     if not mode.quiet:
-        err.print(message)
+        err.print(escape(message))
 
 
 def warn(message: str) -> None:
     """A warning on stderr, shown even in --quiet (not in --json)."""
     if not mode.json:
-        err.print(f"[yellow]warning:[/] {message}")
+        err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def error(message: str) -> None:
+    """The one `error: ...` line on stderr (always shown; the message is text, not rich markup)."""
+    err.print(f"[red]error:[/] {escape(message)}")
 
 
 def emit(result: dict[str, Any], human: Callable[[], None]) -> None:

@@ -80,8 +80,8 @@ def fmt_bytes(n: int | float | None) -> str:
     if n is None:
         return "-"
     n = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
@@ -126,10 +126,6 @@ class SafetensorsHeader:
     data_start: int
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
-
-    @property
-    def data_bytes(self) -> int:
-        return self.file_size - self.data_start
 
 
 def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
@@ -186,27 +182,25 @@ def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
 # --------------------------------------------------------------------------- custom code
 
 
+def _auto_map_refs(auto_map: Any) -> list[str]:
+    """Every class reference string in an `auto_map`, nested lists and dicts flattened (nulls dropped)."""
+    if isinstance(auto_map, str):
+        return [auto_map]
+    if isinstance(auto_map, (list, tuple)):
+        return [ref for v in auto_map for ref in _auto_map_refs(v)]
+    if isinstance(auto_map, dict):
+        return [ref for v in auto_map.values() for ref in _auto_map_refs(v)]
+    return []
+
+
 def auto_map_modules(auto_map: Any) -> list[tuple[str, str | None]]:
     """(module, repo or None) for every class reference in an `auto_map`.
 
     Values look like "modeling_x.XForCausalLM", "org/repo--modeling_x.X", or a
     list of those (tokenizers: [slow, fast], either may be null).
     """
-    refs: list[str] = []
-
-    def collect(v: Any) -> None:
-        if isinstance(v, str):
-            refs.append(v)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                collect(x)
-        elif isinstance(v, dict):
-            for x in v.values():
-                collect(x)
-
-    collect(auto_map or {})
     out: list[tuple[str, str | None]] = []
-    for ref in refs:
+    for ref in _auto_map_refs(auto_map):
         repo, _, rest = ref.rpartition("--")
         module = rest.rsplit(".", 1)[0] if "." in rest else rest
         item = (module, repo or None)
@@ -429,22 +423,20 @@ def _has_chat_template(root: Path, tok_cfg: dict[str, Any] | None) -> bool:
     return bool(tok_cfg and tok_cfg.get("chat_template"))
 
 
-def _looks_like_chat(root: Path, tok_files: list[str]) -> str | None:
-    """Why this looks like a chat model (its name, chat special tokens), or None."""
+def _looks_like_chat(root: Path, tok_json: dict[str, Any] | None) -> str | None:
+    """Why this looks like a chat model (its name, chat special tokens in tokenizer.json), or None."""
     name = root.name.lower()
     parent = root.parent.parent.name.lower() if root.parent.name == "snapshots" else ""
     for word in ("instruct", "chat", "-it", "assistant"):
         if word in name or word in parent:
             return f"its name says {word.strip('-')!r}"
-    if "tokenizer.json" in tok_files:
-        try:
-            doc = json.loads((root / "tokenizer.json").read_text(encoding="utf-8"))
-            added = {t.get("content") for t in doc.get("added_tokens", [])}
-        except (OSError, ValueError, AttributeError):
-            return None
-        for marker in ("<|im_start|>", "[INST]", "<start_of_turn>", "<|start_header_id|>", "<|user|>"):
-            if marker in added:
-                return f"its tokenizer has {marker}"
+    added = tok_json.get("added_tokens") if tok_json else None
+    if not isinstance(added, list):
+        return None
+    contents = {t.get("content") for t in added if isinstance(t, dict)}
+    for marker in ("<|im_start|>", "[INST]", "<start_of_turn>", "<|start_header_id|>", "<|user|>"):
+        if marker in contents:
+            return f"its tokenizer has {marker}"
     return None
 
 
@@ -551,10 +543,11 @@ class Inspection:
 
         # tokenizer files
         tok_files = [f for f in TOKENIZER_FILES if f in files]
+        tok_json: dict[str, Any] | None = None  # parsed once: it can be tens of MB
         if not tok_files:
             problems.append("tokenizer missing (no tokenizer.json, tokenizer.model or vocab files)")
         elif "tokenizer.json" in files:
-            _read_json(root, "tokenizer.json", problems)
+            tok_json = _read_json(root, "tokenizer.json", problems)
 
         if problems:
             raise _incomplete(root, problems)
@@ -600,7 +593,7 @@ class Inspection:
 
         chat_template = _has_chat_template(root, tok_cfg)
         if not chat_template:
-            why = _looks_like_chat(root, tok_files)
+            why = _looks_like_chat(root, tok_json)
             warnings.append(
                 f"no chat template{f' though it looks like a chat model ({why})' if why else ''}: "
                 "/v1/chat/completions will refuse requests; /v1/completions works"
@@ -630,7 +623,7 @@ class Inspection:
         self._deep_problems: list[str] = []
         self._deep_error: BaseException | None = None
         self.failed = threading.Event()  # set as soon as the background checks fail: callers stop copying
-        request = {
+        self._request = {  # transformers_checks' arguments, for the child process (_child_main)
             "path": str(root),
             "model_type": model_type,
             "architectures": architectures,
@@ -638,7 +631,6 @@ class Inspection:
             "tokenizer_files": tok_files,
             "trust_remote_code": trust_remote_code,
         }
-        self._request = request
         self._lock = threading.Lock()
         self._closed = False
         self._child: subprocess.Popen[bytes] | None = None
@@ -739,20 +731,13 @@ def _child_main() -> None:
     """Entry of the checker process: argv[1] is the request (JSON); prints the answer (JSON) last."""
     import io
 
-    req = json.loads(sys.argv[-1])
-    if req.get("hide_torch"):
+    req = json.loads(sys.argv[-1])  # Inspection._request: transformers_checks' arguments, plus hide_torch
+    if req.pop("hide_torch", False):
         _hide_torch()
     real_stdout = sys.stdout
     sys.stdout = io.StringIO()  # the model's own code may print; keep our answer the last line
     try:
-        problems, tokenizer_class = transformers_checks(
-            Path(req["path"]),
-            model_type=req["model_type"],
-            architectures=req["architectures"],
-            auto_map=req["auto_map"],
-            tokenizer_files=req["tokenizer_files"],
-            trust_remote_code=req["trust_remote_code"],
-        )
+        problems, tokenizer_class = transformers_checks(Path(req.pop("path")), **req)
     finally:
         sys.stdout = real_stdout
     print(json.dumps({"problems": problems, "tokenizer_class": tokenizer_class}), flush=True)
@@ -779,7 +764,7 @@ def transformers_checks(
 
         if model_type not in CONFIG_MAPPING_NAMES:
             problems.append(f"config.json model_type {model_type!r} unknown to transformers (and no auto_map code)")
-    custom_classes = {ref.rsplit(".", 1)[-1] for _, ref in _flat_auto_map(auto_map)}
+    custom_classes = {ref.rpartition("--")[2].rsplit(".", 1)[-1] for ref in _auto_map_refs(auto_map)}
     known = _known_architectures()
     for arch in architectures:
         if arch not in known and arch not in custom_classes:
@@ -809,14 +794,3 @@ def inspect_model(
     return Inspection(
         path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, with_transformers=with_transformers
     ).finish()
-
-
-def _flat_auto_map(auto_map: Any) -> list[tuple[str, str]]:
-    """(auto class, "module.Class") pairs of an auto_map, lists flattened, repo prefixes dropped."""
-    out: list[tuple[str, str]] = []
-    for key, v in (auto_map or {}).items():
-        for ref in v if isinstance(v, (list, tuple)) else [v]:
-            if isinstance(ref, str):
-                out.append((key, ref.rpartition("--")[2]))
-    return out
-

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.atomic import write_atomic  # noqa: F401  (bundle and openllm import it from here too)
+
 MANIFEST_NAME = "sealift-manifest.json"
 MANIFEST_FORMAT = "sealift-manifest/1"
 CHUNK = 16 * 1024 * 1024  # big buffers: hashlib and os.write release the GIL above ~2 KiB
@@ -107,16 +109,6 @@ class Manifest:
     def write(self, path: str | Path) -> None:
         """Write atomically: a `.partial` sibling, fsync, rename."""
         write_atomic(Path(path), self.to_json().encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a fsynced `.partial` sibling and a rename."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- hashing and copying
@@ -429,7 +421,7 @@ def code_problems(model_dir: str | Path) -> list[Problem]:
         except OSError as exc:
             problems.append(Problem(rel, "unreadable", actual=exc.strerror or str(exc)))
             continue
-        if actual != entry.sha256:
+        if actual != entry.sha256:  # reported as sha256 even when the size differs: the digest is what import showed
             problems.append(Problem(rel, "sha256", entry.sha256, actual))
     return problems
 

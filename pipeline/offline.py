@@ -58,7 +58,6 @@ def offline_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str
 
 NET_GUARD_ENV = "SEALIFT_NET_GUARD"
 NET_GUARD_LOG_ENV = "SEALIFT_NET_GUARD_LOG"
-NET_GUARD_TRACE_ENV = "SEALIFT_NET_GUARD_TRACE"  # 1: log an "installed" line per guarded process
 
 
 def guard_dir() -> Path:
@@ -92,12 +91,6 @@ def install_network_guard(log_path: str | os.PathLike[str] | None = None, *, pro
 
 def network_guard_installed() -> bool:
     return "sealift_net_guard" in sys.modules and bool(sys.modules["sealift_net_guard"].installed())
-
-
-def network_attempts() -> list[dict[str, Any]]:
-    """The attempts refused in this process so far (op, host, port, pid, stack)."""
-    module = sys.modules.get("sealift_net_guard")
-    return list(module.ATTEMPTS) if module is not None else []
 
 
 def guarded_env(

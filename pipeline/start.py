@@ -31,7 +31,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipeline import console
+from pipeline import build, console
+from pipeline.build import BACKENDS
 from pipeline.errors import Failure, UserError
 from pipeline.offline import apply_offline_env, guarded_env
 
@@ -46,7 +47,6 @@ OPTION_ENV = {
     "dtype": "SEALIFT_DTYPE",
     "quantization": "SEALIFT_QUANTIZATION",
 }
-BACKENDS = ("auto", "vllm", "transformers")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 POLL_S = 0.5
@@ -58,12 +58,11 @@ def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
     env_extra = option_env(options)
     check_port_free(host, port)
     apply_offline_env()
-    from pipeline import build
-
     tag = build.find_bento(ref, prefer_target=host_target())
     bento_src = _bento_src(tag)
-    check_model_code(bento_src)
-    served = _served_model_name(bento_src, tag)
+    config = _bento_config(bento_src)
+    check_model_code(config)
+    served = config.get("served_model_name") or tag.split(":")[0]
     python = server_python(tag)
     env = guarded_env(**env_extra)
     if python != sys.executable:  # the runtime venv: its bin (vllm, ...) first on PATH too
@@ -141,16 +140,21 @@ def _bento_src(tag: str) -> Path:
     return Path(bentoml.bentos.get(tag).path) / "src"
 
 
-def check_model_code(src: Path) -> None:
+def _bento_config(src: Path) -> dict[str, Any]:
+    """The bento's sealift_bento.json (model tag, served name, trust_remote_code); {} if it has none."""
+    try:
+        config = json.loads((src / build.BENTO_CONFIG).read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def check_model_code(config: dict[str, Any]) -> None:
     """Failure (exit 1) if the bento trusts its model's code and that code is not what `sealift import` hashed.
 
     The same check runs in the service (service.py) for `bentoml serve` and
     `openllm serve`; here it refuses before a server starts.
     """
-    try:
-        config = json.loads((src / "sealift_bento.json").read_text())
-    except (OSError, ValueError):
-        return
     if not config.get("trust_remote_code"):
         return
     from pipeline import store
@@ -165,13 +169,6 @@ def check_model_code(src: Path) -> None:
             "not the code recorded at import; refusing to run it",
             hint=f"run `sealift verify {model.tag}`, then install or import the model again",
         )
-
-
-def _served_model_name(src: Path, tag: str) -> str:
-    try:
-        return json.loads((src / "sealift_bento.json").read_text())["served_model_name"]
-    except (OSError, ValueError, KeyError):
-        return tag.split(":")[0]
 
 
 # --------------------------------------------------------------------------- supervision

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__, console
-from pipeline.atomic import fsync_dir, sweep_dead
+from pipeline.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
 from pipeline.errors import Failure, UserError
 from pipeline.inspect import Inspection, ModelInfo, fmt_bytes, fmt_params, inspect_model
 from pipeline.manifest import (
@@ -51,7 +51,6 @@ from pipeline.manifest import (
     link_and_hash,
     map_parallel,
     verify_dir,
-    write_atomic,
 )
 from pipeline.sources import Source
 
@@ -341,10 +340,14 @@ def _check_name(name: str) -> str:
 
     if ":" in name:
         raise UserError(f"--name {name!r} must not hold a version", hint="sealift picks the version from the content")
+    lowered = name.lower()  # bentoml would lowercase it too, with a log line of its own
     try:
-        return Tag(name).name
+        Tag(lowered)
     except ValueError as exc:
         raise UserError(f"--name {name!r} is not a valid model name: {exc}", hint="use letters, digits, '-', '_', '.'") from None
+    if lowered != name:
+        console.warn(f"--name {name!r} is stored as {lowered!r} (model names are lowercase)")
+    return lowered
 
 
 def _existing_versions(name: str) -> list[bentoml.Model]:
@@ -556,8 +559,7 @@ def _publish(stage_model: Path, store: Path, name: str, version: str, info: Mode
         model.info.dump(f)
         f.flush()
         os.fsync(f.fileno())
-    for d in sorted({p.parent for p in stage_model.rglob("*")} | {stage_model}):
-        fsync_dir(d)
+    fsync_tree(stage_model, files=False)  # every file was fsynced as it was written
     name_dir = store / name
     name_dir.mkdir(parents=True, exist_ok=True)
     final = name_dir / version
@@ -582,24 +584,9 @@ def import_model(
     UserError (exit 2) before anything is written if the model is incomplete,
     needs code without trust_remote_code, or holds pickles without
     allow_pickle/to_safetensors. Same content under the same name returns the
-    existing tag without writing.
+    existing tag without writing. Ctrl-C or SIGTERM removes the partial copy (KeyboardInterrupt
+    propagates; the CLI says what was kept).
     """
-    try:
-        return _import(source, name, trust_remote_code, allow_pickle, to_safetensors, link, workers)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM; typer turns it into exit 130 without a word
-        console.err.print("interrupted: the partial copy was removed; nothing was added to the store")
-        raise
-
-
-def _import(
-    source: Source,
-    name: str,
-    trust_remote_code: bool,
-    allow_pickle: bool,
-    to_safetensors: bool,
-    link: bool,
-    workers: int | None,
-) -> ImportResult:
     t0 = time.monotonic()
     name = _check_name(name)
     inspection = Inspection(source.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle or to_safetensors)
@@ -683,6 +670,8 @@ def _import(
 
 def _existing_result(model: bentoml.Model, info: ModelInfo, source: Source, t0: float, warnings: list[str]) -> ImportResult:
     sm = StoredModel.from_model(model)
+    if info.tokenizer_class is None:  # the transformers check was skipped: the same content has this tokenizer
+        info.tokenizer_class = sm.tokenizer_class
     return ImportResult(
         tag=sm.tag,
         existed=True,

@@ -200,14 +200,7 @@ class OpenAIServer:
             prompt_ids = self.backend.encode_chat(req.template_messages())
         except PromptError as exc:
             raise bad_request(str(exc), param="messages") from None
-        params = self.sampling(req, len(prompt_ids))
-        gen = GenerationRequest(prompt_ids, params)
-        rid, created, name = p.new_id("chatcmpl"), p.now(), self.config.served_model_name
-        if req.stream:
-            return _event_stream(self._chat_events(gen, rid, created, name, req.include_usage()))
-        text, finish, completion_tokens = await self._collect(gen, request)
-        use = p.usage(len(prompt_ids), completion_tokens)
-        return JSONResponse(p.chat_response(rid, created, name, text, finish, use))
+        return await self._answer(request, req, prompt_ids, chat=True)
 
     async def completions(self, request: Request) -> Response:
         self.check_auth(request)
@@ -221,14 +214,20 @@ class OpenAIServer:
             raise bad_request("prompt must not be empty", param="prompt")
         if not isinstance(prompt, str):
             self.check_token_ids(prompt_ids)
-        params = self.sampling(req, len(prompt_ids))
-        gen = GenerationRequest(prompt_ids, params)
-        rid, created, name = p.new_id("cmpl"), p.now(), self.config.served_model_name
+        return await self._answer(request, req, prompt_ids, chat=False)
+
+    async def _answer(self, request: Request, req: p.ChatCompletionRequest | p.CompletionRequest,
+                      prompt_ids: list[int], *, chat: bool) -> Response:
+        """Generate for a checked request: a stream of events, or the whole response."""
+        gen = GenerationRequest(prompt_ids, self.sampling(req, len(prompt_ids)))
+        rid, created, name = p.new_id("chatcmpl" if chat else "cmpl"), p.now(), self.config.served_model_name
         if req.stream:
-            return _event_stream(self._completion_events(gen, rid, created, name, req.include_usage()))
+            events = self._chat_events if chat else self._completion_events
+            return _event_stream(events(gen, rid, created, name, req.include_usage()))
         text, finish, completion_tokens = await self._collect(gen, request)
         use = p.usage(len(prompt_ids), completion_tokens)
-        return JSONResponse(p.completion_response(rid, created, name, text, finish, use))
+        respond = p.chat_response if chat else p.completion_response
+        return JSONResponse(respond(rid, created, name, text, finish, use))
 
     async def readyz(self, request: Request) -> Response:
         if self.backend.ready:

@@ -233,18 +233,8 @@ def chat_chunk(
     use: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One chat.completion.chunk; delta None means the usage-only final chunk (choices: [])."""
-    chunk: dict[str, Any] = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": []
-        if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if include_usage:
-        chunk["usage"] = use
-    return chunk
+    choice = None if delta is None else {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return _stream_chunk(rid, created, model, "chat.completion.chunk", choice, include_usage, use)
 
 
 def completion_response(
@@ -271,12 +261,26 @@ def completion_chunk(
     use: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One streamed text_completion; text None means the usage-only final chunk (choices: [])."""
+    choice = None if text is None else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return _stream_chunk(rid, created, model, "text_completion", choice, include_usage, use)
+
+
+def _stream_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    obj: str,
+    choice: dict[str, Any] | None,
+    include_usage: bool,
+    use: dict[str, int] | None,
+) -> dict[str, Any]:
+    """A streamed chunk holding one choice, or none (the usage-only final chunk); usage when asked for."""
     chunk: dict[str, Any] = {
         "id": rid,
-        "object": "text_completion",
+        "object": obj,
         "created": created,
         "model": model,
-        "choices": [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "choices": [] if choice is None else [choice],
     }
     if include_usage:
         chunk["usage"] = use

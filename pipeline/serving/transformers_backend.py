@@ -357,16 +357,17 @@ class TransformersBackend:
             def end(self) -> None:
                 pass
 
-        go, halt = torch.zeros(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool)
+        device = self.model.device
+        # made once, on the model's device: this runs after every token (one sequence per generate)
+        go, halt = torch.zeros(1, dtype=torch.bool, device=device), torch.ones(1, dtype=torch.bool, device=device)
 
         class Cancelled(StoppingCriteria):
             """Ends generate when the client went away or a stop string was found."""
 
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                flag = halt if (job.cancelled.is_set() or out.stopped) else go
-                return flag.to(input_ids.device).expand(input_ids.shape[0])
+                return halt if (job.cancelled.is_set() or out.stopped) else go
 
-        input_ids = torch.tensor([job.request.prompt_ids], dtype=torch.long, device=self.model.device)
+        input_ids = torch.tensor([job.request.prompt_ids], dtype=torch.long, device=device)
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),

@@ -20,6 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from pipeline.offline import OFFLINE_ENV
 from pipeline.serving.config import ServeConfig
 
 VLLM_HOST = "127.0.0.1"
@@ -76,7 +77,7 @@ def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: lis
 def vllm_environment(config: ServeConfig) -> dict[str, str]:
     """Environment for the vLLM process. The API key goes here, not on the command line,
     because BentoML logs the command and `ps` shows it; vLLM reads VLLM_API_KEY like `--api-key`."""
-    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    env = {**OFFLINE_ENV,
            # vLLM's get_ip() otherwise probes a public address to find the host IP; tensor-parallel
            # workers rendezvous on it. On one host, loopback is the right answer.
            "VLLM_HOST_IP": VLLM_HOST}
