@@ -477,9 +477,16 @@ def _weights(root: Path, files: dict[str, int], problems: list[str]) -> tuple[li
     return sorted(weight_files), headers
 
 
+#: At most this many problems are named in the one-line refusal; the rest are counted.
+MAX_PROBLEMS = 12
+
+
 def _incomplete(root: Path, problems: list[str]) -> UserError:
+    shown = problems[:MAX_PROBLEMS]
+    if len(problems) > MAX_PROBLEMS:
+        shown.append(f"and {len(problems) - MAX_PROBLEMS} more")
     return UserError(
-        f"{root} is incomplete: " + "; ".join(problems),
+        f"{root} is incomplete: " + "; ".join(shown),
         hint="fetch the missing or broken files again; nothing was written",
     )
 
@@ -506,6 +513,11 @@ class Inspection:
         self.trust_remote_code = trust_remote_code
         if not root.is_dir():
             raise UserError(f"{root} is not a directory")
+        if not (root / "config.json").is_file():  # before walking: SRC may be a big tree that is no model at all
+            raise UserError(
+                f"{root} is incomplete: config.json missing; nothing was written",
+                hint="give the directory that holds the model's config.json, weights and tokenizer",
+            )
         file_list = walk_files(root)
         files = {rel: (root / rel).stat().st_size if (root / rel).exists() else 0 for rel in file_list}
         problems: list[str] = []
@@ -515,11 +527,7 @@ class Inspection:
                 problems.append(f"{rel} missing (a dangling link)")
 
         # config.json
-        config: dict[str, Any] = {}
-        if "config.json" not in files:
-            problems.append("config.json missing")
-        else:
-            config = _read_json(root, "config.json", problems) or {}
+        config: dict[str, Any] = _read_json(root, "config.json", problems) or {}
         model_type = config.get("model_type")
         architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
         auto_map = config.get("auto_map") or {}
