@@ -56,7 +56,7 @@ def host_env(root: Path) -> dict[str, str]:
 
 
 def sealift(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *map(str, args)]
+    return [sys.executable, "-m", "sealift.cli", *map(str, args)]
 
 
 def prepare(work: Path, name: str, size_bytes: int, shards: int) -> tuple[dict[str, str], dict, Path, Path]:

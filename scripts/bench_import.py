@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
             home = work / f"bentoml-{r}"  # a fresh store each round: otherwise the content is already there
             env = dict(os.environ, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="True", HF_HUB_OFFLINE="1")
-            sealift = [sys.executable, "-m", "pipeline.cli", "import", str(src), "--json"]
+            sealift = [sys.executable, "-m", "sealift.cli", "import", str(src), "--json"]
             evict([src])
             t_imp, out = timed([*sealift, "--name", "bench"], env)
             res = json.loads(out)

@@ -16,7 +16,7 @@ Rounds interleave the three. Other processes on the host only ever slow a run
 down, so the best round of each (as timeit does) is the headline, with the
 median beside it; ratios are served/raw (goal: >= 0.9 single stream).
 --via bentoml (default) imports the model into a temporary Bento store and runs
-`bentoml serve service:LLM`; --via uvicorn runs `python -m pipeline.serving`.
+`bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def free_port() -> int:
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    from pipeline.offline import offline_env
+    from sealift.offline import offline_env
 
     env = offline_env({k: v for k, v in os.environ.items() if not k.startswith("SEALIFT_")})
     env["PYTHONUNBUFFERED"] = "1"
@@ -86,12 +86,12 @@ def start_server(model: Path, via: str, tmp: Path) -> tuple[subprocess.Popen, st
     port = free_port()
     log = (tmp / "server.log").open("wb")
     if via == "uvicorn":
-        cmd = [sys.executable, "-m", "pipeline.serving", str(model), "--name", "bench", "--port", str(port)]
+        cmd = [sys.executable, "-m", "sealift.serving", str(model), "--name", "bench", "--port", str(port)]
         env = server_env()
     else:
         home = tmp / "bentoml"
         imp = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "import", str(model), "--name", "bench", "--json", "--quiet"],
+            [sys.executable, "-m", "sealift.cli", "import", str(model), "--name", "bench", "--json", "--quiet"],
             env=server_env(BENTOML_HOME=str(home), SEALIFT_HOME=str(tmp / "sealift")),
             cwd=ROOT,
             capture_output=True,
@@ -137,7 +137,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 class Raw:
     """Plain transformers generate on the same model directory, in this process, with the
-    server's thread count (all cores but one: pipeline.serving.transformers_backend)."""
+    server's thread count (all cores but one: sealift.serving.transformers_backend)."""
 
     def __init__(self, model: Path, threads: int) -> None:
         import torch
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
-    from pipeline.offline import apply_offline_env
+    from sealift.offline import apply_offline_env
 
     apply_offline_env()
     # `timeout` and kill send SIGTERM: unwind through the finally that stops the server.
@@ -266,7 +266,7 @@ def measure(a: argparse.Namespace, prompts: list[str]) -> tuple[list[dict], int]
     """Rounds of raw, single-stream and concurrent runs, interleaved."""
     import openai
 
-    from pipeline.serving.transformers_backend import default_torch_threads
+    from sealift.serving.transformers_backend import default_torch_threads
 
     threads = default_torch_threads()
     with tempfile.TemporaryDirectory(prefix="sealift-bench-serve-") as tmpdir:

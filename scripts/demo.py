@@ -67,7 +67,7 @@ ROWS: list[tuple[str, float, str]] = []
 def step(title: str, args: list[str], env: dict[str, str], size_path: Path | None = None) -> str:
     print(f"\n\033[1m$ sealift {' '.join(args)}\033[0m", flush=True)
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT, text=True,
+    p = subprocess.run([sys.executable, "-m", "sealift.cli", *args], env=env, cwd=ROOT, text=True,
                        stdout=subprocess.PIPE)
     dt = time.perf_counter() - t0
     print(p.stdout, end="")
@@ -110,7 +110,7 @@ def main() -> int:
     port = free_port()
     print(f"\n\033[1m$ sealift start {NAME} --port {port}\033[0m  (on the air-gapped host's store)", flush=True)
     t0 = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "start", NAME, "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "sealift.cli", "start", NAME, "--port", str(port)],
                               env=airgap, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.time() + 300

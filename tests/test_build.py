@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.offline import OFFLINE_ENV, read_guard_log
+from sealift.offline import OFFLINE_ENV, read_guard_log
 
 
 def bento_yaml(bento) -> dict:
@@ -66,8 +66,8 @@ def test_cpu_requirements_pin_this_hosts_stack(cpu_bento):
 def test_bento_src_holds_service_pipeline_and_config(cpu_bento):
     src = cpu_bento.bento_dir / "src"
     assert (src / "service.py").is_file()
-    assert (src / "pipeline" / "__init__.py").is_file()
-    assert (src / "pipeline" / "serving").is_dir()
+    assert (src / "sealift" / "__init__.py").is_file()
+    assert (src / "sealift" / "serving").is_dir()
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
     config = json.loads((src / "sealift_bento.json").read_text())
     labels = bento_yaml(cpu_bento)["labels"]
@@ -129,17 +129,17 @@ def test_build_errors_are_one_line_exit_2(cpu_bento, args, words):
 
 
 def test_requirements_follow_what_the_service_imports(tmp_path):
-    """Every third-party import reachable from service.py (through pipeline/, relative imports and
+    """Every third-party import reachable from service.py (through sealift/, relative imports and
     imports inside functions included) becomes a requirement; stdlib and unreachable files do not."""
-    from pipeline.build import _third_party_modules
+    from sealift.build import _third_party_modules
 
-    (tmp_path / "service.py").write_text("import os\nimport bentoml\nfrom pipeline.serving import app\n")
-    serving = tmp_path / "pipeline" / "serving"
+    (tmp_path / "service.py").write_text("import os\nimport bentoml\nfrom sealift.serving import app\n")
+    serving = tmp_path / "sealift" / "serving"
     serving.mkdir(parents=True)
-    (tmp_path / "pipeline" / "__init__.py").write_text("import json\n")
+    (tmp_path / "sealift" / "__init__.py").write_text("import json\n")
     (serving / "__init__.py").write_text("")
     (serving / "app.py").write_text("from . import engine\nfrom .. import util\n")
     (serving / "engine.py").write_text("def load():\n    import safetensors.torch\n")
-    (tmp_path / "pipeline" / "util.py").write_text("from jinja2 import Template\n")
-    (tmp_path / "pipeline" / "cli.py").write_text("import typer\n")  # not imported by the service
+    (tmp_path / "sealift" / "util.py").write_text("from jinja2 import Template\n")
+    (tmp_path / "sealift" / "cli.py").write_text("import typer\n")  # not imported by the service
     assert _third_party_modules(tmp_path) == {"bentoml", "safetensors", "jinja2"}

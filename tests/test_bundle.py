@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import bundle
-from pipeline.errors import Failure, UserError
+from sealift import bundle
+from sealift.errors import Failure, UserError
 
 from conftest import Env, make_model
 
@@ -269,7 +269,7 @@ def big_bento(tmp_path_factory) -> Env:
 def test_a_killed_export_leaves_nothing_complete_and_resumes(big_bento, tmp_path):
     usb = tmp_path / "usb"
     env = big_bento.environ(**{bundle.CHECKPOINT_ENV: str(16 * 1024 * 1024)})
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "export", "big", str(usb), "--no-wheels", "-q"],
+    proc = subprocess.Popen([sys.executable, "-m", "sealift.cli", "export", "big", str(usb), "--no-wheels", "-q"],
                             env=env, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + 120
     killed_at = None

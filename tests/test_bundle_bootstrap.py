@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from pipeline import __version__, bundle, paths
-from pipeline.offline import read_guard_log
+from sealift import __version__, bundle, paths
+from sealift.offline import read_guard_log
 
 from conftest import Env
 
@@ -37,11 +37,11 @@ def test_the_sealift_wheel_is_built_once_per_source_and_holds_the_whole_package(
         names = set(zf.namelist())
         meta = zf.read(f"sealift-{__version__}.dist-info/METADATA").decode()
         entry_points = zf.read(f"sealift-{__version__}.dist-info/entry_points.txt").decode()
-    source = {p.relative_to(paths.repo_root()).as_posix() for p in (paths.repo_root() / "pipeline").rglob("*.py")
-              if "__pycache__" not in p.parts}
+    source = {p.relative_to(paths.repo_root() / "pipeline").as_posix()
+              for p in (paths.repo_root() / "pipeline").rglob("*.py") if "__pycache__" not in p.parts}
     assert source <= names  # every module, the network guard's sitecustomize included
-    assert "pipeline/_guard/sitecustomize.py" in names
-    assert "sealift = pipeline.cli:main" in entry_points
+    assert "sealift/_guard/sitecustomize.py" in names
+    assert "sealift = sealift.cli:main" in entry_points
     for dep in ("bentoml", "typer", "uv", "transformers"):
         assert f"Requires-Dist: {dep}" in meta
     assert bundle.sealift_wheel() == wheel and len(list((tmp_path / "cache").rglob("*.whl"))) == 1  # not rebuilt
@@ -110,7 +110,7 @@ def test_sealift_from_install_txt_alone_runs_and_installs_the_bundle(bare_host, 
     run = bare_host.bash(f"{sealift} --version && {sealift} install --help")
     assert run.code == 0, run.err
     assert run.out.startswith(f"sealift {__version__}") and "BUNDLE" in run.out
-    where = bare_host.bash(f'{bare_host.cli_bin / "python"} -c "import pipeline; print(pipeline.__file__)"').out
+    where = bare_host.bash(f'{bare_host.cli_bin / "python"} -c "import sealift; print(sealift.__file__)"').out
     assert where.startswith(str(bare_host.home / ".sealift" / "cli")), where  # the wheel's copy, not the checkout
 
     airgap = Env(tmp_path / "airgap")  # a fresh store: the bootstrapped sealift verifies and imports the bundle

@@ -1,4 +1,4 @@
-"""pipeline.inspect on real tiny models: what it reads, and every refusal (in-process: no store involved)."""
+"""sealift.inspect on real tiny models: what it reads, and every refusal (in-process: no store involved)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from pipeline.errors import UserError
-from pipeline.inspect import (
+from sealift.errors import UserError
+from sealift.inspect import (
     HeaderError,
     auto_map_modules,
     inspect_model,

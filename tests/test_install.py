@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import bundle
-from pipeline.errors import UserError
+from sealift import bundle
+from sealift.errors import UserError
 
 from conftest import Env
 
@@ -232,7 +232,7 @@ def test_install_without_wheels_imports_registers_and_says_present_the_second_ti
 
     # `sealift env` prints what a shell can eval
     show = 'echo "$OPENLLM_TEST_REPO|$UV_NO_INDEX|$UV_FIND_LINKS|$HF_HUB_OFFLINE"'
-    script = f'eval "$({sys.executable} -m pipeline.cli env)" && {show}'
+    script = f'eval "$({sys.executable} -m sealift.cli env)" && {show}'
     p = subprocess.run(["bash", "-c", script], env=host.environ(), capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parent.parent)
     assert p.returncode == 0, p.stderr
@@ -257,7 +257,7 @@ def free_port() -> int:
 
 def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundle):
     """Export with wheels -> install on an empty host, no network, no index -> the venv's bentoml serves it."""
-    from pipeline.offline import guarded_env, read_guard_log
+    from sealift.offline import guarded_env, read_guard_log
 
     result = installed_bundle.install
     host = installed_bundle.host
@@ -274,7 +274,7 @@ def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundl
     port = free_port()
     log = host.root / "serve-net.log"
     env = guarded_env(host.environ(), log_path=log)
-    dump = "import json; from pipeline import openllm; print(json.dumps(openllm.read_env_file()))"
+    dump = "import json; from sealift import openllm; print(json.dumps(openllm.read_env_file()))"
     env.update(json.loads(subprocess.run([sys.executable, "-c", dump], env=host.environ(), capture_output=True,
                                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stdout))
     proc = subprocess.Popen([str(py), "-m", "bentoml", "serve", result["bento_tag"], "--host", "127.0.0.1",

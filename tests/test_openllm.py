@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.offline import guarded_env, netns_prefix, read_guard_log
+from sealift.offline import guarded_env, netns_prefix, read_guard_log
 
 from conftest import ROOT
 
@@ -100,7 +100,7 @@ def test_openllm_serve_answers_with_no_index_and_no_network(installed_bundle, op
         PIP_NO_INDEX="1",
     )
     env.pop("VIRTUAL_ENV", None)
-    sealift_env = shlex.join([sys.executable, "-m", "pipeline.cli", "env"])
+    sealift_env = shlex.join([sys.executable, "-m", "sealift.cli", "env"])
     port = free_port()
     script = f'eval "$({sealift_env})" && exec {shlex.join([sys.executable, str(driver), str(port), str(log)])}'
     p = subprocess.run([*(netns_prefix() or []), "bash", "-c", script], env=env, cwd=ROOT,

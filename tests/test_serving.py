@@ -3,9 +3,9 @@
 Servers (session-scoped, one model load each):
 - `bentoml serve service:LLM` from the repo root, SEALIFT_MODEL=<tag>, an API key set:
   the development path, over the tiny Llama model put into a temporary Bento store;
-- `bentoml serve service:LLM` from a build-like context (service.py, pipeline/ and a
+- `bentoml serve service:LLM` from a build-like context (service.py, sealift/ and a
   sealift_bento.json saying trust_remote_code), over the tiny custom-code model;
-- `python -m pipeline.serving` (the same ASGI app under plain uvicorn) with an API key
+- `python -m sealift.serving` (the same ASGI app under plain uvicorn) with an API key
   and max_concurrency=1, for the 429 path, and one over a broken model (never ready).
 
 Greedy answers are compared with `model.generate(do_sample=False)` run here on the
@@ -34,7 +34,7 @@ import openai
 import pytest
 from conftest import Env
 
-from pipeline.offline import guarded_env, offline_env, read_guard_log
+from sealift.offline import guarded_env, offline_env, read_guard_log
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -126,10 +126,11 @@ def base_env(guard_log: Path | None = None, **extra: str) -> dict[str, str]:
 
 
 def build_context(dest: Path, bento_config: dict) -> Path:
-    """What `sealift build` hands to bentoml: service.py, pipeline/ and sealift_bento.json."""
+    """What `sealift build` hands to bentoml: service.py, the sealift package and sealift_bento.json."""
     dest.mkdir(parents=True)
     shutil.copy2(ROOT / "service.py", dest / "service.py")
-    shutil.copytree(ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(ROOT / "pipeline" / "sealift", dest / "sealift",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "_bento"))
     (dest / "sealift_bento.json").write_text(json.dumps(bento_config, indent=2))
     return dest
 
@@ -439,10 +440,10 @@ def test_eight_concurrent_clients_all_answered(served: Served) -> None:
 
 @pytest.fixture(scope="session")
 def guarded(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`python -m pipeline.serving` with an API key and max_concurrency=1."""
+    """`python -m sealift.serving` with an API key and max_concurrency=1."""
     tmp = tmp_path_factory.mktemp("uvicorn-guarded")
     port = free_port()
-    cmd = [sys.executable, "-m", "pipeline.serving", str(tiny_llama), "--name", "tiny", "--port", str(port)]
+    cmd = [sys.executable, "-m", "sealift.serving", str(tiny_llama), "--name", "tiny", "--port", str(port)]
     cmd += ["--api-key", API_KEY, "--max-concurrency", "1"]
     info = dict(url=f"http://127.0.0.1:{port}", name="tiny", model_dir=tiny_llama, trust_remote_code=False)
     with serving(cmd, cwd=ROOT, env=base_env(), tmp=tmp, api_key=API_KEY, **info) as served:
@@ -492,7 +493,7 @@ def test_never_ready_when_the_model_cannot_load(tiny_llama: Path, tmp_path: Path
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
     port = free_port()
-    cmd = [sys.executable, "-m", "pipeline.serving", str(broken), "--name", "broken", "--port", str(port)]
+    cmd = [sys.executable, "-m", "sealift.serving", str(broken), "--name", "broken", "--port", str(port)]
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=base_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -534,7 +535,7 @@ def opt(name):
     return args[args.index(name) + 1]
 
 
-cmd = [sys.executable, "-m", "pipeline.serving", args[1], "--host", opt("--host"), "--port", opt("--port"),
+cmd = [sys.executable, "-m", "sealift.serving", args[1], "--host", opt("--host"), "--port", opt("--port"),
        "--name", opt("--served-model-name")]
 if "--trust-remote-code" in args:
     cmd.append("--trust-remote-code")

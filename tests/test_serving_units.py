@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import UserError
-from pipeline.serving.backend import OutputText
-from pipeline.serving.config import BentoConfig, ServeConfig, select_backend, service_name
-from pipeline.serving.errors import APIError
-from pipeline.serving.protocol import ChatCompletionRequest, CompletionRequest, parse_request
-from pipeline.serving.vllm_backend import vllm_command, vllm_environment
+from sealift.errors import UserError
+from sealift.serving.backend import OutputText
+from sealift.serving.config import BentoConfig, ServeConfig, select_backend, service_name
+from sealift.serving.errors import APIError
+from sealift.serving.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from sealift.serving.vllm_backend import vllm_command, vllm_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 

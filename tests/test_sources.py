@@ -45,11 +45,11 @@ def make_hf_cache(hub: Path, repo_id: str, model_dir: Path, commit: str, ref: st
 
 
 def resolve(host: Env, src: str, **kw) -> subprocess.CompletedProcess:
-    """pipeline.sources.resolve in a subprocess with the host's caches; prints the Source as JSON."""
+    """sealift.sources.resolve in a subprocess with the host's caches; prints the Source as JSON."""
     code = (
         "import json, sys\n"
-        "from pipeline.sources import resolve\n"
-        "from pipeline.errors import UserError\n"
+        "from sealift.sources import resolve\n"
+        "from sealift.errors import UserError\n"
         "try:\n"
         f"    s = resolve({src!r}, revision={kw.get('revision')!r}, hub={kw.get('hub', 'auto')!r}, download=False)\n"
         "except UserError as e:\n"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from net_probe import snmp  # noqa: E402
 
-from pipeline.start import descendants  # noqa: E402
+from sealift.start import descendants  # noqa: E402
 
 
 def cmdline(pid: int) -> list[str]:
@@ -60,7 +60,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server must never block on it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "start", args.name, "--port", str(args.port)],
+        [sys.executable, "-m", "sealift.cli", "start", args.name, "--port", str(args.port)],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, SEALIFT
-from pipeline.start import descendants
+from sealift.start import descendants
 
 MAX_CONCURRENCY = 4
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

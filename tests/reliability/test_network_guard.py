@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import offline
+from sealift import offline
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -145,7 +145,7 @@ def test_guard_refuses_before_any_packet_leaves(tmp_path):
 def test_cli_installs_guard_when_asked(tmp_path):
     """SEALIFT_NET_GUARD=1 alone (no PYTHONPATH hook) guards the sealift CLI and what it starts."""
     code = (
-        "import os; from pipeline import cli, offline; cli.main(['--version']); "
+        "import os; from sealift import cli, offline; cli.main(['--version']); "
         "print(offline.network_guard_installed(), str(offline.guard_dir()) in os.environ['PYTHONPATH'].split(os.pathsep))"
     )
     env = unguarded_env(SEALIFT_NET_GUARD="1")
@@ -266,7 +266,7 @@ def test_install_of_an_exported_bundle_makes_no_network_attempt(cpu_bento, tmp_p
     prefix = offline.netns_prefix()
     p = subprocess.run(
         [*(prefix or []), sys.executable, str(PROBE), "--run",
-         sys.executable, "-m", "pipeline.cli", "install", exported["bundle"], "--json"],
+         sys.executable, "-m", "sealift.cli", "install", exported["bundle"], "--json"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert p.returncode == 0, p.stderr[-3000:]

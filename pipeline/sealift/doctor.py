@@ -40,10 +40,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import console, paths
-from pipeline.errors import SealiftError
-from pipeline.inspect import fmt_bytes
-from pipeline.offline import OFFLINE_ENV
+from sealift import console, paths
+from sealift.errors import SealiftError
+from sealift.inspect import fmt_bytes
+from sealift.offline import OFFLINE_ENV
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -174,7 +174,7 @@ def check_offline_env(environ: dict[str, str] | None = None) -> Check:
     The fix depends on the env file `sealift install` writes: `eval "$(sealift
     env)"` where it exists and holds every variable, re-install where it is stale.
     """
-    from pipeline import openllm
+    from sealift import openllm
 
     env = os.environ if environ is None else environ
     missing = [k for k, v in OFFLINE_ENV.items() if not _env_matches(env.get(k), v)]
@@ -199,7 +199,7 @@ def check_offline_env(environ: dict[str, str] | None = None) -> Check:
 
 def find_models(name: str | None) -> tuple[list[Any], list[Check]]:
     """The models to check (the named one, or every sealift model) and the store's row."""
-    from pipeline import store
+    from sealift import store
 
     where = paths.bentoml_home()
     if name is not None:
@@ -221,7 +221,7 @@ def find_models(name: str | None) -> tuple[list[Any], list[Check]]:
 
 def check_model_verified(model: Any) -> Check:
     """Re-hash every stored file against the model's manifest."""
-    from pipeline import store
+    from sealift import store
 
     report = store.verify_model(model.tag)
     label = f"verified {model.name}"
@@ -241,7 +241,7 @@ def check_bento(model: Any) -> tuple[Check, str, str | None]:
     """The newest bento carrying this model version: (row, bento tag, target cpu/gpu)."""
     import bentoml
 
-    from pipeline import build
+    from sealift import build
 
     tag = build.find_bento(str(model.tag))  # UserError with a `sealift build` hint if none
     bento = bentoml.bentos.get(tag)
@@ -289,7 +289,7 @@ def check_runtime(targets: set[str]) -> Check:
 
 def check_installed_venv(bento_tag: str, target: str) -> Check:
     """The offline venv `sealift install` made for this bento: complete, runs, has bentoml and the backend."""
-    from pipeline import bundle, openllm
+    from sealift import bundle, openllm
 
     name = bento_tag.split(":")[0]
     label = f"venv {name}"
@@ -320,7 +320,7 @@ def check_installed_venv(bento_tag: str, target: str) -> Check:
 
 def check_openllm(model: Any, bento_tag: str) -> Check:
     """The bento and its model linked into the repo layout openllm reads (OPENLLM_TEST_REPO)."""
-    from pipeline import openllm
+    from sealift import openllm
 
     root = openllm.repo_dir() / "bentoml"
     name, version = bento_tag.split(":")

@@ -20,8 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.offline import OFFLINE_ENV
-from pipeline.serving.config import ServeConfig
+from sealift.offline import OFFLINE_ENV
+from sealift.serving.config import ServeConfig
 
 VLLM_HOST = "127.0.0.1"
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import UserError
+from sealift.errors import UserError
 
 SourceKind = Literal["local", "hf-cache", "modelscope-cache", "download"]
 HUBS = ("auto", "hf", "modelscope")

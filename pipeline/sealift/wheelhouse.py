@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from pipeline import __version__, console, paths
-from pipeline.errors import Failure, UserError
+from sealift import __version__, console, paths
+from sealift.errors import Failure, UserError
 
 WHEEL_CACHE_ENV = "SEALIFT_WHEEL_CACHE"
 #: The files beside pipeline/ that building the sealift wheel reads.
@@ -139,7 +139,7 @@ def sealift_wheel(wheels_from: Path | None = None) -> Path:
     """
     source = _self_source()
     if source is None:
-        from pipeline import openllm
+        from sealift import openllm
 
         places = [d for d in (wheels_from, openllm.wheels_dir()) if d is not None]
         for d in places:

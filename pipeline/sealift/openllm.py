@@ -33,10 +33,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import paths
-from pipeline.errors import UserError
-from pipeline.manifest import write_atomic
-from pipeline.offline import OFFLINE_ENV
+from sealift import paths
+from sealift.errors import UserError
+from sealift.manifest import write_atomic
+from sealift.offline import OFFLINE_ENV
 
 REPO_DIRNAME = "openllm-repo"
 ENV_FILENAME = "env"

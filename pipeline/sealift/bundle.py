@@ -18,7 +18,7 @@ A bundle directory holds:
                            target platform/python, every file above with size and sha256
     SHA256SUMS             the same files plus manifest.json, for plain `sha256sum -c`
 
-Export writes the tar itself (pipeline.tarstream), in one pass: each source byte is read once, hashed
+Export writes the tar itself (sealift.tarstream), in one pass: each source byte is read once, hashed
 into the archive's sha256 (and, for model files, into a check against the
 model's own sealift manifest, so a store that rotted since import is refused),
 and written once by a helper thread while the next chunk is hashed. Nothing is
@@ -39,11 +39,11 @@ but extracting once into a staging directory on the store's filesystem and
 renaming each item into place: `bentoml import` would copy every byte twice,
 through the system temp directory (which may be a small tmpfs). Then it makes the runtime
 venv from wheels/ with uv and no index, and registers the bento for openllm
-(pipeline.openllm).
+(sealift.openllm).
 
 SEALIFT_EXPORT_CHECKPOINT_BYTES tunes how often export checkpoints (default
 512 MiB); SEALIFT_WHEEL_CACHE is where wheels downloaded from an index are kept
-between exports (default $SEALIFT_HOME/wheel-cache; pipeline.wheelhouse).
+between exports (default $SEALIFT_HOME/wheel-cache; sealift.wheelhouse).
 """
 
 from __future__ import annotations
@@ -66,19 +66,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__, console, paths
-from pipeline.atomic import fsync_dir, sweep_dead
-from pipeline.errors import Failure, UserError
-from pipeline.inspect import fmt_bytes
-from pipeline.manifest import MANIFEST_NAME, FileEntry, Manifest, code_problems, copy_and_hash, hash_file, \
+from sealift import __version__, console, paths
+from sealift.atomic import fsync_dir, sweep_dead
+from sealift.errors import Failure, UserError
+from sealift.inspect import fmt_bytes
+from sealift.manifest import MANIFEST_NAME, FileEntry, Manifest, code_problems, copy_and_hash, hash_file, \
     map_parallel, sha256sums_text, write_atomic
-from pipeline.offline import apply_offline_env, offline_env
+from sealift.offline import apply_offline_env, offline_env
 # The archive writer and the wheel resolution live apart; their names stay importable from here.
-from pipeline.tarstream import BUNDLE_FORMAT, CHUNK, JOURNAL, Advance, Member, _Journal, _walk, _write_all, \
+from sealift.tarstream import BUNDLE_FORMAT, CHUNK, JOURNAL, Advance, Member, _Journal, _walk, _write_all, \
     archive_size, plan_digest, write_archive
-from pipeline.tarstream import CHECKPOINT_ENV  # noqa: F401 - re-exported
-from pipeline.wheelhouse import resolve_wheels, sealift_wheel
-from pipeline.wheelhouse import WHEEL_CACHE_ENV, expand_platforms  # noqa: F401 - re-exported
+from sealift.tarstream import CHECKPOINT_ENV  # noqa: F401 - re-exported
+from sealift.wheelhouse import resolve_wheels, sealift_wheel
+from sealift.wheelhouse import WHEEL_CACHE_ENV, expand_platforms  # noqa: F401 - re-exported
 
 MANIFEST_JSON = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -325,7 +325,7 @@ def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_6
     if wheels_from is not None and not Path(wheels_from).is_dir():
         raise UserError(f"--wheels-from {wheels_from}: no such directory")
     apply_offline_env()
-    from pipeline import build
+    from sealift import build
 
     return export_bento(build.find_bento(ref), dest, platform=platform, python_version=python_version,
                         wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started)
@@ -1064,7 +1064,7 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     timings["import"] = time.monotonic() - t
     _check_model_digests(outcome, doc)
 
-    from pipeline import openllm
+    from sealift import openllm
 
     wheel_files = sorted(p for p in sums if p.startswith(WHEELS + "/"))
     wheels_dir: Path | None = None

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import Failure, UserError
-from pipeline.manifest import hash_file, walk_files
+from sealift.errors import Failure, UserError
+from sealift.manifest import hash_file, walk_files
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = (
@@ -358,7 +358,7 @@ class ModelInfo:
         return rows
 
     def print_human(self) -> None:
-        from pipeline.console import out
+        from sealift.console import out
 
         for label, value in self.summary_rows():
             out.print(f"  {label:<14} {value}", soft_wrap=True)
@@ -651,7 +651,7 @@ class Inspection:
             if self._closed:
                 return None
             self._child = subprocess.Popen(
-                [sys.executable, "-c", "from pipeline.inspect import _child_main; _child_main()",
+                [sys.executable, "-c", "from sealift.inspect import _child_main; _child_main()",
                  json.dumps({**self._request, "hide_torch": hide_torch})],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -26,10 +26,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.serving import protocol as p
-from pipeline.serving.backend import Backend, BackendError, Chunk, GenerationRequest, PromptError, SamplingParams
-from pipeline.serving.config import ServeConfig
-from pipeline.serving.errors import (
+from sealift.serving import protocol as p
+from sealift.serving.backend import Backend, BackendError, Chunk, GenerationRequest, PromptError, SamplingParams
+from sealift.serving.config import ServeConfig
+from sealift.serving.errors import (
     APIError,
     bad_request,
     model_not_found,

@@ -7,7 +7,7 @@ openllm 0.5), then its newest bento (the one built for this host's kind, cpu or
 gpu, if there is one) is served with `bentoml serve`, run by the runtime venv
 that `sealift install` made for it if any, else by this Python, in a
 subprocess that leads its own session, under the offline environment and the
-network guard (pipeline.offline.guarded_env), with the SEALIFT_* settings the
+network guard (sealift.offline.guarded_env), with the SEALIFT_* settings the
 service reads. Once /readyz answers, the URL, a curl line and an openai-client
 line are printed. SIGINT/SIGTERM are forwarded to the server's process group; a
 second one kills it; every descendant seen while it ran (circus starts workers
@@ -31,10 +31,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipeline import build, console
-from pipeline.build import BACKENDS
-from pipeline.errors import Failure, UserError
-from pipeline.offline import apply_offline_env, guarded_env
+from sealift import build, console
+from sealift.build import BACKENDS
+from sealift.errors import Failure, UserError
+from sealift.offline import apply_offline_env, guarded_env
 
 #: options key -> environment variable the service reads.
 OPTION_ENV = {
@@ -80,8 +80,8 @@ def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
 
 def server_python(bento_tag: str) -> str:
     """The Python that serves `bento_tag`: the runtime venv `sealift install` made for it
-    (recorded by pipeline.openllm), else this one (a build host, or an install with --no-venv)."""
-    from pipeline import openllm
+    (recorded by sealift.openllm), else this one (a build host, or an install with --no-venv)."""
+    from sealift import openllm
 
     for entry in openllm.read_installed().values():
         if entry.get("bento_tag") == bento_tag and entry.get("venv"):
@@ -157,8 +157,8 @@ def check_model_code(config: dict[str, Any]) -> None:
     """
     if not config.get("trust_remote_code"):
         return
-    from pipeline import store
-    from pipeline.manifest import code_problems
+    from sealift import store
+    from sealift.manifest import code_problems
 
     model = store.describe(str(config["model_tag"]))
     problems = code_problems(model.path)

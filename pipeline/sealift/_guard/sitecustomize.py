@@ -1,7 +1,7 @@
 """Installs sealift's network guard at interpreter start when SEALIFT_NET_GUARD=1.
 
 Python imports `sitecustomize` from the first sys.path entry that has one; this
-directory is put first on PYTHONPATH by `pipeline.offline.guarded_env`. Any
+directory is put first on PYTHONPATH by `sealift.offline.guarded_env`. Any
 sitecustomize that this one shadows (Debian's, a venv's) is run afterwards.
 """
 

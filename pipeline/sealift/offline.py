@@ -54,7 +54,7 @@ def offline_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str
 #
 # The guard itself lives in pipeline/_guard/sealift_net_guard.py (standard library
 # only) so that Pythons without sealift installed (the runtime venv, bentoml's
-# workers, openllm's venv) can run it from pipeline/_guard/sitecustomize.py.
+# workers, openllm's venv) can run it from sealift/_guard/sitecustomize.py.
 
 NET_GUARD_ENV = "SEALIFT_NET_GUARD"
 NET_GUARD_LOG_ENV = "SEALIFT_NET_GUARD_LOG"

@@ -1,6 +1,6 @@
 """Serve a model directory with the transformers backend, without BentoML.
 
-    python -m pipeline.serving MODEL_DIR [--name NAME] [--host 127.0.0.1] [--port 3000]
+    python -m sealift.serving MODEL_DIR [--name NAME] [--host 127.0.0.1] [--port 3000]
                                [--api-key KEY] [--max-concurrency N] [--trust-remote-code]
                                [--max-model-len N] [--dtype auto]
 
@@ -14,12 +14,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.offline import apply_offline_env
+from sealift.offline import apply_offline_env
 
 
 def main(argv: list[str] | None = None) -> int:
     apply_offline_env()
-    ap = argparse.ArgumentParser(prog="python -m pipeline.serving", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sealift.serving", description=__doc__.splitlines()[0])
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--name", help="served model name (default: the directory name)")
     ap.add_argument("--host", default="127.0.0.1")
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from pipeline.serving.app import create_app
-    from pipeline.serving.config import ServeConfig
-    from pipeline.serving.transformers_backend import TransformersBackend
+    from sealift.serving.app import create_app
+    from sealift.serving.config import ServeConfig
+    from sealift.serving.transformers_backend import TransformersBackend
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = a.name or a.model_dir.resolve().name

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.serving.errors import APIError, bad_request
+from sealift.serving.errors import APIError, bad_request
 
 # Bigger than any real context; a max_tokens past the context is refused later with the exact numbers.
 MAX_TOKENS_LIMIT = 1 << 24

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.atomic import write_atomic  # noqa: F401  (bundle and openllm import it from here too)
+from sealift.atomic import write_atomic  # noqa: F401  (bundle and openllm import it from here too)
 
 MANIFEST_NAME = "sealift-manifest.json"
 MANIFEST_FORMAT = "sealift-manifest/1"

@@ -11,7 +11,7 @@ caller hashes it into the archive's sha256; a second one hashes model files into
 a check against the model's own sealift manifest. `_Journal`
 (`.partial/.sealift-export.json`) records fsynced checkpoints (offset + sha256
 of the bytes before it); on resume those bytes are re-read and checked, never
-rewritten. pipeline.bundle plans the members and drives the export.
+rewritten. sealift.bundle plans the members and drives the export.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import console
-from pipeline.errors import Failure, UserError
-from pipeline.manifest import FileEntry, write_atomic
+from sealift import console
+from sealift.errors import Failure, UserError
+from sealift.manifest import FileEntry, write_atomic
 
 #: The bundle's format; a journal of another format is not resumed.
 BUNDLE_FORMAT = "sealift-bundle/1"

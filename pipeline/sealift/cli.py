@@ -1,6 +1,6 @@
 """The `sealift` command line: thin; every command calls one step module.
 
-Expected errors (pipeline.errors.SealiftError) become one line on stderr and
+Expected errors (sealift.errors.SealiftError) become one line on stderr and
 exit code 2 (bad input) or 1 (failure); nothing else prints a traceback unless
 SEALIFT_DEBUG=1.
 """
@@ -15,9 +15,9 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from pipeline import __version__
-from pipeline import console
-from pipeline.errors import SealiftError
+from sealift import __version__
+from sealift import console
+from sealift.errors import SealiftError
 
 HELP = """\
 Carry a language model across an air gap, verified, and serve it offline.
@@ -131,7 +131,7 @@ def import_(
     returns the existing tag.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
-    from pipeline import sources, store
+    from sealift import sources, store
 
     source = sources.resolve(src, revision=revision, hub=hub, download=download)
     result = store.import_model(
@@ -149,7 +149,7 @@ def import_(
 def list_(json_output: bool = JsonOpt) -> None:
     """List the models sealift imported: name, version, size, parameters, source."""
     console.set_mode(json_output=json_output)
-    from pipeline import store
+    from sealift import store
 
     models = store.list_models()
     console.emit({"models": [m.to_dict() for m in models]}, lambda: store.print_table(models))
@@ -163,7 +163,7 @@ def verify(
 ) -> None:
     """Re-hash a stored model against its manifest; exit 1 on any mismatch."""
     console.set_mode(quiet=quiet, json_output=json_output)
-    from pipeline import store
+    from sealift import store
 
     report = store.verify_model(ref)
     console.emit(report.to_dict(), report.print_human)
@@ -184,7 +184,7 @@ def build(
 ) -> None:
     """Build a Bento that holds the model, its tokenizer and code, and the OpenAI service."""
     console.set_mode(quiet=quiet, json_output=json_output)
-    from pipeline import build as build_step
+    from sealift import build as build_step
 
     result = build_step.build_bento(ref, target=target, backend=backend)
     console.emit(result.to_dict(), result.print_human)
@@ -208,7 +208,7 @@ def _start(
     NAME is looked up in the model store first (as `openllm start` did), then
     as a bento. Ctrl-C stops the server.
     """
-    from pipeline import start as start_step
+    from sealift import start as start_step
 
     options = {
         "backend": backend,
@@ -248,7 +248,7 @@ def export(
 ) -> None:
     """Write a verified bundle: bento tar, wheels/ (with sealift itself), manifest.json, SHA256SUMS, INSTALL.txt."""
     console.set_mode(quiet=quiet, json_output=json_output)
-    from pipeline import bundle
+    from sealift import bundle
 
     result = bundle.export_bundle(
         ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
@@ -267,7 +267,7 @@ def install(
 ) -> None:
     """Verify a bundle byte for byte, import it, make the offline venv, register for openllm."""
     console.set_mode(quiet=quiet, json_output=json_output)
-    from pipeline import bundle
+    from sealift import bundle
 
     result = bundle.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv)
     console.emit(result.to_dict(), result.print_human)
@@ -281,7 +281,7 @@ def doctor(
 ) -> None:
     """Check this host for serving offline: env, store, bento, venv, openllm, GPU, disk; exit 1 on any failure."""
     console.set_mode(json_output=json_output)
-    from pipeline import doctor as doctor_step
+    from sealift import doctor as doctor_step
 
     report = doctor_step.run_doctor(name, verify=not quick)
     console.emit(report.to_dict(), report.print_human)
@@ -292,7 +292,7 @@ def doctor(
 @app.command("env")
 def env(name: Optional[str] = typer.Argument(None, metavar="NAME", help="An installed model (default: all).")) -> None:
     """Print the environment for serving offline, for `eval "$(sealift env)"`."""
-    from pipeline import openllm
+    from sealift import openllm
 
     sys.stdout.write(openllm.env_text(name))
 
@@ -302,7 +302,7 @@ def env(name: Optional[str] = typer.Argument(None, metavar="NAME", help="An inst
 
 def main(argv: list[str] | None = None) -> int:
     if os.environ.get("SEALIFT_NET_GUARD") == "1":  # refuse and count any non-loopback connection
-        from pipeline import offline
+        from sealift import offline
 
         offline.install_network_guard()
     try:

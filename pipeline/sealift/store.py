@@ -35,11 +35,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import __version__, console
-from pipeline.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
-from pipeline.errors import Failure, UserError
-from pipeline.inspect import Inspection, ModelInfo, fmt_bytes, fmt_params, inspect_model
-from pipeline.manifest import (
+from sealift import __version__, console
+from sealift.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
+from sealift.errors import Failure, UserError
+from sealift.inspect import Inspection, ModelInfo, fmt_bytes, fmt_params, inspect_model
+from sealift.manifest import (
     MANIFEST_NAME,
     Cancelled,
     FileEntry,
@@ -52,7 +52,7 @@ from pipeline.manifest import (
     map_parallel,
     verify_dir,
 )
-from pipeline.sources import Source
+from sealift.sources import Source
 
 if TYPE_CHECKING:
     import bentoml

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.serving.backend import (
+from sealift.serving.backend import (
     BackendError,
     Chunk,
     GenerationRequest,

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from sealift.errors import UserError
 
 BENTO_CONFIG_FILE = "sealift_bento.json"
 BACKENDS = ("auto", "vllm", "transformers")

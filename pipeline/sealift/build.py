@@ -6,7 +6,8 @@
 The build context is a private temporary directory under $BENTOML_HOME/tmp (the
 same filesystem as the store, so bentoml's copy into the store is cheap) holding
 copies of service.py, bentofile.yaml (rewritten with this build's name, labels,
-envs and requirements) and pipeline/, plus `sealift_bento.json`, which tells
+envs and requirements), both from the package's `_bento/` recipe, and the
+installed `sealift/` package itself, plus `sealift_bento.json`, which tells
 service.py which model to declare (`bentoml.models.BentoModel(model_tag)`) and
 with what defaults. The weights are not copied: the bento references the model
 by tag, and `bentoml export` packs it with the bento.
@@ -43,11 +44,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__, console, paths
-from pipeline.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
-from pipeline.errors import Failure, UserError
-from pipeline.inspect import fmt_bytes
-from pipeline.offline import OFFLINE_ENV, apply_offline_env
+from sealift import __version__, console, paths
+from sealift.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
+from sealift.errors import Failure, UserError
+from sealift.inspect import fmt_bytes
+from sealift.offline import OFFLINE_ENV, apply_offline_env
 
 TARGETS = ("cpu", "gpu")
 BACKENDS = ("auto", "vllm", "transformers")
@@ -67,12 +68,14 @@ LABEL_VERSION = "sealift-version"
 DEFAULT_VLLM_VERSION = "0.32.0"
 
 #: Distributions the CPU (transformers) backend needs at serve time whatever
-#: pipeline/serving imports: the model loader, its tokenizer and weight formats,
+#: sealift/serving imports: the model loader, its tokenizer and weight formats,
 #: the chat template engine and torch (CPU build).
 CPU_BASE = ("transformers", "tokenizers", "safetensors", "torch", "jinja2", "huggingface-hub")
 
-#: Files and folders the service needs, copied from sealift's source tree.
-SOURCES = ("service.py", "bentofile.yaml", "pipeline")
+#: The recipe files the service needs, copied from the installed package's _bento/.
+SOURCES = ("service.py", "bentofile.yaml")
+#: The package folder in the bento (`import sealift` from the bento's src/).
+PACKAGE = "sealift"
 
 #: Build directories under $BENTOML_HOME/tmp: sealift-build-<pid>-<random>/{context,store}.
 BUILD_PREFIX = "sealift-build-"
@@ -127,12 +130,10 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
     os.environ["BENTOML_NO_LOCAL_URL"] = "1"
     os.environ["BENTOML_BUNDLE_LOCAL_BUILD"] = "false"
 
-    from pipeline import store
+    from sealift import store
 
     model = store.describe(ref)
-    root = paths.repo_root()
-    _check_sources(root)
-    requirements = requirements_for(target, root)
+    _check_sources(paths.bento_sources())
     config = {
         "model_tag": str(model.tag),
         "served_model_name": model.name,
@@ -161,7 +162,8 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
     with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=tmp_parent) as tmp:
         ctx = Path(tmp) / "context"
         ctx.mkdir()
-        _make_context(root, ctx, config)
+        _make_context(ctx, config)
+        requirements = requirements_for(target, ctx)
         bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=requirements)
         bento = _run_build(bentofile, ctx, Path(tmp) / "store")
     return BuildResult(
@@ -186,23 +188,28 @@ def _check_options(target: str, backend: str) -> None:
         raise UserError("--backend vllm needs --target gpu (a cpu bento has no vllm)", hint="use --target gpu")
 
 
-def _check_sources(root: Path) -> None:
-    missing = [name for name in SOURCES if not (root / name).exists()]
+def _check_sources(recipe: Path) -> None:
+    missing = [name for name in SOURCES if not (recipe / name).is_file()]
     if missing:
         raise UserError(
-            f"sealift's service sources are missing from {root}: {', '.join(missing)}",
-            hint="run sealift from its source tree (pip install -e .)",
+            f"sealift's service recipe is missing from {recipe}: {', '.join(missing)}",
+            hint="reinstall sealift (pip install --force-reinstall sealift); the package ships _bento/",
         )
 
 
-def _make_context(root: Path, ctx: Path, config: dict[str, Any]) -> None:
-    """Copy service.py, bentofile.yaml and pipeline/ (no caches) into ctx; write sealift_bento.json."""
-    shutil.copy2(root / "service.py", ctx / "service.py")
-    shutil.copy2(root / "bentofile.yaml", ctx / "bentofile.yaml")
+def _make_context(ctx: Path, config: dict[str, Any]) -> None:
+    """Lay out the bento's src: service.py and bentofile.yaml from the package's _bento/ recipe, the
+    installed sealift package (no caches, no recipe), and sealift_bento.json.
+
+    The same files whether sealift runs from a checkout or from its wheel, so both build the same bento.
+    """
+    recipe = paths.bento_sources()
+    shutil.copy2(recipe / "service.py", ctx / "service.py")
+    shutil.copy2(recipe / "bentofile.yaml", ctx / "bentofile.yaml")
     shutil.copytree(
-        root / "pipeline",
-        ctx / "pipeline",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*"),
+        paths.package_dir(),
+        ctx / PACKAGE,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "_bento"),
     )
     (ctx / BENTO_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -221,7 +228,7 @@ def _write_bentofile(ctx: Path, *, name: str, labels: dict[str, str], requiremen
     spec["name"] = name
     spec["labels"] = {**(spec.get("labels") or {}), **labels}
     include = list(spec.get("include") or [])
-    for item in ("service.py", BENTO_CONFIG, "pipeline/"):
+    for item in ("service.py", BENTO_CONFIG, f"{PACKAGE}/"):
         if item not in include:
             include.append(item)
     spec["include"] = include
@@ -293,11 +300,11 @@ def _read_requirements(bento_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- requirements
 
 
-def requirements_for(target: str, root: Path | None = None) -> list[str]:
+def requirements_for(target: str, root: Path) -> list[str]:
     """The bento's python requirements (bentoml adds its own `bentoml==X` line).
 
     The distributions are CPU_BASE plus every third-party module that
-    service.py and the pipeline modules it imports (transitively, including
+    service.py and the sealift modules it imports (transitively, including
     imports inside functions) import, plus the source bentofile's own packages.
     cpu: each pinned to the version installed here (the stack this host ran).
     gpu: vllm pinned, the rest by name only, so vllm's pins decide torch and
@@ -306,7 +313,6 @@ def requirements_for(target: str, root: Path | None = None) -> list[str]:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    root = root or paths.repo_root()
     names = {canonicalize_name(n) for n in CPU_BASE}
     names |= {canonicalize_name(d) for d in _imported_distributions(root)}
     specifiers: dict[str, str] = {}  # the source bentofile's bounds, kept for gpu ("pydantic>=2")
@@ -346,7 +352,7 @@ def _bentofile_packages(root: Path) -> list[str]:
 
 
 def _imported_distributions(root: Path) -> set[str]:
-    """Installed distributions that service.py and its pipeline modules import, at any depth."""
+    """Installed distributions that service.py and the sealift modules it reaches import, at any depth."""
     dists = importlib.metadata.packages_distributions()
     found: set[str] = set()
     for module in _third_party_modules(root):
@@ -355,7 +361,7 @@ def _imported_distributions(root: Path) -> set[str]:
 
 
 def _third_party_modules(root: Path) -> set[str]:
-    """Top-level names of non-stdlib, non-pipeline modules imported from service.py, followed through pipeline."""
+    """Top-level names of non-stdlib modules imported from root/service.py, followed through root/sealift/."""
     seen: set[Path] = set()
     external: set[str] = set()
     queue = [root / "service.py"]
@@ -367,7 +373,7 @@ def _third_party_modules(root: Path) -> set[str]:
         package = _package_of(path, root)
         for module in _imports(path, package):
             top = module.split(".")[0]
-            if top == "pipeline":
+            if top == PACKAGE:
                 queue.extend(_module_files(module, root))
             elif top and top not in sys.stdlib_module_names and top != "__future__":
                 external.add(top)
@@ -425,7 +431,7 @@ def find_bento(ref: str, *, target: str | None = None, prefer_target: str | None
     import bentoml
     from bentoml.exceptions import BentoMLException
 
-    from pipeline import store
+    from sealift import store
 
     try:
         model = store.describe(ref)
