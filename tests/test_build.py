@@ -131,7 +131,7 @@ def test_build_errors_are_one_line_exit_2(cpu_bento, args, words):
 def test_requirements_follow_what_the_service_imports(tmp_path):
     """Every third-party import reachable from service.py (through sealift/, relative imports and
     imports inside functions included) becomes a requirement; stdlib and unreachable files do not."""
-    from sealift.build import _third_party_modules
+    from sealift.codescan import third_party_modules
 
     (tmp_path / "service.py").write_text("import os\nimport bentoml\nfrom sealift.serving import app\n")
     serving = tmp_path / "sealift" / "serving"
@@ -142,4 +142,4 @@ def test_requirements_follow_what_the_service_imports(tmp_path):
     (serving / "engine.py").write_text("def load():\n    import safetensors.torch\n")
     (tmp_path / "sealift" / "util.py").write_text("from jinja2 import Template\n")
     (tmp_path / "sealift" / "cli.py").write_text("import typer\n")  # not imported by the service
-    assert _third_party_modules(tmp_path) == {"bentoml", "safetensors", "jinja2"}
+    assert third_party_modules(tmp_path, "service.py", "sealift") == {"bentoml", "safetensors", "jinja2"}

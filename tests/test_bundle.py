@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from sealift import bundle
+from sealift import bundle, tarstream, wheelhouse
+from sealift import export as export_step
 from sealift.errors import Failure, UserError
 
 from conftest import Env, make_model
@@ -42,22 +43,22 @@ def make_tree(root: Path) -> Path:
     (root / "sub" / "deeper").mkdir(parents=True)
     (root / "empty.txt").write_bytes(b"")
     (root / "odd.bin").write_bytes(os.urandom(513))
-    (root / "sub" / "big.bin").write_bytes(os.urandom(bundle.CHUNK * 2 + 12345))
+    (root / "sub" / "big.bin").write_bytes(os.urandom(tarstream.CHUNK * 2 + 12345))
     (root / "sub" / "deeper" / ("long-" + "x" * 150 + ".json")).write_text("{}")
     (root / "sub" / "héllo wörld.txt").write_text("unicode\n")
     os.symlink(root / "odd.bin", root / "link-to-odd.bin")  # followed: archived as a file
     return root
 
 
-def plan_for(root: Path) -> list[bundle.Member]:
+def plan_for(root: Path) -> list[tarstream.Member]:
     st = root.stat()
-    return [bundle.Member("./", "dir", 0, st.st_mode, int(st.st_mtime)), *bundle._walk(root, "./")]
+    return [tarstream.Member("./", "dir", 0, st.st_mode, int(st.st_mtime)), *tarstream.walk(root, "./")]
 
 
-def write(members: list[bundle.Member], out: Path, advance=lambda n: None, reread=lambda n: None) -> tuple:
+def write(members: list[tarstream.Member], out: Path, advance=lambda n: None, reread=lambda n: None) -> tuple:
     """write_archive as export calls it: (FileEntry, offset it started writing at); `reread` counts re-read bytes."""
-    journal = bundle._Journal.load(out.parent, "t:v", bundle.plan_digest(members), bundle.archive_size(members))
-    return bundle.write_archive(members, out, journal, advance, reread)
+    journal = tarstream.Journal.load(out.parent, "t:v", tarstream.plan_digest(members), tarstream.archive_size(members))
+    return tarstream.write_archive(members, out, journal, advance, reread)
 
 
 class Stop(Exception):
@@ -86,7 +87,7 @@ def test_archive_is_a_standard_tar_of_the_exact_planned_size(tmp_path):
     out = tmp_path / "out" / "a.tar"
     entry, start = write(members, out)
     assert start == 0
-    assert out.stat().st_size == bundle.archive_size(members) == entry.size
+    assert out.stat().st_size == tarstream.archive_size(members) == entry.size
     assert out.stat().st_size % tarfile.RECORDSIZE == 0
     assert entry.sha256 == sha256(out)
     # GNU tar reads it back, byte for byte
@@ -100,7 +101,7 @@ def test_archive_is_a_standard_tar_of_the_exact_planned_size(tmp_path):
     # Python's tarfile agrees on names and sizes
     with tarfile.open(out) as tf:
         names = {m.name: m.size for m in tf.getmembers() if m.isfile()}
-    assert names["./sub/big.bin"] == bundle.CHUNK * 2 + 12345
+    assert names["./sub/big.bin"] == tarstream.CHUNK * 2 + 12345
     assert "./sub/héllo wörld.txt" in names
 
 
@@ -114,17 +115,17 @@ def test_the_same_sources_give_the_same_bytes(tmp_path):
 
 
 def test_an_interrupted_archive_resumes_after_its_checkpoint_without_rewriting(tmp_path, monkeypatch):
-    monkeypatch.setenv(bundle.CHECKPOINT_ENV, str(4 * 1024 * 1024))
+    monkeypatch.setenv(tarstream.CHECKPOINT_ENV, str(4 * 1024 * 1024))
     src = make_tree(tmp_path / "src")
     members = plan_for(src)
-    total = bundle.archive_size(members)
+    total = tarstream.archive_size(members)
     (tmp_path / "ref").mkdir()
     reference, _ = write(members, tmp_path / "ref" / "x.tar")
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "x.tar"
     with pytest.raises(Stop):
         write(members, out, stop_after(total // 2))
-    journal = json.loads((tmp_path / "out" / bundle.JOURNAL).read_text())
+    journal = json.loads((tmp_path / "out" / tarstream.JOURNAL).read_text())
     checkpoint = journal["archive"]["offset"]
     assert 0 < checkpoint < total and not journal["archive"]["done"]
     written, reread = [], []
@@ -136,13 +137,13 @@ def test_an_interrupted_archive_resumes_after_its_checkpoint_without_rewriting(t
 
 
 def test_a_damaged_prefix_is_written_again(tmp_path, monkeypatch):
-    monkeypatch.setenv(bundle.CHECKPOINT_ENV, str(4 * 1024 * 1024))
+    monkeypatch.setenv(tarstream.CHECKPOINT_ENV, str(4 * 1024 * 1024))
     src = make_tree(tmp_path / "src")
     members = plan_for(src)
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "x.tar"
     with pytest.raises(Stop):
-        write(members, out, stop_after(bundle.archive_size(members) // 2))
+        write(members, out, stop_after(tarstream.archive_size(members) // 2))
     with open(out, "r+b") as f:  # the medium lost a byte of what was fsynced
         f.seek(2048)
         byte = f.read(1)
@@ -156,7 +157,7 @@ def test_a_damaged_prefix_is_written_again(tmp_path, monkeypatch):
 
 def test_a_model_file_that_no_longer_matches_its_manifest_is_refused(tmp_path):
     src = make_tree(tmp_path / "src")
-    members = [m if not m.name.endswith("odd.bin") else bundle.Member(**{**m.__dict__, "sha256": "0" * 64})
+    members = [m if not m.name.endswith("odd.bin") else tarstream.Member(**{**m.__dict__, "sha256": "0" * 64})
                for m in plan_for(src)]
     (tmp_path / "out").mkdir()
     with pytest.raises(Failure, match="does not match the model's manifest"):
@@ -164,17 +165,17 @@ def test_a_model_file_that_no_longer_matches_its_manifest_is_refused(tmp_path):
 
 
 def test_manylinux_platforms_expand_to_every_older_tag():
-    tags = bundle.expand_platforms("manylinux_2_28_x86_64")
+    tags = wheelhouse.expand_platforms("manylinux_2_28_x86_64")
     assert tags[0] == "manylinux_2_28_x86_64"
     assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"} <= set(tags)
-    assert bundle.expand_platforms("macosx_11_0_arm64") == ["macosx_11_0_arm64"]
+    assert wheelhouse.expand_platforms("macosx_11_0_arm64") == ["macosx_11_0_arm64"]
 
 
 def test_free_space_check_names_needed_and_available(tmp_path):
     free = shutil.disk_usage(tmp_path).free
     with pytest.raises(UserError, match=r"not enough free space .* needs .* available"):
-        bundle.check_free_space(tmp_path / "not" / "yet", free + 10**9)
-    bundle.check_free_space(tmp_path, 1024)
+        export_step.check_free_space(tmp_path / "not" / "yet", free + 10**9)
+    export_step.check_free_space(tmp_path, 1024)
 
 
 # --------------------------------------------------------------------------- the command
@@ -268,13 +269,13 @@ def big_bento(tmp_path_factory) -> Env:
 
 def test_a_killed_export_leaves_nothing_complete_and_resumes(big_bento, tmp_path):
     usb = tmp_path / "usb"
-    env = big_bento.environ(**{bundle.CHECKPOINT_ENV: str(16 * 1024 * 1024)})
+    env = big_bento.environ(**{tarstream.CHECKPOINT_ENV: str(16 * 1024 * 1024)})
     proc = subprocess.Popen([sys.executable, "-m", "sealift.cli", "export", "big", str(usb), "--no-wheels", "-q"],
                             env=env, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + 120
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
-        for journal in usb.glob(f"*{bundle.PARTIAL}/{bundle.JOURNAL}"):
+        for journal in usb.glob(f"*{bundle.PARTIAL}/{tarstream.JOURNAL}"):
             try:
                 offset = json.loads(journal.read_text())["archive"]["offset"]
             except (OSError, ValueError, KeyError):

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from sealift import __version__, bundle, paths
+from sealift import __version__, bundle, install_text, paths, wheelhouse
+from sealift import export as export_step
 from sealift.offline import read_guard_log
+from sealift.openllm import OPENLLM_REQUIREMENTS
 
 from conftest import Env
 
@@ -28,9 +30,9 @@ from conftest import Env
 
 
 def test_the_sealift_wheel_is_built_once_per_source_and_holds_the_whole_package(tmp_path, monkeypatch):
-    monkeypatch.setenv(bundle.WHEEL_CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(wheelhouse.WHEEL_CACHE_ENV, str(tmp_path / "cache"))
     had_build_dir = (paths.repo_root() / "build").exists()
-    wheel = bundle.sealift_wheel()
+    wheel = wheelhouse.sealift_wheel()
     assert wheel.name == f"sealift-{__version__}-py3-none-any.whl"
     assert wheel.is_relative_to(tmp_path / "cache")
     with zipfile.ZipFile(wheel) as zf:
@@ -44,13 +46,13 @@ def test_the_sealift_wheel_is_built_once_per_source_and_holds_the_whole_package(
     assert "sealift = sealift.cli:main" in entry_points
     for dep in ("bentoml", "typer", "uv", "transformers"):
         assert f"Requires-Dist: {dep}" in meta
-    assert bundle.sealift_wheel() == wheel and len(list((tmp_path / "cache").rglob("*.whl"))) == 1  # not rebuilt
+    assert wheelhouse.sealift_wheel() == wheel and len(list((tmp_path / "cache").rglob("*.whl"))) == 1  # not rebuilt
     assert (paths.repo_root() / "build").exists() == had_build_dir  # built from a copy: the checkout is untouched
 
 
 def test_install_txt_starts_with_sealift_from_the_bundle_and_adds_openllm_when_carried():
-    source = bundle.BentoSource("tiny:v1", Path("/nowhere"), "1.4.39", "3.11", {}, [])
-    plain = bundle._install_text(source, "tiny-v1.tar", "tiny-v1", True, python_version="3.11",
+    source = export_step.BentoSource("tiny:v1", Path("/nowhere"), "1.4.39", "3.11", {}, [])
+    plain = install_text.install_text(source, "tiny-v1.tar", "tiny-v1", True, python_version="3.11",
                                  sealift_wheel="sealift-0.1.0-py3-none-any.whl")
     lines = plain.splitlines()
     first = next(i for i, ln in enumerate(lines) if ln.startswith("1. "))
@@ -59,12 +61,12 @@ def test_install_txt_starts_with_sealift_from_the_bundle_and_adds_openllm_when_c
     assert "~/.sealift/cli/bin/pip install --no-index --find-links tiny-v1/wheels sealift" in plain
     assert "wheels-openllm" not in plain and "--with-openllm" in plain  # says how to carry it
 
-    with_openllm = bundle._install_text(source, "tiny-v1.tar", "tiny-v1", True, python_version="3.11",
+    with_openllm = install_text.install_text(source, "tiny-v1.tar", "tiny-v1", True, python_version="3.11",
                                         sealift_wheel="sealift-0.1.0-py3-none-any.whl", openllm=True)
     assert ("~/.sealift/openllm/bin/pip install --no-index --find-links tiny-v1/wheels-openllm "
             "openllm==0.6.30 'click<8.2' 'typer<0.16'") in with_openllm
 
-    bare = bundle._install_text(source, "tiny-v1.tar", "tiny-v1", False)
+    bare = install_text.install_text(source, "tiny-v1.tar", "tiny-v1", False)
     assert "1. " not in bare and "must already have sealift" in bare
 
 
@@ -93,7 +95,7 @@ def test_the_bundle_carries_sealift_and_openllm_listed_like_every_other_file(ins
     names = {p.name.split("-")[0].lower(): Version(p.name.split("-")[1]) for p in openllm}
     assert names["openllm"] == Version("0.6.30") and names["click"] < Version("8.2") and names["typer"] < Version("0.16")
     assert export["openllm_wheels"] == len(openllm) == sum(1 for p in listed if p.startswith("wheels-openllm/"))
-    assert doc["openllm_requirements"] == list(bundle.OPENLLM_REQUIREMENTS)
+    assert doc["openllm_requirements"] == list(OPENLLM_REQUIREMENTS)
     for p in openllm:
         assert f"  {bundle.WHEELS_OPENLLM}/{p.name}\n" in sums
     check = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=path, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""sealift.inspect on real tiny models: what it reads, and every refusal (in-process: no store involved)."""
+"""sealift.inspection on real tiny models: what it reads, and every refusal (in-process: no store involved)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ import pytest
 from safetensors import safe_open
 
 from sealift.errors import UserError
-from sealift.inspect import (
-    HeaderError,
-    auto_map_modules,
-    inspect_model,
-    read_safetensors_header,
-    scan_code,
-)
+from sealift.codescan import auto_map_modules, scan_code
+from sealift.inspection import inspect_model
+from sealift.safetensors_header import HeaderError, read_safetensors_header
 
 
 def _numel_and_bytes(model_dir: Path) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sealift import bundle
+from sealift import install, verify
 from sealift.errors import UserError
 
 from conftest import Env
@@ -163,9 +163,9 @@ def test_check_archive_refuses(case, tmp_path):
         _add(tf, "./bento.yaml", data=b"name: x\n")
     bad = tmp_path / "bad.tar"
     hostile_archive(good, bad, case)
-    bundle.check_archive(good)
+    verify.check_archive(good)
     with pytest.raises(UserError, match="refusing member"):
-        bundle.check_archive(bad)
+        verify.check_archive(bad)
 
 
 def test_links_inside_the_archive_are_extracted_and_stay_inside(tmp_path):
@@ -174,10 +174,10 @@ def test_links_inside_the_archive_are_extracted_and_stay_inside(tmp_path):
         _add(tf, "./dir/file.txt", data=b"hello")
         _add(tf, "./dir/sym", kind=tarfile.SYMTYPE, link="file.txt")
         _add(tf, "./other/hard", kind=tarfile.LNKTYPE, link="./dir/file.txt")
-    members = bundle.check_archive(arc)
+    members = verify.check_archive(arc)
     root = tmp_path / "root"
     root.mkdir()
-    bundle.extract(arc, members, root, lambda n: None)
+    install.extract(arc, members, root, lambda n: None)
     assert (root / "dir" / "sym").read_bytes() == b"hello" and (root / "dir" / "sym").is_symlink()
     assert os.path.samefile(root / "other" / "hard", root / "dir" / "file.txt")
 
@@ -274,7 +274,7 @@ def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundl
     port = free_port()
     log = host.root / "serve-net.log"
     env = guarded_env(host.environ(), log_path=log)
-    dump = "import json; from sealift import openllm; print(json.dumps(openllm.read_env_file()))"
+    dump = "import json; from sealift import registry; print(json.dumps(registry.read_env_file()))"
     env.update(json.loads(subprocess.run([sys.executable, "-c", dump], env=host.environ(), capture_output=True,
                                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stdout))
     proc = subprocess.Popen([str(py), "-m", "bentoml", "serve", result["bento_tag"], "--host", "127.0.0.1",

@@ -167,13 +167,13 @@ def test_the_runtime_venv_install_made_serves_its_bento(tmp_path, monkeypatch):
     import json
     import sys
 
-    from sealift import openllm
+    from sealift import registry
     from sealift.start import server_python
 
     monkeypatch.setenv("SEALIFT_HOME", str(tmp_path))
     venv = tmp_path / "venvs" / "tiny-v1"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("")
-    (tmp_path / openllm.INSTALLED_FILENAME).write_text(json.dumps({"tiny": {"bento_tag": "tiny:v1", "venv": str(venv)}}))
+    (tmp_path / registry.INSTALLED_FILENAME).write_text(json.dumps({"tiny": {"bento_tag": "tiny:v1", "venv": str(venv)}}))
     assert server_python("tiny:v1") == str(venv / "bin" / "python")
     assert server_python("tiny:v2") == sys.executable  # built here, not installed: this Python

@@ -3,13 +3,18 @@
 Every step writes into a staging directory named `<prefix><pid>-<random>` on
 the destination's filesystem, fsyncs, and renames into place. A step killed
 with SIGKILL leaves its staging directory behind; the next run of any step
-sweeps those whose process is gone.
+sweeps those whose process is gone. `sigterm_as_interrupt` makes SIGTERM clean up
+as Ctrl-C does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -67,3 +72,20 @@ def sweep_dead(parent: Path, prefix: str = "") -> None:
         pid = d.name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread, so cleanup runs as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

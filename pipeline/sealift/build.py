@@ -1,7 +1,8 @@
 """Build step: a Bento that holds one stored model, its tokenizer, sealift's code and the service.
 
     build_bento("qwen7b", target="gpu")   -> BuildResult (bento tag "qwen7b:<version>")
-    find_bento("qwen7b")                  -> newest bento tag carrying that model
+
+(Which bento carries a model is a store lookup: sealift.store.find_bento.)
 
 The build context is a private temporary directory under $BENTOML_HOME/tmp (the
 same filesystem as the store, so bentoml's copy into the store is cheap) holding
@@ -33,38 +34,28 @@ No step needs the network, and why:
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealift import __version__, console, paths
+from sealift import __version__, _bentoml, console, paths
 from sealift.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
-from sealift.errors import Failure, UserError
-from sealift.inspect import fmt_bytes
+from sealift.codescan import third_party_modules
+from sealift.errors import UserError
 from sealift.offline import OFFLINE_ENV, apply_offline_env
+from sealift.serving.config import BACKENDS, BENTO_CONFIG_FILE, TARGETS
+from sealift.store import LABEL_BACKEND, LABEL_MANIFEST, LABEL_MODEL, LABEL_TARGET, LABEL_VERSION
+from sealift.units import fmt_bytes
 
-TARGETS = ("cpu", "gpu")
-BACKENDS = ("auto", "vllm", "transformers")
+__all__ = ["BuildResult", "build_bento", "requirements_for"]
 
-#: Written next to service.py in the bento; service.py reads it.
-BENTO_CONFIG = "sealift_bento.json"
-
-#: Labels sealift puts on every bento it builds (openllm reads `aliases` and `platforms`).
-LABEL_MODEL = "sealift-model"
-LABEL_MANIFEST = "sealift-manifest"
-LABEL_TARGET = "sealift-target"
-LABEL_BACKEND = "sealift-backend"
-LABEL_VERSION = "sealift-version"
-
-#: vLLM for `--target gpu` when the build host has none installed: 0.32.0 is the
-#: newest that resolves from the registry here (0.33.0 wants a certifi it lacks).
+#: vLLM for `--target gpu` when the build host has none installed. Install the
+#: vLLM to ship on the build host to choose another: its version is pinned instead.
 DEFAULT_VLLM_VERSION = "0.32.0"
 
 #: Distributions the CPU (transformers) backend needs at serve time whatever
@@ -211,7 +202,7 @@ def _make_context(ctx: Path, config: dict[str, Any]) -> None:
         ctx / PACKAGE,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "_bento"),
     )
-    (ctx / BENTO_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (ctx / BENTO_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _write_bentofile(ctx: Path, *, name: str, labels: dict[str, str], requirements: list[str]) -> Path:
@@ -228,7 +219,7 @@ def _write_bentofile(ctx: Path, *, name: str, labels: dict[str, str], requiremen
     spec["name"] = name
     spec["labels"] = {**(spec.get("labels") or {}), **labels}
     include = list(spec.get("include") or [])
-    for item in ("service.py", BENTO_CONFIG, f"{PACKAGE}/"):
+    for item in ("service.py", BENTO_CONFIG_FILE, f"{PACKAGE}/"):
         if item not in include:
             include.append(item)
     spec["include"] = include
@@ -257,37 +248,20 @@ def _run_build(bentofile: Path, ctx: Path, staging: Path):
     and `sealift export` would pick. It saves into a private store in `staging`
     instead (same filesystem) and the finished directory is renamed into place.
     """
-    import bentoml
-    from bentoml._internal.bento.bento import BentoStore
-    from bentoml.exceptions import BentoMLException
-
-    try:
-        staged = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(ctx), _bento_store=BentoStore(staging))
-        return _publish_bento(staged)
-    except BentoMLException as exc:
-        raise Failure(f"bentoml build failed: {_first_line(exc)}") from exc
-    except ImportError as exc:
-        raise Failure(f"bentoml could not load service.py: {_first_line(exc)}",
-                      hint="install the serving dependencies in this environment") from exc
+    staged = _bentoml.build_bentofile(bentofile, ctx, staging)
+    return _publish_bento(staged)
 
 
 def _publish_bento(staged: Any) -> Any:
     """fsync the staged bento, rename it to bentos/NAME/VERSION (atomic), point `latest` at it; the stored Bento."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
     src = Path(staged.path)
     fsync_tree(src)
-    final = Path(BentoMLContainer.bento_store_dir.get()) / staged.tag.name / staged.tag.version
+    final = _bentoml.bentos_dir() / staged.tag.name / staged.tag.version
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(src, final)  # bentos/NAME/VERSION appears complete or not at all
     write_atomic(final.parent / "latest", staged.tag.version.encode())
     fsync_dir(final.parent)
-    return BentoMLContainer.bento_store.get().get(staged.tag)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return _bentoml.bento_store().get(staged.tag)
 
 
 def _read_requirements(bento_path: Path) -> list[str]:
@@ -355,106 +329,6 @@ def _imported_distributions(root: Path) -> set[str]:
     """Installed distributions that service.py and the sealift modules it reaches import, at any depth."""
     dists = importlib.metadata.packages_distributions()
     found: set[str] = set()
-    for module in _third_party_modules(root):
+    for module in third_party_modules(root, "service.py", PACKAGE):
         found.update(dists.get(module, []))
     return found
-
-
-def _third_party_modules(root: Path) -> set[str]:
-    """Top-level names of non-stdlib modules imported from root/service.py, followed through root/sealift/."""
-    seen: set[Path] = set()
-    external: set[str] = set()
-    queue = [root / "service.py"]
-    while queue:
-        path = queue.pop()
-        if path in seen or not path.is_file():
-            continue
-        seen.add(path)
-        package = _package_of(path, root)
-        for module in _imports(path, package):
-            top = module.split(".")[0]
-            if top == PACKAGE:
-                queue.extend(_module_files(module, root))
-            elif top and top not in sys.stdlib_module_names and top != "__future__":
-                external.add(top)
-    return external
-
-
-def _package_of(path: Path, root: Path) -> str:
-    """The package a file's relative imports start from: its directory, dotted ("" at the root)."""
-    return ".".join(path.relative_to(root).parent.parts)
-
-
-def _imports(path: Path, package: str) -> set[str]:
-    """Absolute module names imported anywhere in a file (`from X import y` yields X and X.y)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base_parts = package.split(".") if package else []
-                base_parts = base_parts[: len(base_parts) - (node.level - 1)] if node.level > 1 else base_parts
-                base = ".".join([*base_parts, node.module] if node.module else base_parts)
-            else:
-                base = node.module or ""
-            if not base:
-                continue
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-    return names
-
-
-def _module_files(module: str, root: Path) -> list[Path]:
-    """The files Python runs to import `module` from root: each package's __init__ and the module."""
-    parts = module.split(".")
-    files = []
-    for i in range(1, len(parts) + 1):
-        base = root.joinpath(*parts[:i])
-        files += [base / "__init__.py", base.with_suffix(".py")]
-    return [f for f in files if f.is_file()]
-
-
-# --------------------------------------------------------------------------- lookup
-
-
-def find_bento(ref: str, *, target: str | None = None, prefer_target: str | None = None) -> str:
-    """The tag of the bento to serve or export for `ref`.
-
-    `ref` is looked up as a model first (NAME or NAME:VERSION, the meaning
-    `openllm start` had): the newest bento whose `sealift-model` label is that
-    model's tag; only of `target` if given; of `prefer_target` if there is one
-    (`sealift start` prefers the bento made for the host it runs on).
-    Otherwise `ref` may name a bento directly (NAME:VERSION, or NAME for its latest).
-    """
-    import bentoml
-    from bentoml.exceptions import BentoMLException
-
-    from sealift import store
-
-    try:
-        model = store.describe(ref)
-    except UserError:
-        model = None
-    if model is not None:
-        matches = [
-            b for b in bentoml.bentos.list()
-            if b.info.labels.get(LABEL_MODEL) == str(model.tag)
-            and (target is None or b.info.labels.get(LABEL_TARGET) == target)
-        ]
-        preferred = [b for b in matches if b.info.labels.get(LABEL_TARGET) == prefer_target]
-        if matches:
-            return str(max(preferred or matches, key=lambda b: b.creation_time).tag)
-        kind = f"{target} " if target else ""
-        raise UserError(
-            f"model {model.tag} has no {kind}bento in {paths.bentoml_home()}",
-            hint=f"run: sealift build {model.name}" + (f" --target {target}" if target else ""),
-        )
-    try:
-        return str(bentoml.bentos.get(ref).tag)
-    except (BentoMLException, ValueError):
-        raise UserError(
-            f"no model or bento named {ref!r} in {paths.bentoml_home()}",
-            hint="see `sealift list`; import it with `sealift import SRC --name NAME`, then `sealift build NAME`",
-        ) from None

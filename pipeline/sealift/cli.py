@@ -92,17 +92,44 @@ JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or chatter.")
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"sealift {__version__}")
-        raise typer.Exit()
+#: What `sealift --version --verbose` reports beside sealift: the stack a bento is built and served with.
+VERSION_DISTRIBUTIONS = ("bentoml", "transformers", "torch", "vllm")
 
 
-@app.callback()
+def _versions() -> list[tuple[str, str]]:
+    """(distribution, installed version or "not installed"), read from package metadata: nothing is imported."""
+    import importlib.metadata
+
+    found = []
+    for dist in VERSION_DISTRIBUTIONS:
+        try:
+            found.append((dist, importlib.metadata.version(dist)))
+        except importlib.metadata.PackageNotFoundError:
+            found.append((dist, "not installed"))
+    return found
+
+
+def _print_version(verbose: bool) -> None:
+    typer.echo(f"sealift {__version__}")
+    if verbose:
+        for dist, version in _versions():
+            typer.echo(f"{dist} {version}")
+        typer.echo(f"python {sys.version.split()[0]} ({sys.executable})")
+
+
+@app.callback(invoke_without_command=True)
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print sealift's version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="With --version: also bentoml's, transformers', torch's and vllm's versions."),
 ) -> None:
-    pass
+    if version:
+        _print_version(verbose)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:  # `sealift -v` alone: what `sealift` alone shows
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
 
 
 # --------------------------------------------------------------------------- import
@@ -131,10 +158,10 @@ def import_(
     returns the existing tag.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift import sources, store
+    from sealift import importer, sources
 
     source = sources.resolve(src, revision=revision, hub=hub, download=download)
-    result = store.import_model(
+    result = importer.import_model(
         source,
         name,
         trust_remote_code=trust_remote_code,
@@ -200,7 +227,7 @@ def _start(
     tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="vLLM: GPUs per model."),
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context length to serve."),
     gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", help="vLLM: GPU memory fraction."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (half and float are aliases)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vLLM: the checkpoint's quantization."),
 ) -> None:
     """Serve a model from the local store with an OpenAI-compatible API, offline.
@@ -248,9 +275,9 @@ def export(
 ) -> None:
     """Write a verified bundle: bento tar, wheels/ (with sealift itself), manifest.json, SHA256SUMS, INSTALL.txt."""
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift import bundle
+    from sealift import export as export_step
 
-    result = bundle.export_bundle(
+    result = export_step.export_bundle(
         ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
         with_openllm=with_openllm,
     )
@@ -267,9 +294,9 @@ def install(
 ) -> None:
     """Verify a bundle byte for byte, import it, make the offline venv, register for openllm."""
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift import bundle
+    from sealift import install as install_step
 
-    result = bundle.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv)
+    result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv)
     console.emit(result.to_dict(), result.print_human)
 
 
@@ -292,9 +319,9 @@ def doctor(
 @app.command("env")
 def env(name: Optional[str] = typer.Argument(None, metavar="NAME", help="An installed model (default: all).")) -> None:
     """Print the environment for serving offline, for `eval "$(sealift env)"`."""
-    from sealift import openllm
+    from sealift import registry
 
-    sys.stdout.write(openllm.env_text(name))
+    sys.stdout.write(registry.env_text(name))
 
 
 # --------------------------------------------------------------------------- main

@@ -11,7 +11,7 @@ The checks, in the order a user would fix them:
   `sealift install` writes are for);
 - model: in the store, imported by sealift, and re-hashed against its manifest
   (`store.verify_model`; `--quick` skips the hashing);
-- bento: a bento carrying that model version (`build.find_bento`);
+- bento: a bento carrying that model version (`store.find_bento`);
 - venv: the offline venv `sealift install` made for the bento (recorded in
   `$SEALIFT_HOME/installed.json`) is complete (its marker), runs, and imports
   bentoml and the backend; runtime: the Python `sealift start` serves with
@@ -42,7 +42,8 @@ from typing import Any
 
 from sealift import console, paths
 from sealift.errors import SealiftError
-from sealift.inspect import fmt_bytes
+from sealift.diskspace import free_space
+from sealift.units import fmt_bytes
 from sealift.offline import OFFLINE_ENV
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -174,7 +175,7 @@ def check_offline_env(environ: dict[str, str] | None = None) -> Check:
     The fix depends on the env file `sealift install` writes: `eval "$(sealift
     env)"` where it exists and holds every variable, re-install where it is stale.
     """
-    from sealift import openllm
+    from sealift import registry
 
     env = os.environ if environ is None else environ
     missing = [k for k, v in OFFLINE_ENV.items() if not _env_matches(env.get(k), v)]
@@ -182,12 +183,12 @@ def check_offline_env(environ: dict[str, str] | None = None) -> Check:
         return Check("offline env", OK, f"all {len(OFFLINE_ENV)} offline variables set in this shell")
     detail = (f"not set in this shell: {', '.join(missing)} (sealift start sets them itself; "
               "bentoml serve and openllm serve take them from the shell)")
-    path = openllm.env_file()
+    path = registry.env_file()
     if not path.is_file():
         exports = " ".join(f"{k}={v}" for k, v in OFFLINE_ENV.items() if k in missing)
         return Check("offline env", WARN, f"{detail}; no env file at {path}",
                      f"sealift install BUNDLE writes it; meanwhile: export {exports}")
-    stale = [k for k, v in OFFLINE_ENV.items() if not _env_matches(openllm.read_env_file(path).get(k), v)]
+    stale = [k for k, v in OFFLINE_ENV.items() if not _env_matches(registry.read_env_file(path).get(k), v)]
     if stale:
         return Check("offline env", WARN, f"{detail}; {path} lacks {', '.join(stale)}",
                      "sealift install BUNDLE again (it rewrites the env file)")
@@ -239,13 +240,11 @@ def check_model_verified(model: Any) -> Check:
 
 def check_bento(model: Any) -> tuple[Check, str, str | None]:
     """The newest bento carrying this model version: (row, bento tag, target cpu/gpu)."""
-    import bentoml
+    from sealift import _bentoml, store
 
-    from sealift import build
-
-    tag = build.find_bento(str(model.tag))  # UserError with a `sealift build` hint if none
-    bento = bentoml.bentos.get(tag)
-    target = bento.info.labels.get(build.LABEL_TARGET)
+    tag = store.find_bento(str(model.tag))  # UserError with a `sealift build` hint if none
+    bento = _bentoml.get_bento(tag)
+    target = bento.info.labels.get(store.LABEL_TARGET)
     service = Path(bento.path) / "src" / "service.py"
     if not service.is_file():
         return Check(f"bento {model.name}", FAIL, f"{tag} has no src/service.py", f"sealift build {model.name}"), tag, target
@@ -289,11 +288,12 @@ def check_runtime(targets: set[str]) -> Check:
 
 def check_installed_venv(bento_tag: str, target: str) -> Check:
     """The offline venv `sealift install` made for this bento: complete, runs, has bentoml and the backend."""
-    from sealift import bundle, openllm
+    from sealift import registry
+    from sealift.venv import VENV_MARKER
 
     name = bento_tag.split(":")[0]
     label = f"venv {name}"
-    entry = openllm.read_installed().get(name)
+    entry = registry.read_installed().get(name)
     if entry is None:
         return Check(label, OK, "not installed from a bundle here: sealift start serves with this Python")
     if entry.get("bento_tag") != bento_tag:
@@ -304,8 +304,8 @@ def check_installed_venv(bento_tag: str, target: str) -> Check:
     venv = Path(entry["venv"])
     python = venv / "bin" / "python"
     fix = f"sealift install {entry.get('bundle') or 'BUNDLE'} (remakes the venv from the bundle's wheels)"
-    if not (venv / bundle.VENV_MARKER).is_file():
-        return Check(label, FAIL, f"{venv} is incomplete (no {bundle.VENV_MARKER}: its creation did not finish)", fix)
+    if not (venv / VENV_MARKER).is_file():
+        return Check(label, FAIL, f"{venv} is incomplete (no {VENV_MARKER}: its creation did not finish)", fix)
     modules = RUNTIME_MODULES.get(target, RUNTIME_MODULES["cpu"])
     missing = _missing_modules(str(python), modules)
     if missing is None:
@@ -465,23 +465,16 @@ def _gpus_needed(need: int, free: list[int]) -> int:
 # --------------------------------------------------------------------------- disk
 
 
-def _existing(path: Path) -> Path:
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
 def check_disk() -> list[Check]:
     """Free space on the filesystems of the store and sealift's home (one row per filesystem)."""
     rows: list[Check] = []
     seen: set[int] = set()
     for label, where in (("disk (store)", paths.bentoml_home()), ("disk (sealift home)", paths.sealift_home())):
-        base = _existing(where)
+        base, free = free_space(where)
         dev = base.stat().st_dev
         if dev in seen:
             continue
         seen.add(dev)
-        free = shutil.disk_usage(base).free
         detail = f"{fmt_bytes(free)} free at {base}"
         if free < FAIL_DISK:
             rows.append(Check(label, FAIL, detail, f"free space under {base}"))

@@ -4,6 +4,13 @@ UserError (exit 2): the input is wrong (a missing shard, a corrupted bundle, an
 unknown model name); the message says what and where, the hint what to do.
 Failure (exit 1): the input was fine but the work failed (a verification
 mismatch, a build that bentoml refused).
+
+    SealiftError
+     +-- UserError (exit 2)
+     |    +-- NotInStoreError (also a LookupError)
+     +-- Failure (exit 1)
+
+BentoML's own exceptions are translated into these in sealift._bentoml only.
 """
 
 from __future__ import annotations
@@ -31,3 +38,11 @@ class Failure(SealiftError):
     """The work failed: exit code 1."""
 
     exit_code = 1
+
+
+class NotInStoreError(UserError, LookupError):
+    """A model or bento that the Bento store does not hold (exit code 2); `ref` is what was asked for."""
+
+    def __init__(self, message: str, *, ref: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.ref = ref

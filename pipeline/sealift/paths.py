@@ -11,6 +11,16 @@ def sealift_home() -> Path:
     return Path(os.environ.get("SEALIFT_HOME") or Path.home() / ".sealift")
 
 
+def openllm_repo() -> Path:
+    """$SEALIFT_HOME/openllm-repo: what OPENLLM_TEST_REPO names (sealift.openllm links installed bentos there)."""
+    return sealift_home() / "openllm-repo"
+
+
+def kept_wheels_dir() -> Path:
+    """$SEALIFT_HOME/wheels: where install keeps every bundle's wheels (uv's and pip's find-links offline)."""
+    return sealift_home() / "wheels"
+
+
 def bentoml_home() -> Path:
     """The Bento store root, as bentoml resolves it."""
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")

@@ -31,10 +31,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sealift import build, console
-from sealift.build import BACKENDS
+import psutil
+
+from sealift import _bentoml, console, registry
 from sealift.errors import Failure, UserError
 from sealift.offline import apply_offline_env, guarded_env
+from sealift.serving.config import BACKENDS, DTYPES, BentoConfig
+from sealift.store import find_bento
+
+__all__ = ["check_model_code", "check_port_free", "descendants", "host_target", "option_env", "server_python", "start"]
 
 #: options key -> environment variable the service reads.
 OPTION_ENV = {
@@ -47,7 +52,6 @@ OPTION_ENV = {
     "dtype": "SEALIFT_DTYPE",
     "quantization": "SEALIFT_QUANTIZATION",
 }
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 POLL_S = 0.5
 STOP_TIMEOUT_S = 30.0
@@ -58,11 +62,11 @@ def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
     env_extra = option_env(options)
     check_port_free(host, port)
     apply_offline_env()
-    tag = build.find_bento(ref, prefer_target=host_target())
-    bento_src = _bento_src(tag)
-    config = _bento_config(bento_src)
+    tag = find_bento(ref, prefer_target=host_target())
+    bento_src = Path(_bentoml.get_bento(tag).path) / "src"
+    config = _bento_config(bento_src, tag)
     check_model_code(config)
-    served = config.get("served_model_name") or tag.split(":")[0]
+    served = config.served_model_name
     python = server_python(tag)
     env = guarded_env(**env_extra)
     if python != sys.executable:  # the runtime venv: its bin (vllm, ...) first on PATH too
@@ -71,7 +75,7 @@ def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
     cmd = [python, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)]
     console.info(f"starting {tag} on {host}:{port} with {python} (Ctrl-C stops it)")
     # cwd = the bento's src: `python -m` puts cwd first on sys.path, so the
-    # bento's own copy of service.py and pipeline/ is what runs.
+    # bento's own copy of service.py and sealift/ is what runs.
     with _Signals() as signals:
         proc = subprocess.Popen(cmd, env=env, cwd=bento_src, start_new_session=True)
         signals.attach(proc.pid)
@@ -80,10 +84,8 @@ def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
 
 def server_python(bento_tag: str) -> str:
     """The Python that serves `bento_tag`: the runtime venv `sealift install` made for it
-    (recorded by sealift.openllm), else this one (a build host, or an install with --no-venv)."""
-    from sealift import openllm
-
-    for entry in openllm.read_installed().values():
+    (recorded in sealift.registry), else this one (a build host, or an install with --no-venv)."""
+    for entry in registry.read_installed().values():
         if entry.get("bento_tag") == bento_tag and entry.get("venv"):
             python = Path(entry["venv"]) / "bin" / "python"
             if python.is_file():
@@ -134,33 +136,27 @@ def check_port_free(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def _bento_src(tag: str) -> Path:
-    import bentoml
+def _bento_config(src: Path, tag: str) -> BentoConfig:
+    """The bento's sealift_bento.json (model tag, served name, trust_remote_code), read by BentoConfig.load.
 
-    return Path(bentoml.bentos.get(tag).path) / "src"
-
-
-def _bento_config(src: Path) -> dict[str, Any]:
-    """The bento's sealift_bento.json (model tag, served name, trust_remote_code); {} if it has none."""
-    try:
-        config = json.loads((src / build.BENTO_CONFIG).read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    A bento with none (not built by sealift) serves its own name and trusts no model code.
+    """
+    name = tag.split(":")[0]
+    return BentoConfig.load(src, environ={"SEALIFT_MODEL": name})
 
 
-def check_model_code(config: dict[str, Any]) -> None:
+def check_model_code(config: BentoConfig) -> None:
     """Failure (exit 1) if the bento trusts its model's code and that code is not what `sealift import` hashed.
 
     The same check runs in the service (service.py) for `bentoml serve` and
     `openllm serve`; here it refuses before a server starts.
     """
-    if not config.get("trust_remote_code"):
+    if config.development or not config.trust_remote_code:
         return
     from sealift import store
     from sealift.manifest import code_problems
 
-    model = store.describe(str(config["model_tag"]))
+    model = store.describe(config.model_tag)
     problems = code_problems(model.path)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -254,13 +250,21 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after "(comm)": state ppid pgrp session ... starttime (index 19)."""
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time as /proc/PID/stat says it (clock ticks since boot): with the pid, its identity."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _live(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return False
 
 
 def descendants(root: int) -> dict[int, str]:
@@ -268,37 +272,31 @@ def descendants(root: int) -> dict[int, str]:
 
     circus (bentoml's supervisor) starts each worker with setsid, so neither the
     process group nor the session of `bentoml serve` holds them; the parent
-    links do.
+    links do (psutil follows them).
     """
-    children: dict[int, list[int]] = {}
-    starts: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _proc_stat(int(entry.name))
-        if fields is None or len(fields) < 20 or fields[0] in ("Z", "X"):
-            continue
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        starts[pid] = fields[19]
+    try:
+        children = psutil.Process(root).children(recursive=True)
+    except psutil.Error:
+        return {}
     found: dict[int, str] = {}
-    stack = list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        if pid not in found:
-            found[pid] = starts[pid]
-            stack.extend(children.get(pid, []))
+    for child in children:
+        started = _start_ticks(child.pid)
+        if started is not None and _live(child):
+            found[child.pid] = started
     return found
 
 
 def _kill_leftovers(known: dict[int, str]) -> None:
     """SIGKILL every remembered descendant still alive (same pid and same start time: not a reused pid)."""
     for pid, started in known.items():
-        fields = _proc_stat(pid)
-        if fields is not None and len(fields) > 19 and fields[19] == started and fields[0] not in ("Z", "X"):
+        try:
+            proc = psutil.Process(pid)
+        except psutil.Error:
+            continue
+        if _start_ticks(pid) == started and _live(proc):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                proc.kill()
+            except psutil.Error:
                 pass
 
 

@@ -8,10 +8,10 @@ The tar is a pure function of its members (names, sizes, modes, mtimes and the
 source bytes), so a resumed export regenerates the same stream and can start
 writing at any checkpointed offset. A helper thread writes each chunk while the
 caller hashes it into the archive's sha256; a second one hashes model files into
-a check against the model's own sealift manifest. `_Journal`
+a check against the model's own sealift manifest. `Journal`
 (`.partial/.sealift-export.json`) records fsynced checkpoints (offset + sha256
 of the bytes before it); on resume those bytes are re-read and checked, never
-rewritten. sealift.bundle plans the members and drives the export.
+rewritten. sealift.export plans the members and drives the export.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from sealift import console
+from sealift.atomic import write_atomic
+from sealift.bundle import BUNDLE_FORMAT
 from sealift.errors import Failure, UserError
-from sealift.manifest import FileEntry, write_atomic
+from sealift.manifest import FileEntry
 
-#: The bundle's format; a journal of another format is not resumed.
-BUNDLE_FORMAT = "sealift-bundle/1"
+__all__ = ["CHECKPOINT_ENV", "CHUNK", "JOURNAL", "Advance", "Journal", "Member", "archive_size", "plan_digest", "walk",
+           "write_all", "write_archive"]
+
 JOURNAL = ".sealift-export.json"
 CHUNK = 8 * 1024 * 1024
 CHECKPOINT_ENV = "SEALIFT_EXPORT_CHECKPOINT_BYTES"
@@ -92,7 +95,7 @@ def plan_digest(members: list[Member]) -> str:
     return hashlib.sha256(json.dumps([m.key() for m in members]).encode()).hexdigest()
 
 
-def _walk(root: Path, prefix: str, *, skip_top: Iterable[str] = (),
+def walk(root: Path, prefix: str, *, skip_top: Iterable[str] = (),
           checks: dict[str, str] | None = None) -> list[Member]:
     """Members for everything under root (sorted), named prefix + relative path; symlinked files are followed."""
     skip = set(skip_top)
@@ -128,7 +131,7 @@ def _walk(root: Path, prefix: str, *, skip_top: Iterable[str] = (),
     return sorted(out, key=lambda m: m.name.rstrip("/").split("/"))
 
 
-def _write_all(fd: int, view: memoryview | bytes) -> None:
+def write_all(fd: int, view: memoryview | bytes) -> None:
     view = memoryview(view)
     while view:
         view = view[os.write(fd, view):]
@@ -172,7 +175,7 @@ class _Sink:
         return buf
 
     def put(self, view: memoryview | bytes) -> None:
-        self.pending.append(self.pool.submit(_write_all, self.fd, view))
+        self.pending.append(self.pool.submit(write_all, self.fd, view))
         self.offset += len(view)
         while len(self.pending) > self.BUFFERS - 1:
             self.pending.popleft().result()
@@ -190,7 +193,7 @@ class _Sink:
             self.checker.shutdown(wait=True, cancel_futures=True)
 
 
-class _Journal:
+class Journal:
     """`.partial/.sealift-export.json`: what an interrupted export already wrote and fsynced."""
 
     def __init__(self, path: Path, doc: dict[str, Any]) -> None:
@@ -198,7 +201,7 @@ class _Journal:
         self.doc = doc
 
     @classmethod
-    def load(cls, partial: Path, bento_tag: str, plan: str, archive_total: int) -> _Journal:
+    def load(cls, partial: Path, bento_tag: str, plan: str, archive_total: int) -> Journal:
         """The journal of an earlier run of this same export, or a fresh one."""
         fresh = {"format": BUNDLE_FORMAT, "bento": bento_tag, "plan": plan,
                  "archive": {"offset": 0, "sha256": hashlib.sha256().hexdigest(), "size": archive_total,
@@ -228,7 +231,7 @@ def _checkpoint_every() -> int:
         return DEFAULT_CHECKPOINT
 
 
-def _verified_prefix(path: Path, journal: _Journal, advance: Advance) -> tuple[int, Any]:
+def _verified_prefix(path: Path, journal: Journal, advance: Advance) -> tuple[int, Any]:
     """Re-read the archive up to the journal's checkpoint; (offset, running sha256) to go on from.
 
     The bytes are only read: if they still hash to what the journal recorded
@@ -255,7 +258,7 @@ def _verified_prefix(path: Path, journal: _Journal, advance: Advance) -> tuple[i
     return offset, h
 
 
-def write_archive(members: list[Member], path: Path, journal: _Journal, advance: Advance,
+def write_archive(members: list[Member], path: Path, journal: Journal, advance: Advance,
                   verify_advance: Advance | None = None) -> tuple[FileEntry, int]:
     """Write (or finish) the tar at `path` from `members`; fsynced; returns its size and sha256.
 

@@ -134,22 +134,18 @@ def sealift_wheel(wheels_from: Path | None = None) -> Path:
     holds, so the checkout gets no build/ or egg-info. The wheel is kept in the
     wheel cache under the sha256 of those files: the same source gives the same
     wheel file, built once, and a resumed export finds the bytes it wrote.
-    Without a checkout (sealift installed from a wheel), the
-    `sealift-<version>-*.whl` in --wheels-from or in the wheels an install kept.
+    Without a checkout (sealift installed from its wheel): the
+    `sealift-<version>-*.whl` in --wheels-from if there is one, else the wheel
+    rebuilt from the installed files, each checked against its RECORD hash
+    (sealift.selfwheel), kept in the wheel cache under the digest of those files.
     """
     source = _self_source()
     if source is None:
-        from sealift import openllm
-
-        places = [d for d in (wheels_from, openllm.wheels_dir()) if d is not None]
-        for d in places:
-            found = sorted(Path(d).glob(f"sealift-{__version__}-*.whl"))
+        if wheels_from is not None:
+            found = sorted(Path(wheels_from).glob(f"sealift-{__version__}-*.whl"))
             if found:
                 return found[-1]
-        raise UserError(f"no sealift source checkout at {paths.repo_root()} and no sealift-{__version__} wheel in "
-                        f"{' or '.join(map(str, places))} to put in the bundle",
-                        hint="export from a sealift checkout, pass --wheels-from DIR holding the sealift wheel, "
-                             "or use --no-wheels")
+        return _installed_wheel()
     root = paths.repo_root()
     h = hashlib.sha256()
     for path in source:
@@ -181,3 +177,14 @@ def sealift_wheel(wheels_from: Path | None = None) -> Path:
     return sorted(where.glob("sealift-*.whl"))[-1]
 
 
+def _installed_wheel() -> Path:
+    """The installed sealift, zipped again as its wheel (sealift.selfwheel), cached by content."""
+    from sealift.selfwheel import installed_files, wheel_from_installed
+
+    h = hashlib.sha256()
+    for name, data in sorted(installed_files().items()):
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    where = wheel_cache() / "sealift" / f"installed-{h.hexdigest()[:16]}"
+    built = sorted(where.glob("sealift-*.whl")) if where.is_dir() else []
+    return built[-1] if built else wheel_from_installed(where)

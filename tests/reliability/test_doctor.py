@@ -164,7 +164,7 @@ def test_installed_venv_rows(tmp_path, monkeypatch):
     """In-process, on a fake SEALIFT_HOME: an unfinished, a broken and an absent runtime venv."""
     import json
 
-    from sealift import bundle, doctor
+    from sealift import doctor, venv as venv_module
 
     home = tmp_path / "sealift"
     venv = home / "venvs" / "tiny-v1"
@@ -175,7 +175,7 @@ def test_installed_venv_rows(tmp_path, monkeypatch):
 
     row = doctor.check_installed_venv("tiny:v1", "cpu")
     assert row.status == "fail" and "incomplete" in row.detail and "sealift install /media/usb/tiny-v1" in row.fix
-    (venv / bundle.VENV_MARKER).write_text("{}")
+    (venv / venv_module.VENV_MARKER).write_text("{}")
     row = doctor.check_installed_venv("tiny:v1", "cpu")
     assert row.status == "fail" and "does not run" in row.detail  # no bin/python
     (venv / "bin" / "python").write_text("#!/bin/sh\necho '[\"torch\"]'\n")

@@ -8,7 +8,7 @@ damaged one byte at a time, on a private copy, and restored after each check:
 - SHA256SUMS (the one file nothing else hashes): every byte, with several flip patterns (a case
   flip, the binary-mode `*`, a high bit that makes invalid UTF-8, ...);
 - manifest.json and INSTALL.txt: the first and last byte and positions across them.
-Each damaged bundle goes through `bundle.check_bundle`, the very function `sealift install` runs
+Each damaged bundle goes through `verify.check_bundle`, the very function `sealift install` runs
 before it touches a store (it needs none): it must raise UserError (exit 2). A handful of the
 positions also go through the real `sealift install`: exit 2, "nothing was imported", the store empty.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Env
-from sealift import bundle, console
+from sealift import console, verify
 from sealift.errors import UserError
 
 SEED = int(os.environ.get("SEALIFT_MEDIA_SEED", "5"))
@@ -65,7 +65,7 @@ def restore(path: Path, pos: int, old: int) -> None:
 def refusal(path: Path) -> str | None:
     """The UserError message check_bundle raises for this bundle, or None if it passes."""
     try:
-        bundle.check_bundle(path)
+        verify.check_bundle(path)
     except UserError as exc:
         assert exc.exit_code == 2
         return exc.one_line()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sealift.hfconfig import CONTEXT_KEYS as _CONTEXT_KEYS
 from sealift.serving.backend import (
     BackendError,
     Chunk,
@@ -41,7 +42,6 @@ log = logging.getLogger("sealift.serving")
 #: made in between travel together. 20 ms is below what a reader notices.
 STREAM_INTERVAL_S = 0.02
 
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len")
 
 
 @dataclass

@@ -1,21 +1,19 @@
 """What a model directory is, and whether it is complete, before a byte is written.
 
 `inspect_model(path)` reads config.json, every `*.index.json`, every
-safetensors header (8-byte length + JSON, never the tensors) and the model's
-own Python code (parsed with `ast`, never run unless --trust-remote-code).
-Everything broken is collected and refused in one UserError line naming every
-missing or broken file; a model that needs custom code or holds pickle weights
-is refused unless the caller allows it. What needs transformers (the
-architecture is known, the tokenizer loads offline with local_files_only)
-runs in a child process (`Inspection`), so an import overlaps it with copying.
+safetensors header (8-byte length + JSON, never the tensors; see
+sealift.safetensors_header) and the model's own Python code (parsed with `ast`,
+never run unless --trust-remote-code; see sealift.codescan). Everything broken
+is collected and refused in one UserError line naming every missing or broken
+file; a model that needs custom code or holds pickle weights is refused unless
+the caller allows it. What needs transformers (the architecture is known, the
+tokenizer loads offline with local_files_only) runs in a child process
+(sealift._inspection_child), so an import overlaps it with copying.
 """
 
 from __future__ import annotations
 
-import ast
 import json
-import os
-import struct
 import subprocess
 import sys
 import threading
@@ -23,8 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sealift._inspection_child import child_env
+from sealift.codescan import auto_map_modules, scan_code
 from sealift.errors import Failure, UserError
+from sealift.hfconfig import context_length
 from sealift.manifest import hash_file, walk_files
+from sealift.safetensors_header import ST_DTYPES, HeaderError, SafetensorsHeader, read_safetensors_header
+from sealift.units import fmt_bytes, fmt_params
+
+__all__ = ["Inspection", "ModelInfo", "PICKLE_SUFFIXES", "TOKENIZER_FILES", "inspect_model"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = (
@@ -38,269 +43,6 @@ TOKENIZER_FILES = (
     "qwen.tiktoken",
     "tokenizer.tiktoken",
 )
-CONTEXT_KEYS = (
-    "max_position_embeddings",
-    "n_positions",
-    "max_seq_len",
-    "seq_length",
-    "max_sequence_length",
-    "n_ctx",
-    "model_max_length",
-)
-# safetensors dtype code -> (torch-style name, bytes per element; 0 = packed/fractional)
-ST_DTYPES: dict[str, tuple[str, float]] = {
-    "F64": ("float64", 8),
-    "F32": ("float32", 4),
-    "F16": ("float16", 2),
-    "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8),
-    "I32": ("int32", 4),
-    "I16": ("int16", 2),
-    "I8": ("int8", 1),
-    "U64": ("uint64", 8),
-    "U32": ("uint32", 4),
-    "U16": ("uint16", 2),
-    "U8": ("uint8", 1),
-    "BOOL": ("bool", 1),
-    "F8_E4M3": ("float8_e4m3fn", 1),
-    "F8_E5M2": ("float8_e5m2", 1),
-    "F8_E8M0": ("float8_e8m0fnu", 1),
-    "F6_E2M3": ("float6_e2m3", 0.75),
-    "F6_E3M2": ("float6_e3m2", 0.75),
-    "F4": ("float4_e2m1", 0.5),
-}
-MAX_HEADER = 100 * 1024 * 1024  # the safetensors format caps the JSON header at 100 MB
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt_bytes(n: int | float | None) -> str:
-    """Decimal units, as the progress bars show them: 1536 -> '1.5 kB'; None -> '-'."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def fmt_params(n: int | None) -> str:
-    """494032768 -> '494.0M'; None -> '-'."""
-    if n is None:
-        return "-"
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-
-
-# --------------------------------------------------------------------------- safetensors headers
-
-
-class HeaderError(Exception):
-    """A safetensors file whose header is unreadable or does not fit the file."""
-
-
-@dataclass
-class TensorInfo:
-    dtype: str
-    shape: list[int]
-    start: int
-    end: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass
-class SafetensorsHeader:
-    path: Path
-    file_size: int
-    data_start: int
-    tensors: dict[str, TensorInfo]
-    metadata: dict[str, str]
-
-
-def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
-    """Parse a safetensors header and check every tensor's byte range fits the file.
-
-    Reads the 8-byte little-endian header length and the JSON header only, so
-    a truncated multi-GB file is caught in microseconds. Raises HeaderError.
-    """
-    path = Path(path)
-    try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise HeaderError(f"truncated ({file_size} bytes, no header)")
-            (hlen,) = struct.unpack("<Q", raw)
-            if hlen > MAX_HEADER or 8 + hlen > file_size:
-                raise HeaderError(f"truncated or not safetensors (header of {hlen} bytes, file of {file_size})")
-            header_bytes = f.read(hlen)
-    except OSError as exc:
-        raise HeaderError(f"unreadable ({exc.strerror or exc})") from None
-    try:
-        header = json.loads(header_bytes)
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HeaderError(f"header is not valid JSON ({exc})") from None
-    data_start = 8 + hlen
-    data_len = file_size - data_start
-    metadata = header.pop("__metadata__", None) or {}
-    tensors: dict[str, TensorInfo] = {}
-    need = 0
-    for name, t in header.items():
-        try:
-            dtype, shape = str(t["dtype"]), [int(d) for d in t["shape"]]
-            start, end = (int(x) for x in t["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise HeaderError(f"malformed header entry for tensor {name!r}") from None
-        info = TensorInfo(dtype, shape, start, end)
-        if start < 0 or end < start:
-            raise HeaderError(f"tensor {name!r} has an invalid byte range {start}..{end}")
-        elem = ST_DTYPES.get(dtype, (None, 0))[1]
-        if elem and float(end - start) != info.numel * elem:
-            raise HeaderError(f"tensor {name!r} ({dtype}{shape}) spans {end - start} bytes, expected {int(info.numel * elem)}")
-        need = max(need, end)
-        tensors[name] = info
-    if need > data_len:
-        raise HeaderError(f"truncated ({file_size} bytes, the header needs {data_start + need})")
-    if need < data_len:  # safetensors itself refuses a buffer its header does not fully index
-        raise HeaderError(f"has {data_len - need} bytes after its last tensor ({file_size} bytes, the header covers {data_start + need})")
-    return SafetensorsHeader(path, file_size, data_start, tensors, metadata)
-
-
-# --------------------------------------------------------------------------- custom code
-
-
-def _auto_map_refs(auto_map: Any) -> list[str]:
-    """Every class reference string in an `auto_map`, nested lists and dicts flattened (nulls dropped)."""
-    if isinstance(auto_map, str):
-        return [auto_map]
-    if isinstance(auto_map, (list, tuple)):
-        return [ref for v in auto_map for ref in _auto_map_refs(v)]
-    if isinstance(auto_map, dict):
-        return [ref for v in auto_map.values() for ref in _auto_map_refs(v)]
-    return []
-
-
-def auto_map_modules(auto_map: Any) -> list[tuple[str, str | None]]:
-    """(module, repo or None) for every class reference in an `auto_map`.
-
-    Values look like "modeling_x.XForCausalLM", "org/repo--modeling_x.X", or a
-    list of those (tokenizers: [slow, fast], either may be null).
-    """
-    out: list[tuple[str, str | None]] = []
-    for ref in _auto_map_refs(auto_map):
-        repo, _, rest = ref.rpartition("--")
-        module = rest.rsplit(".", 1)[0] if "." in rest else rest
-        item = (module, repo or None)
-        if module and item not in out:
-            out.append(item)
-    return out
-
-
-def _module_file(root: Path, base: Path, dotted: str) -> Path | None:
-    """The file for a dotted module relative to base: base/a/b.py or base/a/b/__init__.py (None if neither)."""
-    stem = base.joinpath(*dotted.split("."))
-    for cand in (stem.with_name(stem.name + ".py"), stem / "__init__.py"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _in_try(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.Try):
-            return True
-    return False
-
-
-@dataclass
-class CodeScan:
-    files: list[str] = field(default_factory=list)  # relative paths, the closure from auto_map
-    missing: list[str] = field(default_factory=list)  # "what: why" problems
-    external: set[str] = field(default_factory=set)  # top-level packages imported outside try:
-
-
-def scan_code(root: Path, modules: list[tuple[str, str | None]]) -> CodeScan:
-    """Follow auto_map modules and every local module they import (relative, or absolute same-dir)."""
-    scan = CodeScan()
-    seen: set[Path] = set()
-    queue: list[Path] = []
-    for module, repo in modules:
-        f = _module_file(root, root, module)
-        if f is None:
-            where = f" (auto_map points at {repo})" if repo else " (named in auto_map)"
-            scan.missing.append(f"{module.replace('.', '/')}.py missing{where}")
-        else:
-            queue.append(f)
-    while queue:
-        f = queue.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        rel = f.relative_to(root).as_posix()
-        scan.files.append(rel)
-        try:
-            tree = ast.parse(f.read_bytes(), filename=rel)
-        except (SyntaxError, ValueError) as exc:
-            scan.missing.append(f"{rel} does not parse ({exc.__class__.__name__}: line {getattr(exc, 'lineno', '?')})")
-            continue
-        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-        for node in ast.walk(tree):
-            targets: list[tuple[Path, str, str]] = []  # (base dir, dotted module, as written)
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = f.parent
-                for _ in range(node.level - 1):
-                    base = base.parent
-                if node.module:
-                    targets.append((base, node.module, "." * node.level + node.module))
-                else:
-                    targets += [(base, a.name, "." * node.level + a.name) for a in node.names]
-                for b, dotted, written in targets:
-                    mf = _module_file(root, b, dotted)
-                    if mf is None and not node.module:
-                        continue  # `from . import name` may name an attribute of a package
-                    if mf is None:
-                        scan.missing.append(f"{dotted.replace('.', '/')}.py missing (imported by {rel} as {written})")
-                    elif root in mf.parents or mf.parent == root:
-                        queue.append(mf)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                for dotted in names:
-                    top = dotted.split(".")[0]
-                    if not top:
-                        continue
-                    local = _module_file(root, f.parent, dotted) or _module_file(root, f.parent, top)
-                    if local is not None:
-                        queue.append(local)
-                    elif not _in_try(node, parents) and top not in sys.stdlib_module_names:
-                        scan.external.add(top)
-    scan.files.sort()
-    return scan
-
-
-def _importable(top: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(top) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-# --------------------------------------------------------------------------- the model
 
 
 @dataclass
@@ -366,6 +108,7 @@ class ModelInfo:
             out.print(f"  code           {rel}  sha256:{digest}", soft_wrap=True)
 
 
+
 def _read_json(root: Path, rel: str, problems: list[str]) -> dict[str, Any] | None:
     p = root / rel
     if not p.exists():
@@ -381,38 +124,6 @@ def _read_json(root: Path, rel: str, problems: list[str]) -> dict[str, Any] | No
     return doc
 
 
-def _known_architectures() -> set[str]:
-    """Every model class name transformers can build from a config (its auto mappings + exports)."""
-    import transformers
-    from transformers.models.auto import modeling_auto
-
-    names: set[str] = set()
-    for key, mapping in vars(modeling_auto).items():
-        if key.endswith("_MAPPING_NAMES") and isinstance(mapping, dict):
-            for v in mapping.values():
-                names.update([v] if isinstance(v, str) else [x for x in v if x])
-    names.update(n for n in dir(transformers) if n[:1].isupper())
-    return names
-
-
-def _context_length(config: dict[str, Any]) -> int | None:
-    for cfg in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
-        for key in CONTEXT_KEYS:
-            v = cfg.get(key)
-            if isinstance(v, int) and v > 0:
-                return v
-    return None
-
-
-def _load_tokenizer(root: Path, trust_remote_code: bool) -> str:
-    """Load the tokenizer offline; returns its class name. Raises whatever transformers raises."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(root), local_files_only=True, trust_remote_code=trust_remote_code)
-    return type(tok).__name__
 
 
 def _has_chat_template(root: Path, tok_cfg: dict[str, Any] | None) -> bool:
@@ -614,7 +325,7 @@ class Inspection:
             params=params,
             dtype=str(dtype) if dtype else None,
             dtypes=dtypes,
-            context_length=_context_length(config),
+            context_length=context_length(config),
             weights_bytes=weights_bytes,
             gpu_memory_bytes=weights_bytes,
             files=files,
@@ -631,7 +342,7 @@ class Inspection:
         self._deep_problems: list[str] = []
         self._deep_error: BaseException | None = None
         self.failed = threading.Event()  # set as soon as the background checks fail: callers stop copying
-        self._request = {  # transformers_checks' arguments, for the child process (_child_main)
+        self._request = {  # transformers_checks' arguments, for the child process
             "path": str(root),
             "model_type": model_type,
             "architectures": architectures,
@@ -651,12 +362,12 @@ class Inspection:
             if self._closed:
                 return None
             self._child = subprocess.Popen(
-                [sys.executable, "-c", "from sealift.inspect import _child_main; _child_main()",
+                [sys.executable, "-c", "from sealift._inspection_child import main; main()",
                  json.dumps({**self._request, "hide_torch": hide_torch})],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=_child_env(),
+                env=child_env(),
             )
             return self._child
 
@@ -706,85 +417,6 @@ class Inspection:
             child.wait()
 
 
-def _hide_torch() -> None:
-    """Make torch look absent in this process, as on a torch-less build host.
-
-    transformers then skips importing it (seconds), and tokenizers and configs
-    still load: they never needed it.
-    """
-    import importlib.util
-
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
-    real_find_spec = importlib.util.find_spec
-
-    def find_spec(name: str, package: str | None = None):
-        if name == "torch" or name.startswith("torch."):
-            return None
-        return real_find_spec(name, package)
-
-    importlib.util.find_spec = find_spec  # transformers asks find_spec whether torch is installed
-
-
-def _child_env() -> dict[str, str]:
-    """The checker's environment: offline, quiet, and able to import this package."""
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    env.update(HF_HUB_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
-    pkg_parent = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-def _child_main() -> None:
-    """Entry of the checker process: argv[1] is the request (JSON); prints the answer (JSON) last."""
-    import io
-
-    req = json.loads(sys.argv[-1])  # Inspection._request: transformers_checks' arguments, plus hide_torch
-    if req.pop("hide_torch", False):
-        _hide_torch()
-    real_stdout = sys.stdout
-    sys.stdout = io.StringIO()  # the model's own code may print; keep our answer the last line
-    try:
-        problems, tokenizer_class = transformers_checks(Path(req.pop("path")), **req)
-    finally:
-        sys.stdout = real_stdout
-    print(json.dumps({"problems": problems, "tokenizer_class": tokenizer_class}), flush=True)
-
-
-def transformers_checks(
-    root: Path,
-    *,
-    model_type: str | None,
-    architectures: list[str],
-    auto_map: dict[str, Any],
-    tokenizer_files: list[str],
-    trust_remote_code: bool,
-) -> tuple[list[str], str | None]:
-    """model_type and architectures known to transformers (or given by auto_map code); the tokenizer loads offline.
-
-    Runs in a child process (see Inspection): it imports transformers and torch,
-    and with trust_remote_code it runs the model's tokenizer code.
-    Returns (problems, tokenizer class name).
-    """
-    problems: list[str] = []
-    if "AutoConfig" not in auto_map:
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-        if model_type not in CONFIG_MAPPING_NAMES:
-            problems.append(f"config.json model_type {model_type!r} unknown to transformers (and no auto_map code)")
-    custom_classes = {ref.rpartition("--")[2].rsplit(".", 1)[-1] for ref in _auto_map_refs(auto_map)}
-    known = _known_architectures()
-    for arch in architectures:
-        if arch not in known and arch not in custom_classes:
-            problems.append(f"config.json architecture {arch!r} unknown to transformers (and no auto_map code)")
-    if problems:
-        return problems, None
-    try:
-        return [], _load_tokenizer(root, trust_remote_code)
-    except Exception as exc:  # transformers raises many kinds; all mean "cannot load"
-        text = str(exc).strip()
-        msg = text.splitlines()[0][:160] if text else type(exc).__name__
-        return [f"tokenizer ({', '.join(tokenizer_files)}) does not load offline: {msg}"], None
 
 
 def inspect_model(
@@ -802,3 +434,13 @@ def inspect_model(
     return Inspection(
         path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, with_transformers=with_transformers
     ).finish()
+
+
+
+def _importable(top: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False

@@ -1,0 +1,412 @@
+"""Export step: a bento and its models into a verified bundle on removable media (the format: sealift.bundle).
+
+    export_bundle("qwen7b", Path("/media/usb"))   -> ExportResult  (DEST/<name>-<version>/)
+
+Export writes the tar itself (sealift.tarstream), in one pass: each source byte is read once, hashed
+into the archive's sha256 (and, for model files, into a check against the
+model's own sealift manifest, so a store that rotted since import is refused),
+and written once by a helper thread while the next chunk is hashed. Nothing is
+compressed. Everything goes to `DEST/<name>-<version>.partial/`; a journal there
+records fsynced checkpoints (archive offset + sha256 of the bytes before it,
+wheels done), so a killed export resumes: the bytes already written are re-read
+and checked, never rewritten. Free space is checked before anything is written.
+The finished directory is fsynced and renamed; nothing incomplete has the final
+name.
+
+SEALIFT_EXPORT_CHECKPOINT_BYTES tunes how often export checkpoints (default
+512 MiB); SEALIFT_WHEEL_CACHE is where wheels downloaded from an index are kept
+between exports (default $SEALIFT_HOME/wheel-cache; sealift.wheelhouse).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sealift import __version__, _bentoml, console
+from sealift.atomic import fsync_dir, write_atomic
+from sealift.bundle import BUNDLE_FORMAT, INSTALL_TXT, MANIFEST_JSON, PARTIAL, SUMS, WHEELS, WHEELS_OPENLLM, \
+    bundle_bytes
+from sealift.diskspace import check_free_space as _check_space
+from sealift.errors import UserError
+from sealift.install_text import bootstrap_commands, install_commands, install_text
+from sealift.manifest import MANIFEST_NAME, FileEntry, Manifest, copy_and_hash, hash_file, sha256sums_text
+from sealift.offline import apply_offline_env
+from sealift.openllm import OPENLLM_REQUIREMENTS
+from sealift.tarstream import JOURNAL, Advance, Member, Journal, archive_size, plan_digest, walk, write_archive
+from sealift.units import fmt_bytes
+from sealift.wheelhouse import resolve_wheels, sealift_wheel
+
+__all__ = ["BentoSource", "ExportResult", "ModelSource", "check_free_space", "export_bento", "export_bundle",
+           "load_bento", "plan_archive"]
+
+#: Free space to keep beyond the bundle's own bytes (directory blocks, filesystem slack).
+SLACK = 16 * 1024 * 1024
+
+
+class _Tagged:
+    """`name` and `version` of a NAME:VERSION `tag`."""
+
+    tag: str
+
+    @property
+    def name(self) -> str:
+        return self.tag.split(":")[0]
+
+    @property
+    def version(self) -> str:
+        return self.tag.split(":")[1]
+
+
+@dataclass
+class ModelSource(_Tagged):
+    tag: str
+    path: Path
+    manifest: Manifest | None
+
+
+@dataclass
+class BentoSource(_Tagged):
+    """A bento in the local store, as export needs it."""
+
+    tag: str
+    path: Path
+    bentoml_version: str
+    python_version: str
+    labels: dict[str, str]
+    models: list[ModelSource]
+
+    @property
+    def requirements_file(self) -> Path:
+        env = self.path / "env" / "python"
+        lock = env / "requirements.lock.txt"
+        return lock if lock.is_file() else env / "requirements.txt"
+
+
+def plan_archive(bento: BentoSource) -> list[Member]:
+    """The archive `bentoml import` reads: the bento's files at `./`, each model under `./models/`."""
+    st = bento.path.stat()
+    members = [Member("./", "dir", 0, st.st_mode, int(st.st_mtime))]
+    members += walk(bento.path, "./", skip_top={"models"})
+    if bento.models:
+        members.append(Member("./models/", "dir", 0, 0o755, int(st.st_mtime)))
+    for model in sorted(bento.models, key=lambda m: m.tag):
+        mst = model.path.stat()
+        latest = model.version.encode()
+        checks = {e.path: e.sha256 for e in model.manifest.files} if model.manifest else {}
+        members.append(Member(f"./models/{model.name}/", "dir", 0, 0o755, int(mst.st_mtime)))
+        members.append(Member(f"./models/{model.name}/latest", "file", len(latest), 0o644, int(mst.st_mtime),
+                              data=latest))
+        members.append(Member(f"./models/{model.name}/{model.version}/", "dir", 0, mst.st_mode, int(mst.st_mtime)))
+        members += walk(model.path, f"./models/{model.name}/{model.version}/", checks=checks)
+    return members
+
+
+def bundle_requirements(bento: BentoSource) -> list[str]:
+    """The bento's requirement lines, with `bentoml==<the version that built it>` if it has none."""
+    lines = []
+    if bento.requirements_file.is_file():
+        lines = [ln.strip() for ln in bento.requirements_file.read_text().splitlines()
+                 if ln.strip() and not ln.strip().startswith("#")]
+    if not any(re.match(r"bentoml\s*(==|@|$)", ln) for ln in lines):
+        lines.append(f"bentoml=={bento.bentoml_version}")
+    return lines
+
+
+@dataclass
+class ExportResult:
+    """What `sealift export` wrote."""
+
+    bundle: str
+    bento_tag: str
+    model_tags: list[str]
+    archive: str
+    archive_bytes: int
+    wheels: int
+    wheel_bytes: int
+    total_bytes: int
+    seconds: float
+    resumed_from_bytes: int = 0
+    reused_files: int = 0
+    already_complete: bool = False
+    platform: str = ""
+    python_version: str = ""
+    #: The sealift wheel in wheels/ (the bundle installs sealift itself), "" without wheels.
+    sealift_wheel: str = ""
+    openllm_wheels: int = 0
+    openllm_wheel_bytes: int = 0
+
+    @property
+    def mb_per_s(self) -> float:
+        written = self.total_bytes - self.resumed_from_bytes
+        return written / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mb_per_s": round(self.mb_per_s, 1)}
+
+    def print_human(self) -> None:
+        p = console.out.print
+        if self.already_complete:
+            p(f"{self.bundle} is already a complete bundle of {self.bento_tag}; nothing to do", markup=False)
+            return
+        resumed = f", resumed after {fmt_bytes(self.resumed_from_bytes)}" if self.resumed_from_bytes else ""
+        p(f"exported {self.bento_tag} to {self.bundle}", markup=False, soft_wrap=True)
+        wheels = f"wheels: {self.wheels} ({fmt_bytes(self.wheel_bytes)})" if self.wheels else "no wheels"
+        if self.openllm_wheels:
+            wheels += f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({fmt_bytes(self.openllm_wheel_bytes)})"
+        p(f"  {self.archive}: {fmt_bytes(self.archive_bytes)}; {wheels}", markup=False, soft_wrap=True)
+        p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
+        p("on the air-gapped host (see INSTALL.txt):", markup=False)
+        name = Path(self.bundle).name
+        lines = [c for c, _ in bootstrap_commands(name, self.python_version, openllm=bool(self.openllm_wheels))
+                 ] if self.sealift_wheel else []
+        for line in [*lines, *install_commands(name, self.bento_tag.split(":")[0])]:
+            p(f"  {line}", markup=False, soft_wrap=True)
+
+
+def load_bento(tag: str) -> BentoSource:
+    """The bento `tag` and its models from the local store (this process's BENTOML_HOME)."""
+    bento = _bentoml.get_bento(tag)
+    models = []
+    for info in bento.info.all_models:
+        if getattr(info, "registry", "bentoml") != "bentoml":
+            raise UserError(f"{tag} refers to {info.tag} on a model hub; only store models can cross the gap",
+                            hint="import the model with `sealift import` and build again")
+        model = _bentoml.get_model(str(info.tag))
+        mpath = Path(model.path)
+        manifest = None
+        if (mpath / MANIFEST_NAME).is_file():
+            try:
+                manifest = Manifest.read(mpath / MANIFEST_NAME)
+            except ValueError as exc:
+                raise UserError(f"{mpath / MANIFEST_NAME}: {exc}", hint="re-import the model") from None
+        models.append(ModelSource(str(model.tag), mpath, manifest))
+    image = getattr(bento.info, "image", None)
+    python_version = getattr(image, "python_version", None) or f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return BentoSource(str(bento.tag), Path(bento.path), str(bento.info.bentoml_version), str(python_version),
+                       dict(bento.info.labels or {}), models)
+
+
+def check_free_space(dest: Path, needed: int) -> None:
+    """UserError (exit 2) unless dest's filesystem has `needed` bytes free (plus a little slack)."""
+    _check_space(dest, needed, slack=SLACK, what="for the bundle", hint="free some space or choose another DEST")
+
+
+def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str | None = None,
+                  wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False) -> ExportResult:
+    """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
+
+    wheels/ holds the bento's wheels plus a sealift wheel and sealift's own
+    dependencies (one resolution: one version of each), so sealift installs on
+    a host with only Python; `with_openllm` adds openllm 0.6.30 and its pins in
+    wheels-openllm/.
+    """
+    started = time.monotonic()
+    if wheels_from is not None and no_wheels:
+        raise UserError("--wheels-from and --no-wheels contradict each other", hint="use one of them")
+    if with_openllm and no_wheels:
+        raise UserError("--with-openllm and --no-wheels contradict each other", hint="use one of them")
+    if wheels_from is not None and not Path(wheels_from).is_dir():
+        raise UserError(f"--wheels-from {wheels_from}: no such directory")
+    apply_offline_env()
+    from sealift.store import find_bento
+
+    return export_bento(find_bento(ref), dest, platform=platform, python_version=python_version,
+                        wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started)
+
+
+def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | None, wheels_from: Path | None,
+                 no_wheels: bool, with_openllm: bool = False, started: float | None = None) -> ExportResult:
+    """export_bundle for a bento tag already resolved; python_version None means the bento's own."""
+    started = time.monotonic() if started is None else started
+    bento = load_bento(tag)
+    python_version = python_version or bento.python_version
+    dest = Path(dest).expanduser().absolute()
+    final = dest / f"{bento.name}-{bento.version}"
+    partial = dest / f"{bento.name}-{bento.version}{PARTIAL}"
+    if final.exists():
+        return _already_exported(final, bento, started, with_openllm=with_openllm)
+
+    members = plan_archive(bento)
+    total = archive_size(members)
+    wheels: list[Path] = []
+    openllm_wheels: list[Path] = []
+    if not no_wheels:
+        console.info(f"resolving wheels for {platform}, Python {python_version}")
+        source = Path(wheels_from) if wheels_from else None
+        own = sealift_wheel(source)
+        wheels = resolve_wheels([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
+                                python_version=python_version, wheels_from=source)
+        if with_openllm:
+            console.info(f"resolving openllm's wheels ({' '.join(OPENLLM_REQUIREMENTS)})")
+            openllm_wheels = resolve_wheels(list(OPENLLM_REQUIREMENTS), platform=platform,
+                                            python_version=python_version, wheels_from=source)
+    journal = Journal.load(partial, bento.tag, plan_digest(members), total)
+    archive_there = (partial / f"{bento.name}-{bento.version}.tar").is_file()
+    done_archive = int(journal.archive.get("offset", 0)) if archive_there else 0
+    done_wheels = {k for k, v in journal.doc["files"].items()
+                   if (partial / k).is_file() and (partial / k).stat().st_size == v.get("size")}
+    to_copy = [w for d, ws in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels)) for w in ws
+               if f"{d}/{w.name}" not in done_wheels]
+    needed = total - done_archive + sum(w.stat().st_size for w in to_copy)
+    check_free_space(dest, needed)
+
+    try:
+        return _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
+                             openllm_wheels=openllm_wheels)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"{dest} is full; the export stopped and can be resumed",
+                            hint="free some space and run the same export again") from None
+        raise
+
+
+def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path], journal: Journal, partial: Path,
+                  final: Path, platform: str, python_version: str, started: float, *,
+                  openllm_wheels: list[Path] | None = None) -> ExportResult:
+    """Write (or finish) everything in `partial`, then make it `final`."""
+    if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
+        shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
+    partial.mkdir(parents=True, exist_ok=True)
+    journal.save()
+    archive_name = f"{bento.name}-{bento.version}.tar"
+    resumed = 0
+    entries: list[FileEntry] = []
+
+    arch = journal.archive
+    written = partial / archive_name
+    if arch.get("done") and written.is_file() and written.stat().st_size == arch["size"]:
+        with console.byte_progress(arch["size"], "checking the archive already written") as adv:
+            digest = hash_file(partial / archive_name, adv)
+        if digest == arch["sha256"]:
+            entries.append(FileEntry(archive_name, arch["size"], digest))
+            resumed = arch["size"]
+        else:
+            arch.update(offset=0, sha256=hashlib.sha256().hexdigest(), done=False)
+    if not entries:
+        console.info(f"writing {archive_name} ({fmt_bytes(arch['size'])})")
+        # one bar (rich shows one at a time): a resumed export first re-reads what it wrote before
+        with console.byte_progress(arch["size"] + int(arch.get("offset", 0)), archive_name) as adv:
+            entry, resumed = write_archive(members, partial / archive_name, journal, adv, adv)
+        entries.append(entry)
+
+    reused = 0
+    for folder, files in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels or [])):
+        if not files:  # an earlier, interrupted run may have had wheels this one leaves out
+            shutil.rmtree(partial / folder, ignore_errors=True)
+            continue
+        (partial / folder).mkdir(exist_ok=True)
+        wanted = {f"{folder}/{w.name}" for w in files}
+        for stale in (partial / folder).iterdir():
+            if f"{folder}/{stale.name}" not in wanted:
+                stale.unlink()
+        with console.byte_progress(sum(w.stat().st_size for w in files), folder) as adv:
+            for w in files:
+                rel = f"{folder}/{w.name}"
+                entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv)
+                reused += kept
+                entries.append(entry)
+    wheel_entries = [e for e in entries if e.path.startswith(WHEELS + "/")]
+    openllm_entries = [e for e in entries if e.path.startswith(WHEELS_OPENLLM + "/")]
+    own = next((e.path.split("/", 1)[1] for e in wheel_entries if e.path.startswith(f"{WHEELS}/sealift-")), "")
+
+    install_txt = install_text(bento, archive_name, f"{bento.name}-{bento.version}", bool(wheels),
+                                python_version=python_version, sealift_wheel=own, openllm=bool(openllm_entries))
+    entries.append(_write_small(partial, INSTALL_TXT, install_txt.encode()))
+    manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
+                                sealift_wheel=own, openllm=bool(openllm_entries))
+    sums = [*entries, _write_small(partial, MANIFEST_JSON, (json.dumps(manifest, indent=1) + "\n").encode())]
+    write_atomic(partial / SUMS, sha256sums_text(sums).encode())
+
+    (partial / JOURNAL).unlink(missing_ok=True)
+    for folder in (WHEELS, WHEELS_OPENLLM):
+        if (partial / folder).is_dir():
+            fsync_dir(partial / folder)
+    fsync_dir(partial)
+    os.rename(partial, final)
+    fsync_dir(final.parent)
+    total = sum(e.size for e in sums)
+    return ExportResult(
+        bundle=str(final), bento_tag=bento.tag, model_tags=[m.tag for m in bento.models], archive=archive_name,
+        archive_bytes=entries[0].size, wheels=len(wheel_entries), wheel_bytes=sum(e.size for e in wheel_entries),
+        total_bytes=total, seconds=time.monotonic() - started, resumed_from_bytes=resumed, reused_files=reused,
+        platform=platform, python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
+        openllm_wheel_bytes=sum(e.size for e in openllm_entries),
+    )
+
+
+def _write_small(folder: Path, name: str, data: bytes) -> FileEntry:
+    """Write a small generated file atomically; its entry, hashed from the bytes in hand."""
+    write_atomic(folder / name, data)
+    return FileEntry(name, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advance) -> tuple[FileEntry, int]:
+    """Copy+hash one wheel unless an earlier run already wrote it (re-read and checked): (entry, 1 if kept)."""
+    done = journal.doc["files"].get(rel)
+    if done and dst.is_file() and dst.stat().st_size == done["size"] == src.stat().st_size:
+        if hash_file(dst) == done["sha256"]:
+            advance(done["size"])
+            return FileEntry(rel, done["size"], done["sha256"]), 1
+    entry = copy_and_hash(src, dst, advance, relpath=rel)
+    journal.doc["files"][rel] = {"size": entry.size, "sha256": entry.sha256}
+    journal.save()
+    return entry, 0
+
+
+def _already_exported(final: Path, bento: BentoSource, started: float, *, with_openllm: bool = False) -> ExportResult:
+    try:
+        doc = json.loads((final / MANIFEST_JSON).read_text())
+    except (OSError, ValueError):
+        doc = {}
+    if doc.get("bento", {}).get("tag") != bento.tag or not (final / SUMS).is_file():
+        raise UserError(f"{final} already exists and is not a bundle of {bento.tag}",
+                        hint="remove it or choose another DEST")
+    files = doc.get("files", [])
+    wheels = [f for f in files if f["path"].startswith(WHEELS + "/")]
+    openllm = [f for f in files if f["path"].startswith(WHEELS_OPENLLM + "/")]
+    if with_openllm and not openllm:
+        raise UserError(f"{final} already exists, exported without --with-openllm",
+                        hint="remove it or choose another DEST")
+    return ExportResult(
+        bundle=str(final), bento_tag=bento.tag, model_tags=[m.tag for m in bento.models],
+        archive=doc.get("archive", ""), archive_bytes=sum(f["size"] for f in files if f["path"] == doc.get("archive")),
+        wheels=len(wheels), wheel_bytes=sum(f["size"] for f in wheels), total_bytes=bundle_bytes(final, doc),
+        seconds=time.monotonic() - started, already_complete=True,
+        platform=doc.get("target", {}).get("platform", ""),
+        python_version=doc.get("target", {}).get("python_version", ""),
+        sealift_wheel=doc.get("sealift_wheel") or "", openllm_wheels=len(openllm),
+        openllm_wheel_bytes=sum(f["size"] for f in openllm),
+    )
+
+
+def _bundle_manifest(bento: BentoSource, archive: str, entries: list[FileEntry], platform: str, python_version: str,
+                     has_wheels: bool, *, sealift_wheel: str = "", openllm: bool = False) -> dict[str, Any]:
+    return {
+        "format": BUNDLE_FORMAT,
+        "sealift_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "bento": {"tag": bento.tag, "name": bento.name, "version": bento.version,
+                  "bentoml_version": bento.bentoml_version, "python_version": bento.python_version,
+                  "labels": bento.labels},
+        "models": [{"tag": m.tag, "manifest_digest": m.manifest.digest() if m.manifest else None,
+                    "total_bytes": m.manifest.total_bytes if m.manifest else None} for m in bento.models],
+        "archive": archive,
+        "target": {"platform": platform, "python_version": python_version},
+        "wheels": has_wheels,
+        "requirements": bundle_requirements(bento),
+        "sealift_wheel": sealift_wheel or None,
+        "openllm_requirements": list(OPENLLM_REQUIREMENTS) if openllm else None,
+        "files": [e.to_dict() for e in sorted(entries, key=lambda e: e.path)],
+        "install": install_commands("<this directory>", bento.name),
+    }
