@@ -1,6 +1,7 @@
 # sealift: make targets wrap the CLI. Everything runs from a venv in .venv.
 #   make install                 venv + sealift + torch (CPU) + test deps
-#   make bento MODEL=DIR NAME=N  import then build (target cpu by default: TARGET=gpu adds vllm)
+#   make bento MODEL=DIR [NAME=N] import then build (NAME: MODEL's last part, lowercased;
+#                               target cpu by default: TARGET=gpu adds vllm)
 #   make export NAME=N DEST=DIR  write a verified bundle to DEST
 #   make install-bundle BUNDLE=DIR  on the air-gapped host
 #   make start NAME=N            serve on 127.0.0.1:3000
@@ -31,8 +32,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
+# NAME defaults to the last part of MODEL, lowercased: /models/Qwen2.5-7B and Qwen/Qwen2.5-7B give qwen2.5-7b.
+bento: NAME ?= $(shell printf '%s' '$(notdir $(patsubst %/,%,$(MODEL)))' | tr '[:upper:]' '[:lower:]')
 bento: install
-	@test -n "$(MODEL)" -a -n "$(NAME)" || { echo "usage: make bento MODEL=<dir or id> NAME=<name> [TARGET=cpu|gpu]"; exit 2; }
+	@test -n "$(MODEL)" -a -n "$(NAME)" || { echo "usage: make bento MODEL=<dir or id> [NAME=<name>] [TARGET=cpu|gpu]"; exit 2; }
 	$(SEALIFT) import "$(MODEL)" --name "$(NAME)" $(IMPORT_FLAGS)
 	$(SEALIFT) build "$(NAME)" --target $(TARGET)
 

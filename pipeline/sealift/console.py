@@ -1,8 +1,11 @@
 """Terminal output: rich progress bars on stderr, quiet and JSON modes.
 
-Step modules never print. They take an optional `progress` callback
-(`Advance`: called with a number of bytes done, from any thread) and the CLI
-makes one with `byte_progress`.
+Step modules write to the terminal only through this module, never with print():
+`info` lines on stderr (hidden by --quiet and --json), `warn` lines on stderr
+(hidden by --json), progress bars from `byte_progress` (an `Advance` callback:
+called with a number of bytes done, from any thread; a no-op when quiet or not
+a terminal), and their result objects' `print_human`, which the CLI calls
+through `emit` (in --json the result is printed as JSON instead).
 """
 
 from __future__ import annotations
