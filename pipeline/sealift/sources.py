@@ -96,7 +96,7 @@ def _download(src: str, revision: str | None, hub: str) -> Source:
         try:
             from modelscope import snapshot_download as ms_download  # type: ignore[import-not-found]
         except ImportError:
-            raise UserError("--download --hub modelscope needs the modelscope package", hint="pip install modelscope") from None
+            raise UserError("--download --hub modelscope needs the modelscope package", hint="pip install 'sealift[modelscope]'") from None
         path = ms_download(src, revision=revision)
         return Source(Path(path), "download", src, revision)
     from huggingface_hub import snapshot_download
