@@ -335,24 +335,27 @@ def no_cache_model(tiny_custom: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def _greedy_text(model_dir: Path, trust: bool, prompt: str, n: int, modules: Path) -> str:
-    """generate's greedy text, in a subprocess (remote code is loaded with its own modules cache)."""
+def _greedy_texts(model_dir: Path, trust: bool, prompts: list[str], n: int, modules: Path) -> list[str]:
+    """generate's greedy text for each prompt, in one subprocess (remote code loads with its own modules cache)."""
     import subprocess
 
     code = (
-        "import sys, torch\n"
+        "import json, sys, torch\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "d, trust, prompt, n = sys.argv[1], sys.argv[2] == '1', sys.argv[3], int(sys.argv[4])\n"
+        "d, trust, prompts, n = sys.argv[1], sys.argv[2] == '1', json.loads(sys.argv[3]), int(sys.argv[4])\n"
         "tok = AutoTokenizer.from_pretrained(d, local_files_only=True, trust_remote_code=trust)\n"
         "m = AutoModelForCausalLM.from_pretrained(d, local_files_only=True, trust_remote_code=trust).eval()\n"
-        "ids = tok(prompt)['input_ids']\n"
-        "out = m.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n)\n"
-        "import json; print(json.dumps(tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)))\n"
+        "texts = []\n"
+        "for prompt in prompts:\n"
+        "    ids = tok(prompt)['input_ids']\n"
+        "    out = m.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n)\n"
+        "    texts.append(tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True))\n"
+        "print(json.dumps(texts))\n"  # JSON: text mode would turn a \r into \n
     )
-    p = subprocess.run([sys.executable, "-c", code, str(model_dir), "1" if trust else "0", prompt, str(n)],
+    p = subprocess.run([sys.executable, "-c", code, str(model_dir), "1" if trust else "0", json.dumps(prompts), str(n)],
                        env=base_env(HF_MODULES_CACHE=str(modules)), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])  # JSON: text mode would turn a \r into \n
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 PROMPTS = ["The quick brown fox", "Hello", "An air-gapped server never reaches the internet. Every byte",
@@ -377,7 +380,7 @@ def test_http_concurrent_clients_share_passes_and_get_generates_answers(tiny_lla
     cmd = [sys.executable, "-m", "sealift.serving", str(tiny_llama), "--name", "tiny", "--port", str(port),
            "--max-batch", "4"]
     info = dict(url=f"http://127.0.0.1:{port}", name="tiny", model_dir=tiny_llama, trust_remote_code=False)
-    expected = [_greedy_text(tiny_llama, False, p, 24, tmp_path / "mods") for p in PROMPTS]
+    expected = _greedy_texts(tiny_llama, False, PROMPTS, 24, tmp_path / "mods")
     with serving(cmd, cwd=ROOT, env=base_env(), tmp=tmp_path, api_key=None, **info) as served:
         answers = _ask_all(served, PROMPTS, 24)
         log = served.log.read_text(errors="replace")
@@ -391,7 +394,7 @@ def test_http_model_without_cache_falls_back_and_says_so(no_cache_model: Path, t
            "--trust-remote-code"]
     info = dict(url=f"http://127.0.0.1:{port}", name="nocache", model_dir=no_cache_model, trust_remote_code=True)
     modules = tmp_path / "mods"
-    expected = [_greedy_text(no_cache_model, True, p, 12, modules) for p in PROMPTS]
+    expected = _greedy_texts(no_cache_model, True, PROMPTS, 12, modules)
     env = base_env(HF_MODULES_CACHE=str(modules))
     with serving(cmd, cwd=ROOT, env=env, tmp=tmp_path, api_key=None, **info) as served:
         answers = _ask_all(served, PROMPTS, 12)

@@ -369,6 +369,7 @@ def probe(model: Any) -> str | None:
     vocab = int(model.get_input_embeddings().num_embeddings)
     prompts = [[(7 * i + 3) % vocab for i in range(n)] for n in (5, 2)]
     batcher = Batcher(model, eos_ids=set(), decode=lambda ids: "", max_batch=2, interval=0.0)
+    tol = 1e-3 if model.dtype == torch.float32 else 5e-2  # half precision rounds differently per shape
     try:
         with torch.inference_mode():
             firsts = []
@@ -385,7 +386,7 @@ def probe(model: Any) -> str | None:
             for i, p in enumerate(prompts):
                 full = torch.tensor([p + [firsts[i]]], dtype=torch.long, device=model.device)
                 ref = model(input_ids=full, use_cache=False, return_dict=True).logits[:, -1].float()
-                if not torch.allclose(batched[i : i + 1], ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()) + 1e-5):
+                if not torch.allclose(batched[i : i + 1], ref, rtol=tol, atol=tol * float(ref.abs().max()) + 1e-5):
                     return "a batched, cached decode step does not reproduce a full forward pass"
     except Exception as exc:  # the model's own code refused the batched call
         return f"a batched, cached forward failed: {type(exc).__name__}: {exc}"
