@@ -194,16 +194,24 @@ def served(client, name: str, prompts: list[str], max_tokens: int, clients: int)
     return sum(r[0] for r in results), time.perf_counter() - t0, [r[1] for r in results]
 
 
-def tree_rss(pgid: int) -> int:
-    """Resident bytes of every process in the server's process group (BentoML runs a worker child)."""
-    total = 0
+def tree_rss(pid: int) -> int:
+    """Resident bytes of the server and every process under it (BentoML runs circus and a worker)."""
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # pgrp is the 5th field; [0] here is the state
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total
 
 

@@ -107,7 +107,7 @@ class _Row:
     out: OutputText
     ids: list[int]  # prompt and generated tokens; the last one is not in the cache yet
     length: int  # tokens in the cache
-    processors: Any  # a LogitsProcessorList, or None for plain argmax
+    processors: list[Any] | None  # logits processors and warpers, or None for plain argmax
     generator: Any  # a torch.Generator when sampling
     generated: int = 0
     eos: bool = False
@@ -231,9 +231,11 @@ class Batcher:
         params: SamplingParams = job.request.params
         prompt = list(job.request.prompt_ids)
         row = _Row(job, OutputText(self.decode, params.stop), list(prompt), len(prompt),
-                   self._processors(params, len(prompt)), self._generator(params))
+                   self._processors(params), self._generator(params))
         with self.torch.inference_mode():
             logits, cache = self.prefill(prompt)
+            if params.min_tokens and self.eos_list:
+                logits[:, self.eos_list] = float("-inf")
         self._advance(row, self._pick(row, logits, None))
         if row.finish is not None:
             self._end(row)
@@ -255,6 +257,10 @@ class Batcher:
             logits = self.decode_step([r.ids[-1] for r in rows], [r.length for r in rows])
             for r in rows:
                 r.length += 1
+            early = [i for i, r in enumerate(rows) if r.generated < r.params.min_tokens]
+            if early and self.eos_list:  # no end of sequence before min_tokens (generate's MinNewTokens...)
+                torch = self.torch
+                logits[torch.tensor(early).view(-1, 1), torch.tensor(self.eos_list)] = float("-inf")
             plain = logits.argmax(dim=-1).tolist() if any(r.processors is None for r in rows) else None
             for i, r in enumerate(rows):
                 self._advance(r, self._pick(r, logits[i : i + 1], plain[i] if plain else None))
@@ -274,16 +280,15 @@ class Batcher:
 
     # ------------------------------------------------------------------ per row
 
-    def _processors(self, params: SamplingParams, prompt_len: int) -> Any:
-        """The logits processors `generate` would apply for these params, or None for plain argmax."""
-        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    def _processors(self, params: SamplingParams) -> list[Any] | None:
+        """The logits processors `generate` would apply for these params (min_tokens aside: step() masks
+        EOS for the whole batch at once), or None for plain argmax."""
+        from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
+        from transformers import TopKLogitsWarper, TopPLogitsWarper
 
-        procs = LogitsProcessorList()
+        procs: list[Any] = []
         if self._penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(self._penalty))
-        if params.min_tokens and self.eos_list:
-            procs.append(_MinNewTokens(prompt_len, params.min_tokens, self.eos_list))
         if not params.greedy:
             if params.temperature != 1.0:
                 procs.append(TemperatureLogitsWarper(params.temperature))
@@ -309,7 +314,9 @@ class Batcher:
             return int(logits.argmax(dim=-1)) if plain is None else plain
         torch = self.torch
         ids = torch.tensor([row.ids], dtype=torch.long, device=self.device)
-        scores = row.processors(ids, logits)
+        scores = logits
+        for proc in row.processors:  # called directly: LogitsProcessorList inspects signatures every call
+            scores = proc(ids, scores)
         if row.generator is None:
             return int(scores.argmax(dim=-1))
         probs = torch.nn.functional.softmax(scores, dim=-1)
@@ -337,19 +344,6 @@ class Batcher:
             return
         tail = row.pending + row.out.finish()
         row.job.post(Chunk(tail, finish_reason=row.finish, completion_tokens=row.generated))
-
-
-class _MinNewTokens:
-    """No end-of-sequence token before `min_tokens` new tokens (generate's MinNewTokensLengthLogitsProcessor)."""
-
-    def __init__(self, prompt_len: int, min_tokens: int, eos: list[int]) -> None:
-        self.prompt_len, self.min_tokens, self.eos = prompt_len, min_tokens, eos
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if input_ids.shape[-1] - self.prompt_len < self.min_tokens:
-            scores = scores.clone()
-            scores[:, self.eos] = float("-inf")
-        return scores
 
 
 def probe(model: Any) -> str | None:
