@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Tokens/s of the served transformers backend against raw `generate`, same model and prompts.
+"""Tokens/s of the served transformers backend at 1, 4, 8 and 16 concurrent clients, against raw `generate`.
 
-    python scripts/bench_serve.py [--model DIR | --hidden-size 256 --layers 4] [--via bentoml|uvicorn] [--prompts 8]
-                                  [--max-tokens 128] [--rounds 5] [--concurrency 8] [--json]
+    python scripts/bench_serve.py [--model DIR | --hidden-size 256 --layers 4] [--via bentoml|uvicorn]
+                                  [--levels 1,4,8,16] [--prompts 8] [--max-tokens 128] [--rounds 3]
+                                  [--max-batch N] [--json]
 
 Without --model it writes a generated model (default hidden 256, 4 layers, context 512)
 to a temporary directory. Every request asks for exactly --max-tokens tokens
-(greedy, ignore_eos), so both sides produce the same number of tokens:
+(greedy, ignore_eos), so every side produces the same number of tokens:
 
   raw      model.generate(do_sample=False, min/max_new_tokens=N) on each prompt in turn, in this process
-  single   the same prompts one after another through the server, streamed (openai client)
-  N-conc   the same prompts all at once from N client threads, streamed
+  level N  N client threads, each streaming requests back to back through the server (openai
+           client), max(--prompts, 2N) requests in all; level 1 is the single stream
 
-Rounds interleave the three. Other processes on the host only ever slow a run
-down, so the best round of each (as timeit does) is the headline, with the
-median beside it; ratios are served/raw (goal: >= 0.9 single stream).
---via bentoml (default) imports the model into a temporary Bento store and runs
-`bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
+Rounds interleave raw and the levels. Other processes on the host only ever slow a run
+down, so the best round of each (as timeit does) is the headline, with the median beside
+it. Printed: aggregate tok/s per level and its ratio over the single stream (goal: >= 3x
+at 8), time to first token p50/p95 per level (all rounds pooled), the single stream over
+raw generate (goal: >= 0.9x), and the server's resident memory (all its processes) after
+warm-up and at the end. --via bentoml (default) imports the model into a temporary Bento
+store and runs `bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
 """
 
 from __future__ import annotations
@@ -81,13 +84,13 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(model: Path, via: str, tmp: Path) -> tuple[subprocess.Popen, str, str]:
+def start_server(model: Path, via: str, tmp: Path, extra: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
     """Start the server (its own process group); returns (process, base url, model name)."""
     port = free_port()
     log = (tmp / "server.log").open("wb")
     if via == "uvicorn":
         cmd = [sys.executable, "-m", "sealift.serving", str(model), "--name", "bench", "--port", str(port)]
-        env = server_env()
+        env = server_env(**extra)
     else:
         home = tmp / "bentoml"
         imp = subprocess.run(
@@ -102,7 +105,7 @@ def start_server(model: Path, via: str, tmp: Path) -> tuple[subprocess.Popen, st
         tag = json.loads(imp.stdout)["tag"]
         cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service:LLM", "--host", "127.0.0.1"]
         cmd += ["--port", str(port)]
-        env = server_env(BENTOML_HOME=str(home), SEALIFT_MODEL=tag)
+        env = server_env(BENTOML_HOME=str(home), SEALIFT_MODEL=tag, **extra)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url, tmp / "server.log")
@@ -177,17 +180,44 @@ def one_request(client, name: str, prompt: str, max_tokens: int) -> tuple[int, f
         if chunk.usage:
             usage = chunk.usage
     assert usage is not None, "no usage chunk"
-    return usage.completion_tokens, first or 0.0
+    return usage.completion_tokens, first if first is not None else time.perf_counter() - t0
 
 
-def served(client, name: str, prompts: list[str], max_tokens: int, concurrency: int) -> tuple[int, float, list[float]]:
+def served(client, name: str, prompts: list[str], max_tokens: int, clients: int) -> tuple[int, float, list[float]]:
+    """`clients` threads sending the prompts back to back; (tokens, seconds, time to first token of each)."""
     t0 = time.perf_counter()
-    if concurrency == 1:
+    if clients == 1:
         results = [one_request(client, name, p, max_tokens) for p in prompts]
     else:
-        with ThreadPoolExecutor(concurrency) as pool:
+        with ThreadPoolExecutor(clients) as pool:
             results = list(pool.map(lambda p: one_request(client, name, p, max_tokens), prompts))
     return sum(r[0] for r in results), time.perf_counter() - t0, [r[1] for r in results]
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of the server and every process under it (BentoML runs circus and a worker)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,74 +226,97 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden-size", type=int, default=256, help="of the generated model")
     ap.add_argument("--layers", type=int, default=4, help="of the generated model")
     ap.add_argument("--via", choices=["bentoml", "uvicorn"], default="bentoml")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--levels", default="1,4,8,16", help="concurrent clients to measure, comma-separated")
+    ap.add_argument("--prompts", type=int, default=8, help="requests per level at least (2 per client at most)")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-batch", type=int, help="SEALIFT_MAX_BATCH for the server (default: its own)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    try:
+        levels = sorted({int(x) for x in a.levels.split(",") if x.strip()})
+    except ValueError:
+        ap.error(f"--levels {a.levels!r}: give numbers such as 1,4,8,16")
+    if not levels or levels[0] < 1:
+        ap.error("--levels must be numbers of at least 1")
+    if 1 not in levels:
+        levels = [1, *levels]  # the single stream is every ratio's baseline
 
     from sealift.offline import apply_offline_env
 
     apply_offline_env()
     # `timeout` and kill send SIGTERM: unwind through the finally that stops the server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(a.prompts)]
     with stdout_to_stderr():  # library chatter (some of it from Rust) must not mix with --json
-        rounds, threads = measure(a, prompts)
+        rounds, threads, memory = measure(a, levels)
+    result = summarise(a, levels, rounds, threads, memory)
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(a, result)
+    return 0
+
+
+def summarise(a: argparse.Namespace, levels: list[int], rounds: list[dict], threads: int, memory: dict) -> dict:
+    def best(key: str) -> float:
+        return max(r[key] for r in rounds)
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
 
-    def best(key: str) -> float:
-        return max(r[key] for r in rounds)
-
-    result = {
+    single_best, single_med = best("tok_s_1"), med("tok_s_1")
+    table = []
+    for n in levels:
+        ttft = [t for r in rounds for t in r[f"ttft_{n}"]]
+        table.append({
+            "clients": n,
+            "best_tok_s": best(f"tok_s_{n}"),
+            "median_tok_s": med(f"tok_s_{n}"),
+            "best_over_single": best(f"tok_s_{n}") / single_best,
+            "median_over_single": statistics.median(r[f"tok_s_{n}"] / r["tok_s_1"] for r in rounds),
+            "ttft_p50_s": percentile(ttft, 0.5),
+            "ttft_p95_s": percentile(ttft, 0.95),
+        })
+    return {
         "via": a.via,
         "model": str(a.model or f"generated hidden={a.hidden_size} layers={a.layers}"),
-        "prompts": a.prompts,
         "max_tokens": a.max_tokens,
-        "concurrency": a.concurrency,
+        "max_batch": a.max_batch,
         "torch_threads": threads,
         "rounds": rounds,
-        "best": {
-            "raw_tok_s": best("raw_tok_s"),
-            "single_tok_s": best("single_tok_s"),
-            "concurrent_tok_s": best("concurrent_tok_s"),
-            "single_over_raw": best("single_tok_s") / best("raw_tok_s"),
-            "concurrent_over_raw": best("concurrent_tok_s") / best("raw_tok_s"),
+        "levels": table,
+        "raw_tok_s": {"best": best("raw_tok_s"), "median": med("raw_tok_s")},
+        "single_over_raw": {
+            "best": single_best / best("raw_tok_s"),
+            "median": statistics.median(r["tok_s_1"] / r["raw_tok_s"] for r in rounds),
         },
-        "median": {
-            "raw_tok_s": med("raw_tok_s"),
-            "single_tok_s": med("single_tok_s"),
-            "concurrent_tok_s": med("concurrent_tok_s"),
-            "single_over_raw": med("single_over_raw"),
-            "concurrent_over_raw": med("concurrent_over_raw"),
-        },
-        "single_ttft_s": med("single_ttft_s"),
-        "concurrent_ttft_s": med("concurrent_ttft_s"),
+        "server_rss_bytes": memory,
     }
-    if a.json:
-        print(json.dumps(result, indent=2))
-    else:
-        b, m = result["best"], result["median"]
-        print(f"served via {a.via}; {a.prompts} prompts x {a.max_tokens} tokens, torch threads {threads}, "
-              f"{a.rounds} rounds: best (median)")
-        print(f"  raw generate          {b['raw_tok_s']:7.1f} ({m['raw_tok_s']:7.1f}) tok/s")
-        print(f"  served, single stream {b['single_tok_s']:7.1f} ({m['single_tok_s']:7.1f}) tok/s  "
-              f"ratio {b['single_over_raw']:.2f} ({m['single_over_raw']:.2f})  "
-              f"ttft {result['single_ttft_s'] * 1000:.0f} ms")
-        print(f"  served, {a.concurrency} concurrent  "
-              f"{b['concurrent_tok_s']:7.1f} ({m['concurrent_tok_s']:7.1f}) tok/s  "
-              f"ratio {b['concurrent_over_raw']:.2f} ({m['concurrent_over_raw']:.2f})  "
-              f"ttft {result['concurrent_ttft_s'] * 1000:.0f} ms")
-        verdict = "met" if b["single_over_raw"] >= 0.9 else "NOT met"
-        print(f"  goal single stream >= 0.9x raw (best rounds): {verdict}")
-    return 0
 
 
-def measure(a: argparse.Namespace, prompts: list[str]) -> tuple[list[dict], int]:
-    """Rounds of raw, single-stream and concurrent runs, interleaved."""
+def print_table(a: argparse.Namespace, result: dict) -> None:
+    raw, sr = result["raw_tok_s"], result["single_over_raw"]
+    print(f"served via {a.via}, {result['model']}; {a.max_tokens} tokens a request, torch threads "
+          f"{result['torch_threads']}, max batch {a.max_batch or 'server default'}, {a.rounds} rounds: best (median)")
+    print(f"  raw generate, one prompt at a time   {raw['best']:8.1f} ({raw['median']:8.1f}) tok/s")
+    print(f"  {'clients':>7}  {'tok/s':>18}  {'x single':>13}  {'ttft p50':>9}  {'ttft p95':>9}")
+    for row in result["levels"]:
+        print(f"  {row['clients']:7d}  {row['best_tok_s']:8.1f} ({row['median_tok_s']:7.1f})  "
+              f"{row['best_over_single']:5.2f} ({row['median_over_single']:5.2f})  "
+              f"{row['ttft_p50_s'] * 1000:7.0f}ms  {row['ttft_p95_s'] * 1000:7.0f}ms")
+    print(f"  single stream / raw generate: {sr['best']:.2f} ({sr['median']:.2f})  goal >= 0.9: "
+          f"{'met' if sr['best'] >= 0.9 else 'NOT met'}")
+    at8 = next((r for r in result["levels"] if r["clients"] == 8), None)
+    if at8:
+        print(f"  8 concurrent / single stream: {at8['best_over_single']:.2f} ({at8['median_over_single']:.2f})  "
+              f"goal >= 3: {'met' if at8['best_over_single'] >= 3 else 'NOT met'}")
+    mem = result["server_rss_bytes"]
+    print(f"  server memory: {mem['after_warmup'] / 2**20:.0f} MiB after warm-up, "
+          f"{mem['after_first_round'] / 2**20:.0f} MiB after round 1, {mem['end'] / 2**20:.0f} MiB at the end")
+
+
+def measure(a: argparse.Namespace, levels: list[int]) -> tuple[list[dict], int, dict]:
+    """Rounds of raw generate and each concurrency level, interleaved."""
     import openai
 
     from sealift.serving.transformers_backend import default_torch_threads
@@ -277,29 +330,33 @@ def measure(a: argparse.Namespace, prompts: list[str]) -> tuple[list[dict], int]
 
             model = make_model(tmp / "model", hidden_size=a.hidden_size, layers=a.layers, context=512)
         raw = Raw(model, threads)
-        raw.run(prompts[:1], 8)  # warm up
-        proc, url, name = start_server(model, a.via, tmp)
+        raw.run(PROMPTS[:1], 8)  # warm up
+        extra = {"SEALIFT_MAX_BATCH": str(a.max_batch)} if a.max_batch else {}
+        proc, url, name = start_server(model, a.via, tmp, extra)
         try:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-            one_request(client, name, prompts[0], 8)  # warm up
+            served(client, name, PROMPTS[:4], 8, 4)  # warm up, batched too
+            memory = {"after_warmup": tree_rss(proc.pid)}
             rounds = []
-            for _ in range(a.rounds):
+            for i in range(a.rounds):
+                prompts = [PROMPTS[k % len(PROMPTS)] for k in range(a.prompts)]
                 rt, rs = raw.run(prompts, a.max_tokens)
-                st, ss, sttft = served(client, name, prompts, a.max_tokens, 1)
-                ct, cs, cttft = served(client, name, prompts, a.max_tokens, a.concurrency)
-                rounds.append({
-                    "raw_tok_s": rt / rs,
-                    "single_tok_s": st / ss,
-                    "concurrent_tok_s": ct / cs,
-                    "single_over_raw": (st / ss) / (rt / rs),
-                    "concurrent_over_raw": (ct / cs) / (rt / rs),
-                    "single_ttft_s": statistics.median(sttft),
-                    "concurrent_ttft_s": statistics.median(cttft),
-                    "tokens": [rt, st, ct],
-                })
+                row: dict = {"raw_tok_s": rt / rs}
+                for n in levels:
+                    batch = [PROMPTS[k % len(PROMPTS)] for k in range(max(a.prompts, 2 * n))]
+                    tokens, seconds, ttft = served(client, name, batch, a.max_tokens, n)
+                    expected = len(batch) * a.max_tokens
+                    if tokens != expected:
+                        raise SystemExit(f"{n} clients: {tokens} tokens came back, {expected} asked for")
+                    row[f"tok_s_{n}"] = tokens / seconds
+                    row[f"ttft_{n}"] = ttft
+                rounds.append(row)
+                if i == 0:
+                    memory["after_first_round"] = tree_rss(proc.pid)
+            memory["end"] = tree_rss(proc.pid)
         finally:
             stop_server(proc)
-    return rounds, threads
+    return rounds, threads, memory
 
 
 if __name__ == "__main__":

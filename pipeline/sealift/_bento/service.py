@@ -97,7 +97,8 @@ else:
     from sealift.serving.transformers_backend import TransformersBackend
 
     ENGINE = TransformersBackend(
-        trust_remote_code=CONFIG.trust_remote_code, dtype=CONFIG.dtype, max_model_len=CONFIG.max_model_len
+        trust_remote_code=CONFIG.trust_remote_code, dtype=CONFIG.dtype, max_model_len=CONFIG.max_model_len,
+        max_batch=CONFIG.max_batch,
     )
     openai_app = create_app(CONFIG, ENGINE, system_routes=False)
 

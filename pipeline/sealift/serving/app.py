@@ -196,8 +196,8 @@ class OpenAIServer:
         req = p.parse_request(p.ChatCompletionRequest, await self.read_body(request))
         self.check_model(req.model)
         req.check_supported()
-        try:
-            prompt_ids = self.backend.encode_chat(req.template_messages())
+        try:  # templating and tokenizing a body of up to context x 64 bytes: off the event loop
+            prompt_ids = await asyncio.to_thread(self.backend.encode_chat, req.template_messages())
         except PromptError as exc:
             raise bad_request(str(exc), param="messages") from None
         return await self._answer(request, req, prompt_ids, chat=True)
@@ -209,7 +209,7 @@ class OpenAIServer:
         self.check_model(req.model)
         req.check_supported()
         prompt = req.single_prompt()
-        prompt_ids = self.backend.encode_prompt(prompt) if isinstance(prompt, str) else prompt
+        prompt_ids = await asyncio.to_thread(self.backend.encode_prompt, prompt) if isinstance(prompt, str) else prompt
         if not prompt_ids:
             raise bad_request("prompt must not be empty", param="prompt")
         if not isinstance(prompt, str):

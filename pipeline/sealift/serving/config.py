@@ -135,6 +135,11 @@ def _env_float(env: Mapping[str, str], key: str, *, low: float, high: float) -> 
     return value
 
 
+def max_batch_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """SEALIFT_MAX_BATCH: requests per forward pass of the transformers backend (None when unset)."""
+    return _env_int(os.environ if environ is None else environ, "SEALIFT_MAX_BATCH")
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything the service needs at run time: the bento's facts plus env overrides."""
@@ -145,6 +150,8 @@ class ServeConfig:
     trust_remote_code: bool = False
     api_key: str | None = None
     max_concurrency: int | None = None
+    #: transformers backend: requests per forward pass (SEALIFT_MAX_BATCH); None: from cores and memory
+    max_batch: int | None = None
     tensor_parallel_size: int | None = None
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None
@@ -174,6 +181,7 @@ class ServeConfig:
             trust_remote_code=bento.trust_remote_code,
             api_key=env.get("SEALIFT_API_KEY") or None,
             max_concurrency=_env_int(env, "SEALIFT_MAX_CONCURRENCY"),
+            max_batch=max_batch_from_env(env),
             tensor_parallel_size=_env_int(env, "SEALIFT_TENSOR_PARALLEL_SIZE"),
             max_model_len=_env_int(env, "SEALIFT_MAX_MODEL_LEN", minimum=2),
             gpu_memory_utilization=_env_float(env, "SEALIFT_GPU_MEMORY_UTILIZATION", low=0.0, high=1.0),

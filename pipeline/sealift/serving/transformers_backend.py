@@ -1,13 +1,14 @@
-"""The in-process backend: transformers `generate` on CPU or one GPU.
+"""The in-process backend: transformers on CPU or one GPU.
 
-One worker thread owns the model and runs one generation at a time from a
-queue, so any number of concurrent clients are all answered, in order, and the
-event loop never blocks on the model. Tokens reach the client as `generate`
-produces them (a streamer hands ids to the worker's detokeniser, the
-text goes to the request's asyncio queue; tokens made within STREAM_INTERVAL_S of
-the last hand-over travel together). Greedy requests call `generate` with
-do_sample=False and the model's own generation config, so their output is
-exactly what plain `model.generate(do_sample=False)` returns.
+One worker thread owns the model and takes requests from a queue, so the event
+loop never blocks on the model. It batches them continuously (sealift.serving.batching):
+up to `max_batch` requests (SEALIFT_MAX_BATCH) share each forward pass, new ones join
+between steps, finished ones leave, and the rest wait in the queue. A model whose code
+cannot use that path (the load-time probe says why, in the log) is served one request
+at a time by `generate`. Either way tokens reach the client as they are made (text goes
+to the request's asyncio queue; tokens made within STREAM_INTERVAL_S of the last
+hand-over travel together), and a greedy request gets exactly what plain
+`model.generate(do_sample=False)` returns, alone or in a batch.
 
 torch and transformers are imported only when the model loads.
 """
@@ -115,12 +116,19 @@ class TransformersBackend:
         dtype: str | None = None,
         max_model_len: int | None = None,
         device: str | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).resolve() if model_dir is not None else None
         self.trust_remote_code = trust_remote_code
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.device = device
+        #: requests per forward pass: None picks batching.default_max_batch() at load
+        self.max_batch = max_batch
+        #: why requests run one at a time with generate (None while batching)
+        self.batching_off: str | None = None
+        self._batcher: Any = None
+        self._encode_lock = threading.Lock()
         self.model: Any = None
         self.tokenizer: Any = None
         self._ready = threading.Event()
@@ -210,13 +218,33 @@ class TransformersBackend:
         gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
         self._defaults = sampling_defaults_of(gen)
         eos = self.model.generation_config.eos_token_id
-        eos_list = eos if isinstance(eos, list) else [eos]
+        eos_list = list(eos) if isinstance(eos, list) else [eos]  # a copy: the model's own list stays as it is
         if self.tokenizer.eos_token_id is not None:
             eos_list.append(self.tokenizer.eos_token_id)
         self._eos_ids = {int(e) for e in eos_list if e is not None}
         log.info(
             "loaded %s on %s (%s, context %d)", self.model_dir.name, device, self.model.dtype, self._context_length
         )
+        self._setup_batching()
+
+    def _setup_batching(self) -> None:
+        """Batch continuously if the model passes batching.probe(); else say why and use generate."""
+        from sealift.serving.batching import Batcher, default_max_batch, probe
+
+        reason = probe(self.model)
+        if reason is not None:
+            self.batching_off = reason
+            log.warning("continuous batching is off for %s: %s; serving one request at a time with generate",
+                        self.model_dir.name if self.model_dir else "this model", reason)
+            return
+        size = self.max_batch or default_max_batch(
+            self.model.config, self._context_length, self.model.dtype.itemsize
+        )
+        self._batcher = Batcher(
+            self.model, eos_ids=self._eos_ids, decode=self.decode, max_batch=size, interval=STREAM_INTERVAL_S
+        )
+        log.info("continuous batching: up to %d requests share each forward pass%s", size,
+                 "" if self.max_batch else " (SEALIFT_MAX_BATCH unset: from cores and memory)")
 
     def _torch_dtype(self, torch: Any, config: dict[str, Any], device: str) -> Any:
         names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
@@ -237,10 +265,12 @@ class TransformersBackend:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # jinja raise_exception() in templates: the messages are not acceptable
             raise PromptError(f"the model's chat template refused the messages: {exc}") from exc
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._encode_lock:  # called from worker threads (asyncio.to_thread): one encode at a time
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return list(self.tokenizer(prompt)["input_ids"])
+        with self._encode_lock:
+            return list(self.tokenizer(prompt)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._decode(ids)
@@ -297,6 +327,9 @@ class TransformersBackend:
             self._fail_pending(self._load_error)
             return
         self._ready.set()
+        if self._batcher is not None:
+            self._serve_batched(self._batcher)
+            return
         while True:
             job = self._jobs.get()
             if job is _STOP_WORKER:
@@ -309,6 +342,33 @@ class TransformersBackend:
             except Exception as exc:
                 log.error("generation failed", exc_info=True)
                 job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _serve_batched(self, batcher: Any) -> None:
+        """Admit queued requests while the batch has room (waiting only when it is empty), then one step; repeat."""
+        while True:
+            while batcher.free > 0:
+                try:
+                    job = self._jobs.get(block=not batcher.rows)
+                except queue.Empty:
+                    break
+                if job is _STOP_WORKER:
+                    batcher.fail_all("the server is shutting down")
+                    self._fail_pending("the server is shutting down")
+                    return
+                if job.cancelled.is_set():
+                    continue
+                try:
+                    batcher.admit(job)
+                except Exception as exc:
+                    log.error("generation failed", exc_info=True)
+                    job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
+            if not batcher.rows:
+                continue
+            try:
+                batcher.step()
+            except Exception as exc:  # out of memory, a model error: every request in the batch fails
+                log.error("generation failed", exc_info=True)
+                batcher.fail_all(f"generation failed: {type(exc).__name__}: {exc}")
 
     def _fail_pending(self, message: str) -> None:
         while True:
