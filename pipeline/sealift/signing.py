@@ -319,10 +319,10 @@ _M = TypeVar("_M")
 
 def with_signers(models: list[_M]) -> list[_M]:
     """Each model (a StoredModel) with `signed_by` set from the install registry: who signed its bundle."""
-    from sealift import openllm
+    from sealift import registry
 
     by_tag: dict[str, str] = {}
-    entries = sorted(openllm.read_installed().values(), key=lambda e: e.get("installed_at") or "")
+    entries = sorted(registry.read_installed().values(), key=lambda e: e.get("installed_at") or "")
     for entry in entries:  # the newest install of a model wins
         signer = entry.get("signer") or {}
         who = signer.get("identity") or (f"{signer['fingerprint']} (unchecked)" if signer.get("fingerprint") else None)
