@@ -1,7 +1,7 @@
 """Signed bundles and the SBOM: `export --sign`, `install --allowed-signers`, `sealift sbom`.
 
 Keys are made here with `ssh-keygen -t ed25519 -N ''`; every signature is made
-and checked by the real ssh-keygen. One small bento (tiny_llama with a model
+and checked by the real ssh-keygen (openssh-client, which .ci/run installs if missing). One small bento (tiny_llama with a model
 card, imported from a Hugging Face cache layout so it has a source id and a
 revision) is exported once, signed, without wheels; each test installs a
 private copy on a fresh host. The wheel SBOM test reads conftest's
@@ -29,8 +29,6 @@ from sealift.errors import UserError
 from conftest import ROOT, SEALIFT, Env
 from test_install import archive_of, reseal, store_is_empty
 from test_sources import COMMIT, make_hf_cache
-
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen (openssh-client)")
 
 IDENTITY = "release@sealift.example"
 REPO_ID = "acme/tiny-carded"
