@@ -9,6 +9,8 @@
 #   make test                    the test suite CI runs
 #   make test-full               plus the long load test
 #   make bench                   the benchmarks (import, serve, export)
+# export --sign, install --allowed-signers and their tests call ssh-keygen: openssh-client (Debian),
+# already in the base image; `make install` says so when it is missing.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -31,6 +33,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+	@command -v ssh-keygen >/dev/null || echo "note: ssh-keygen not found: apt-get install openssh-client (signed bundles)"
 
 # NAME defaults to the last part of MODEL, lowercased: /models/Qwen2.5-7B and Qwen/Qwen2.5-7B give qwen2.5-7b.
 bento: NAME ?= $(shell printf '%s' '$(notdir $(patsubst %/,%,$(MODEL)))' | tr '[:upper:]' '[:lower:]')

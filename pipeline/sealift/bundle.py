@@ -12,7 +12,11 @@
       INSTALL.txt            the commands to run on the other side (sealift.install_text)
       manifest.json          sealift version, bento and model tags, the model manifest digest,
                              target platform/python, every file above with size and sha256
+      sbom.cdx.json          CycloneDX SBOM: every wheel, sealift, the model (sealift.sbom; default when
+                             the bundle has wheels, `--sbom` for one without)
       SHA256SUMS             the same files plus manifest.json, for plain `sha256sum -c`
+      SHA256SUMS.sig         with --sign: OpenSSH SSHSIG over SHA256SUMS, namespace sealift (sealift.signing);
+                             install checks it first, before any byte is hashed
 
 sealift.export writes it, sealift.verify checks it, sealift.install installs it.
 """
@@ -64,7 +68,7 @@ class BundleProblem:
         return f"{self.path}: {self.what}"
 
 
-def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def read_bundle(bundle: Path, *, sums_bytes: bytes | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """manifest.json and SHA256SUMS of a bundle; UserError if either is missing or malformed."""
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a directory", hint="give the bundle directory that `sealift export` wrote")
@@ -83,7 +87,7 @@ def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise UserError(f"{bundle / MANIFEST_JSON} is unreadable ({exc}); nothing was imported",
                         hint="copy the bundle again") from None
     try:
-        text = (bundle / SUMS).read_text(encoding="utf-8")
+        text = (bundle / SUMS).read_text(encoding="utf-8") if sums_bytes is None else sums_bytes.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{bundle / SUMS} is missing; nothing was imported",
                         hint="copy the whole bundle again") from None

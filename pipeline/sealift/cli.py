@@ -30,6 +30,7 @@ Carry a language model across an air gap, verified, and serve it offline.
     sealift export NAME DEST        bundle: bento tar, wheels, SHA256SUMS
   air-gapped host
     sealift install BUNDLE          verify every byte, import, offline venv
+    sealift sbom BUNDLE             what the bundle carries, and its licenses
     sealift start NAME              OpenAI API on 127.0.0.1:3000
                                     (or openllm serve NAME, bentoml serve)
 
@@ -50,6 +51,8 @@ Carry a language model across an air gap, verified, and serve it offline.
   BENTOML_HOME   the Bento store (default ~/bentoml)
   SEALIFT_HOME   venvs, openllm repo, env file (default ~/.sealift)
   SEALIFT_DEBUG  1 shows tracebacks
+  SEALIFT_ALLOWED_SIGNERS  install requires a signature by a key listed
+                 there (see `sealift install --help`)
 """
 
 
@@ -174,11 +177,12 @@ def import_(
 
 @app.command("list")
 def list_(json_output: bool = JsonOpt) -> None:
-    """List the models sealift imported: name, version, size, parameters, source."""
+    """List the models sealift imported: name, version, size, parameters, source, and who signed the bundle
+    a model was installed from."""
     console.set_mode(json_output=json_output)
-    from sealift import store
+    from sealift import signing, store
 
-    models = store.list_models()
+    models = signing.with_signers(store.list_models())
     console.emit({"models": [m.to_dict() for m in models]}, lambda: store.print_table(models))
 
 
@@ -270,16 +274,28 @@ def export(
     no_wheels: bool = typer.Option(False, "--no-wheels", help="Leave the wheels (and sealift's own wheel) out."),
     with_openllm: bool = typer.Option(
         False, "--with-openllm", help="Also carry openllm 0.6.30 (click<8.2, typer<0.16) in wheels-openllm/."),
+    sign: Optional[Path] = typer.Option(
+        None, "--sign", metavar="KEY",
+        help="Sign SHA256SUMS with this OpenSSH key (SHA256SUMS.sig, SSHSIG, namespace sealift): a private key "
+             "file, or the .pub of a key held by ssh-agent."),
+    sbom: Optional[bool] = typer.Option(
+        None, "--sbom/--no-sbom",
+        help="Write sbom.cdx.json (CycloneDX: every wheel, sealift, the model). Default: when the bundle has wheels."),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Write a verified bundle: bento tar, wheels/ (with sealift itself), manifest.json, SHA256SUMS, INSTALL.txt."""
+    """Write a verified bundle: bento tar, wheels/ (with sealift itself), sbom.cdx.json, manifest.json,
+    SHA256SUMS, INSTALL.txt; with --sign, SHA256SUMS.sig.
+
+    Anyone can check a signed bundle without sealift, in its directory:
+    ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n sealift -s SHA256SUMS.sig < SHA256SUMS
+    """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import export as export_step
 
     result = export_step.export_bundle(
         ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
-        with_openllm=with_openllm,
+        with_openllm=with_openllm, sign=sign, sbom=sbom,
     )
     console.emit(result.to_dict(), result.print_human)
 
@@ -289,15 +305,44 @@ def install(
     bundle_dir: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle directory written by `sealift export`."),
     venv: Optional[Path] = typer.Option(None, "--venv", help="Where to make the runtime venv (default under SEALIFT_HOME)."),
     no_venv: bool = typer.Option(False, "--no-venv", help="Do not create the runtime venv."),
+    allowed_signers: Optional[Path] = typer.Option(
+        None, "--allowed-signers", metavar="FILE",
+        help="Require a signature by a key this OpenSSH allowed_signers file lists. Default: "
+             "$SEALIFT_ALLOWED_SIGNERS, else $SEALIFT_HOME/allowed_signers, else /etc/sealift/allowed_signers, "
+             "whichever exists first."),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Verify a bundle byte for byte, import it, make the offline venv, register for openllm."""
+    """Verify a bundle byte for byte, import it, make the offline venv, register for openllm.
+
+    Under a signing policy (--allowed-signers, $SEALIFT_ALLOWED_SIGNERS or a config file) the signature
+    SHA256SUMS.sig is checked first, before any byte is hashed: an unsigned bundle, one signed by a key the
+    file does not list, and one whose SHA256SUMS does not match its signature are refused (exit 2, nothing
+    imported). The signer's identity is printed and recorded (`sealift list`). Allowed signers lines:
+    `IDENTITY namespaces="sealift" ssh-ed25519 AAAA...` (man ssh-keygen, ALLOWED SIGNERS).
+    """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import install as install_step
 
-    result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv)
+    result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv,
+                                         allowed_signers=allowed_signers)
     console.emit(result.to_dict(), result.print_human)
+
+
+@app.command("sbom")
+def sbom(
+    bundle_dir: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle directory (or its sbom.cdx.json)."),
+    json_output: bool = JsonOpt,
+) -> None:
+    """Summarize a bundle's SBOM (sbom.cdx.json, CycloneDX): packages, licenses, and what states no license.
+
+    The SBOM is checked against its SHA256SUMS line first; a changed one is refused (exit 2).
+    """
+    console.set_mode(json_output=json_output)
+    from sealift import sbom as sbom_step
+
+    summary = sbom_step.summarize(bundle_dir)
+    console.emit(summary.to_dict(), summary.print_human)
 
 
 @app.command("doctor")

@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sealift import __version__, _bentoml, console
+from sealift import __version__, _bentoml, console, signing
+from sealift import sbom as sbom_step
 from sealift.atomic import fsync_dir, write_atomic
 from sealift.bundle import BUNDLE_FORMAT, INSTALL_TXT, MANIFEST_JSON, PARTIAL, SUMS, WHEELS, WHEELS_OPENLLM, \
     bundle_bytes
@@ -145,6 +146,9 @@ class ExportResult:
     sealift_wheel: str = ""
     openllm_wheels: int = 0
     openllm_wheel_bytes: int = 0
+    #: sbom.cdx.json when the bundle has one; the signature over SHA256SUMS (--sign), as signing.Signature.to_dict().
+    sbom: str = ""
+    signature: dict[str, Any] | None = None
 
     @property
     def mb_per_s(self) -> float:
@@ -166,11 +170,14 @@ class ExportResult:
             wheels += f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({fmt_bytes(self.openllm_wheel_bytes)})"
         p(f"  {self.archive}: {fmt_bytes(self.archive_bytes)}; {wheels}", markup=False, soft_wrap=True)
         p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
+        if self.signature:
+            p(f"  signed: SHA256SUMS.sig by {self.signature['key_type']} key {self.signature['fingerprint']}",
+              markup=False, soft_wrap=True)
         p("on the air-gapped host (see INSTALL.txt):", markup=False)
         name = Path(self.bundle).name
         lines = [c for c, _ in bootstrap_commands(name, self.python_version, openllm=bool(self.openllm_wheels))
                  ] if self.sealift_wheel else []
-        for line in [*lines, *install_commands(name, self.bento_tag.split(":")[0])]:
+        for line in [*lines, *install_commands(name, self.bento_tag.split(":")[0], signed=bool(self.signature))]:
             p(f"  {line}", markup=False, soft_wrap=True)
 
 
@@ -203,7 +210,8 @@ def check_free_space(dest: Path, needed: int) -> None:
 
 
 def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str | None = None,
-                  wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False) -> ExportResult:
+                  wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False,
+                  sign: Path | None = None, sbom: bool | None = None) -> ExportResult:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
 
     wheels/ holds the bento's wheels plus a sealift wheel and sealift's own
@@ -218,16 +226,24 @@ def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_6
         raise UserError("--with-openllm and --no-wheels contradict each other", hint="use one of them")
     if wheels_from is not None and not Path(wheels_from).is_dir():
         raise UserError(f"--wheels-from {wheels_from}: no such directory")
+    if sign is not None:  # the key must work before a byte is written
+        signing.check_key(sign)
     apply_offline_env()
     from sealift.store import find_bento
 
     return export_bento(find_bento(ref), dest, platform=platform, python_version=python_version,
-                        wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started)
+                        wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started,
+                        sign=sign, sbom=sbom)
 
 
 def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | None, wheels_from: Path | None,
-                 no_wheels: bool, with_openllm: bool = False, started: float | None = None) -> ExportResult:
-    """export_bundle for a bento tag already resolved; python_version None means the bento's own."""
+                 no_wheels: bool, with_openllm: bool = False, started: float | None = None,
+                 sign: Path | None = None, sbom: bool | None = None) -> ExportResult:
+    """export_bundle for a bento tag already resolved; python_version None means the bento's own.
+
+    `sign`: an OpenSSH key that signs SHA256SUMS (sealift.signing); `sbom`: write sbom.cdx.json
+    (sealift.sbom; None: when the bundle carries wheels).
+    """
     started = time.monotonic() if started is None else started
     bento = load_bento(tag)
     python_version = python_version or bento.python_version
@@ -235,7 +251,7 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
     final = dest / f"{bento.name}-{bento.version}"
     partial = dest / f"{bento.name}-{bento.version}{PARTIAL}"
     if final.exists():
-        return _already_exported(final, bento, started, with_openllm=with_openllm)
+        return _already_exported(final, bento, started, with_openllm=with_openllm, sign=sign)
 
     members = plan_archive(bento)
     total = archive_size(members)
@@ -263,7 +279,7 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
 
     try:
         return _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
-                             openllm_wheels=openllm_wheels)
+                             openllm_wheels=openllm_wheels, sign=sign, sbom=bool(wheels) if sbom is None else sbom)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"{dest} is full; the export stopped and can be resumed",
@@ -273,7 +289,7 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
 
 def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path], journal: Journal, partial: Path,
                   final: Path, platform: str, python_version: str, started: float, *,
-                  openllm_wheels: list[Path] | None = None) -> ExportResult:
+                  openllm_wheels: list[Path] | None = None, sign: Path | None = None, sbom: bool = True) -> ExportResult:
     """Write (or finish) everything in `partial`, then make it `final`."""
     if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
         shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
@@ -320,13 +336,23 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
     openllm_entries = [e for e in entries if e.path.startswith(WHEELS_OPENLLM + "/")]
     own = next((e.path.split("/", 1)[1] for e in wheel_entries if e.path.startswith(f"{WHEELS}/sealift-")), "")
 
+    for stale in (signing.SIG_NAME, sbom_step.SBOM_NAME):  # an earlier, interrupted run may have had them
+        (partial / stale).unlink(missing_ok=True)
+    if sbom:  # listed in SHA256SUMS like every other file, so a signature covers it
+        entries.append(_write_small(partial, sbom_step.SBOM_NAME, sbom_step.bundle_sbom(bento, entries, partial)))
+    key = signing.check_key(sign) if sign is not None else None
     install_txt = install_text(bento, archive_name, f"{bento.name}-{bento.version}", bool(wheels),
-                                python_version=python_version, sealift_wheel=own, openllm=bool(openllm_entries))
+                                python_version=python_version, sealift_wheel=own, openllm=bool(openllm_entries),
+                                signed=key is not None)
     entries.append(_write_small(partial, INSTALL_TXT, install_txt.encode()))
     manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
                                 sealift_wheel=own, openllm=bool(openllm_entries))
+    if key is not None:  # signed inside too: a bundle whose SHA256SUMS.sig was removed is not taken for unsigned
+        manifest["signature"] = {"file": signing.SIG_NAME, "format": "sshsig", "namespace": signing.NAMESPACE,
+                                 "key_type": key.key_type, "fingerprint": key.fingerprint}
     sums = [*entries, _write_small(partial, MANIFEST_JSON, (json.dumps(manifest, indent=1) + "\n").encode())]
     write_atomic(partial / SUMS, sha256sums_text(sums).encode())
+    signature = signing.sign_sums(partial / SUMS, sign) if sign is not None else None
 
     (partial / JOURNAL).unlink(missing_ok=True)
     for folder in (WHEELS, WHEELS_OPENLLM):
@@ -342,6 +368,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         total_bytes=total, seconds=time.monotonic() - started, resumed_from_bytes=resumed, reused_files=reused,
         platform=platform, python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
         openllm_wheel_bytes=sum(e.size for e in openllm_entries),
+        sbom=sbom_step.SBOM_NAME if sbom else "", signature=signature.to_dict() if signature else None,
     )
 
 
@@ -364,7 +391,8 @@ def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advan
     return entry, 0
 
 
-def _already_exported(final: Path, bento: BentoSource, started: float, *, with_openllm: bool = False) -> ExportResult:
+def _already_exported(final: Path, bento: BentoSource, started: float, *, with_openllm: bool = False,
+                      sign: Path | None = None) -> ExportResult:
     try:
         doc = json.loads((final / MANIFEST_JSON).read_text())
     except (OSError, ValueError):
@@ -378,6 +406,7 @@ def _already_exported(final: Path, bento: BentoSource, started: float, *, with_o
     if with_openllm and not openllm:
         raise UserError(f"{final} already exists, exported without --with-openllm",
                         hint="remove it or choose another DEST")
+    signature = signing.already_signed(final, sign, doc) if sign is not None else None
     return ExportResult(
         bundle=str(final), bento_tag=bento.tag, model_tags=[m.tag for m in bento.models],
         archive=doc.get("archive", ""), archive_bytes=sum(f["size"] for f in files if f["path"] == doc.get("archive")),
@@ -387,6 +416,8 @@ def _already_exported(final: Path, bento: BentoSource, started: float, *, with_o
         python_version=doc.get("target", {}).get("python_version", ""),
         sealift_wheel=doc.get("sealift_wheel") or "", openllm_wheels=len(openllm),
         openllm_wheel_bytes=sum(f["size"] for f in openllm),
+        sbom=sbom_step.SBOM_NAME if any(f["path"] == sbom_step.SBOM_NAME for f in files) else "",
+        signature=signature.to_dict() if signature else None,
     )
 
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealift import _bentoml, console, openllm, paths, registry
+from sealift import _bentoml, console, openllm, paths, registry, signing
 from sealift.atomic import sweep_dead, write_atomic
 from sealift.bundle import PARTIAL, WHEELS, bundle_bytes, member_path
 from sealift.errors import Failure, UserError
@@ -259,12 +259,16 @@ class InstallResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     serve: list[str] = field(default_factory=list)
+    #: Who signed SHA256SUMS (signing.Signature.to_dict()); None for an unsigned bundle.
+    signature: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def print_human(self) -> None:
         p = console.out.print
+        if self.signature:
+            p(f"signed by {signing.Signature(**self.signature).describe()}", markup=False, soft_wrap=True)
         p(f"verified {fmt_bytes(self.verified_bytes)} in {self.bundle}: every file matches SHA256SUMS and manifest.json",
           markup=False, soft_wrap=True)
         p(f"bento {self.bento_tag}: {'already in the store' if self.bento == 'present' else 'imported'}", markup=False)
@@ -286,23 +290,35 @@ def default_venv(bento_tag: str) -> Path:
     return paths.sealift_home() / "venvs" / f"{name}-{version}"
 
 
-def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: bool = True) -> InstallResult:
-    """Verify, import, make the offline venv and register for openllm; nothing is touched unless all verifies."""
+def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: bool = True,
+                   allowed_signers: Path | None = None) -> InstallResult:
+    """Verify, import, make the offline venv and register for openllm; nothing is touched unless all verifies.
+
+    The signature over SHA256SUMS is checked first (sealift.signing: `allowed_signers`, else the
+    environment's or the config's policy), then every byte, then the models the store already holds.
+    """
     started = time.monotonic()
     timings: dict[str, float] = {}
     bundle = Path(bundle_dir).expanduser().absolute()
     t = time.monotonic()
-    doc, sums, archive, members = check_bundle(bundle)
+    if not bundle.is_dir():
+        raise UserError(f"{bundle} is not a directory", hint="give the bundle directory that `sealift export` wrote")
+    checked = signing.verify_sums(bundle, signing.policy(allowed_signers))
+    doc, sums, archive, members = check_bundle(bundle, sums_bytes=checked.sums)
+    if doc.get("signature") and checked.signature is None:
+        raise UserError(f"{bundle / 'manifest.json'} says the bundle was signed, but {signing.SIG_NAME} is missing "
+                        "or could not be checked; nothing was imported",
+                        hint="copy the whole bundle again (with its .sig), and have ssh-keygen installed")
     timings["verify"] = time.monotonic() - t
 
     apply_offline_env()
     bento_tag = doc["bento"]["tag"]
     model_tags = [m["tag"] for m in doc.get("models", [])]
+    _check_model_digests(doc)  # models the store already holds: before anything is imported
     t = time.monotonic()
     digests = {m["tag"]: m["manifest_digest"] for m in doc.get("models", []) if m.get("manifest_digest")}
     outcome = import_archive(archive, members, bento_tag, model_tags, digests)
     timings["import"] = time.monotonic() - t
-    _check_model_digests(outcome, doc)
 
     wheel_files = sorted(p for p in sums if p.startswith(WHEELS + "/"))
     wheels_dir: Path | None = None
@@ -333,7 +349,8 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     repo = openllm.register(bento_tag=bento_tag, bento_path=Path(outcome.bento_path),
                             models={t: Path(p) for t, p in outcome.model_paths.items()})
     env_path = registry.write_env_file(registry.environment())
-    registry.record_install(bento_tag=bento_tag, model_tags=list(outcome.model_paths), venv=venv_path, bundle=bundle)
+    registry.record_install(bento_tag=bento_tag, model_tags=list(outcome.model_paths), venv=venv_path, bundle=bundle,
+                            signer=checked.signature.to_dict() if checked.signature else None)
     return InstallResult(
         bundle=str(bundle), bento_tag=bento_tag, model_tags=model_tags, bento=outcome.bento, models=outcome.models,
         verified_bytes=bundle_bytes(bundle, doc), extracted_bytes=outcome.extracted_bytes,
@@ -341,6 +358,7 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
         wheels_dir=str(wheels_dir) if wheels_dir else None, openllm_repo=str(repo), env_file=str(env_path),
         seconds=time.monotonic() - started, timings={k: round(v, 2) for k, v in timings.items()},
         serve=openllm.serve_commands(bento_tag, venv_path),
+        signature=checked.signature.to_dict() if checked.signature else None,
     )
 
 
@@ -355,21 +373,24 @@ def _requirements_with_bentoml(requirements: Path, doc: dict[str, Any], where: P
     return extra
 
 
-def _check_model_digests(outcome: ImportOutcome, doc: dict[str, Any]) -> None:
-    """Each model the store already held has the manifest digest manifest.json names (no re-hash of weights).
+def _check_model_digests(doc: dict[str, Any]) -> None:
+    """Each model the store already holds has the manifest digest manifest.json names (no re-hash of weights).
 
-    The models this install imported were checked before they were stored (import_archive).
+    Run before anything is imported: a bento is never imported beside a model that is not the one it was
+    built with. The models the store lacks are checked before they are stored (import_archive).
     """
+    model_store = _bentoml.model_store()
     for model in doc.get("models", []):
         want = model.get("manifest_digest")
-        if not want or outcome.models[model["tag"]] != "present":
+        if not want or not _bentoml.in_store(model_store, model["tag"]):
             continue
-        path = Path(outcome.model_paths[model["tag"]]) / MANIFEST_NAME
+        path = Path(model_store.get(model["tag"]).path) / MANIFEST_NAME
         try:
             got = Manifest.read(path).digest()
         except (OSError, ValueError) as exc:
-            raise Failure(f"{path}: {exc}", hint="run `sealift verify` on the model") from None
+            raise Failure(f"{path}: {exc}; nothing was imported", hint="run `sealift verify` on the model") from None
         if got != want:
-            raise Failure(f"model {model['tag']} in the store has manifest digest {got}, the bundle says {want}",
+            raise Failure(f"model {model['tag']} in the store has manifest digest {got}, the bundle says {want}; "
+                          "nothing was imported",
                           hint=f"the store already held a different {model['tag']}; "
                                f"run `sealift verify {model['tag']}`")

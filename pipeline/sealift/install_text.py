@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING
 
-from sealift import __version__
+from sealift import __version__, signing
 from sealift.bundle import WHEELS, WHEELS_OPENLLM
 from sealift.openllm import OPENLLM_REQUIREMENTS
 
@@ -45,17 +45,19 @@ def bootstrap_commands(bundle_name: str, python_version: str, *, openllm: bool) 
     return lines
 
 
-def install_steps(bundle_name: str, name: str) -> list[tuple[str, str]]:
+def install_steps(bundle_name: str, name: str, *, signed: bool = False) -> list[tuple[str, str]]:
     """(command, why): check, install and serve the bundle once sealift is on the host."""
     return [
+        *([(f"(cd {bundle_name} && {signing.manual_check_command()})",
+             "optional: who signed it (install --allowed-signers checks it)")] if signed else []),
         (f"(cd {bundle_name} && sha256sum -c SHA256SUMS)", "optional: install verifies every byte itself"),
         (f"sealift install {bundle_name}", "verify, import, offline venv, register for openllm"),
         (f"sealift start {name}", "OpenAI API on http://127.0.0.1:3000/v1"),
     ]
 
 
-def install_commands(bundle_name: str, name: str) -> list[str]:
-    return [c for c, _ in install_steps(bundle_name, name)]
+def install_commands(bundle_name: str, name: str, *, signed: bool = False) -> list[str]:
+    return [c for c, _ in install_steps(bundle_name, name, signed=signed)]
 
 
 #: INSTALL.txt is read in a terminal: a comment that would make its line longer goes above the command.
@@ -71,7 +73,7 @@ def _commented(pairs: list[tuple[str, str]]) -> list[str]:
 
 
 def install_text(bento: BentoSource, archive: str, bundle_name: str, has_wheels: bool, *, python_version: str = "",
-                  sealift_wheel: str = "", openllm: bool = False) -> str:
+                  sealift_wheel: str = "", openllm: bool = False, signed: bool = False) -> str:
     """INSTALL.txt: how to get sealift (and openllm) onto a host that has only Python, then install and serve."""
     name = bento.name
     openllm_why = ("openllm from the venv made above" if openllm else
@@ -99,7 +101,7 @@ def install_text(bento: BentoSource, archive: str, bundle_name: str, has_wheels:
             "",
         ]
     lines += [
-        *_commented(install_steps(bundle_name, name)),
+        *_commented(install_steps(bundle_name, name, signed=signed)),
         "",
         "It is also served by:",
         *_commented(also),

@@ -58,7 +58,8 @@ def environment() -> dict[str, str]:
     }
 
 
-def record_install(*, bento_tag: str, model_tags: list[str], venv: Path | None, bundle: Path | None) -> None:
+def record_install(*, bento_tag: str, model_tags: list[str], venv: Path | None, bundle: Path | None,
+                   signer: dict | None = None) -> None:
     """Record the install of bento_tag (one entry per bento name: the newest install wins)."""
     installed = read_installed()
     installed[bento_tag.split(":")[0]] = {
@@ -67,6 +68,7 @@ def record_install(*, bento_tag: str, model_tags: list[str], venv: Path | None, 
         "venv": str(venv) if venv else None,
         "bundle": str(bundle) if bundle else None,
         "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "signer": signer,  # sealift.signing: who signed the bundle's SHA256SUMS (None: unsigned)
     }
     write_atomic(paths.sealift_home() / INSTALLED_FILENAME, (json.dumps(installed, indent=1) + "\n").encode())
 

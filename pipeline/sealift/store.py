@@ -90,6 +90,8 @@ class StoredModel:
     chat_template: bool = True
     tokenizer_class: str | None = None
     quantization: str | None = None
+    #: Who signed the bundle this model was installed from (sealift.signing.with_signers; None: not known).
+    signed_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -153,6 +155,9 @@ def print_table(models: list[StoredModel]) -> None:
     for col in ("NAME", "VERSION", "SIZE", "PARAMS", "DTYPE", "CONTEXT"):  # never cut: tags are copied from here
         table.add_column(col, justify="right" if col in ("SIZE", "PARAMS", "CONTEXT") else "left", no_wrap=True)
     table.add_column("SOURCE", overflow="fold")
+    signed = any(m.signed_by for m in models)
+    if signed:
+        table.add_column("SIGNED BY", overflow="fold")
     for m in models:
         src = m.source.get("ref", "?")
         kind = m.source.get("kind", "?")
@@ -164,6 +169,7 @@ def print_table(models: list[StoredModel]) -> None:
             m.dtype or "-",
             f"{m.context_length:,}" if m.context_length else "-",
             f"{src} ({kind})" + (" [code]" if m.trust_remote_code else ""),
+            *([m.signed_by or "-"] if signed else []),
         )
     console.out.print(table)
 

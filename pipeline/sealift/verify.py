@@ -28,14 +28,15 @@ __all__ = ["check_archive", "check_bundle", "verify_bundle"]
 _FILTER_ROOT = "/sealift-extract-root"
 
 
-def check_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, str], Path, list[tarfile.TarInfo]]:
+def check_bundle(bundle: Path, *, sums_bytes: bytes | None = None
+                 ) -> tuple[dict[str, Any], dict[str, str], Path, list[tarfile.TarInfo]]:
     """Everything install checks before it touches any store; needs no Bento store (tests call it directly).
 
     manifest.json and SHA256SUMS readable and agreeing, every file's size and
     sha256, then every archive member safe and the layout a sealift bundle's.
     UserError (exit 2) naming the first problem; else (manifest, sums, archive, members).
     """
-    doc, sums = read_bundle(bundle)
+    doc, sums = read_bundle(bundle, sums_bytes=sums_bytes)  # the SHA256SUMS a signature was checked over
     with console.byte_progress(bundle_bytes(bundle, doc), "verifying") as adv:
         problems = verify_bundle(bundle, doc, sums, adv)
     if problems:
