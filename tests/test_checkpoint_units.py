@@ -179,6 +179,7 @@ def test_license_from_front_matter_or_file(tmp_path: Path) -> None:
     assert lic == {"id": "other", "name": "qwen-research", "link": "https://example.org/LICENSE", "source": "README.md",
                    "file": "LICENSE", "title": "Tongyi Qianwen RESEARCH LICENSE AGREEMENT"} and warnings == []
     assert model_card.license_str(lic) == "other: qwen-research <https://example.org/LICENSE> (LICENSE)"
+    assert model_card.license_short(lic) == "qwen-research"
     (tmp_path / "README.md").write_text("no front matter\n")
     lic, _ = model_card.read_license(tmp_path, _files(tmp_path))
     assert model_card.license_str(lic) == "LICENSE: Tongyi Qianwen RESEARCH LICENSE AGREEMENT"

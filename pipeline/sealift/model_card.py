@@ -34,7 +34,7 @@ from typing import Any
 
 from sealift.errors import UserError
 
-__all__ = ["read_license", "read_quantization", "license_str", "quantization_str", "check_target",
+__all__ = ["read_license", "read_quantization", "license_str", "license_short", "quantization_str", "check_target",
            "vllm_quantization", "CPU_RUNNABLE"]
 
 LICENSE_NAMES = ("LICENSE", "LICENCE", "COPYING", "LICENSE-MODEL")
@@ -127,6 +127,21 @@ def license_str(lic: Mapping[str, Any] | None) -> str:
         title = f": {lic['title']}" if lic.get("title") and not text else ""
         text = f"{text} ({lic['file']})" if text else f"{lic['file']}{title}"
     return text
+
+
+def license_short(lic: Mapping[str, Any] | None) -> str:
+    """One word for a table: the id ('apache-2.0'), the name of an 'other' license, else the file's title."""
+    if not lic:
+        return "-"
+    ident, name = lic.get("id"), lic.get("name")
+    if ident and ident != "other":
+        return str(ident)
+    if name:
+        return str(name)
+    if lic.get("title"):
+        title = str(lic["title"])
+        return title if len(title) <= 24 else title[:23] + "…"
+    return str(ident or lic.get("file") or "-")
 
 
 # --------------------------------------------------------------------------- quantization

@@ -1,7 +1,7 @@
 """The model's own runtime dependencies: what its code and its tokenizer import, as packages to install.
 
 At import (`runtime_imports`): the third-party modules the model's Python code
-imports outside `try:` (sealift.inspect's `scan_code` found them), plus what
+imports outside `try:` (sealift.codescan's `scan_code` found them), plus what
 its tokenizer needs that the serving stack does not always carry:
 
 - `sentencepiece` and `google.protobuf` for a sentencepiece model

@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sealift.safetensors_header import HeaderError, read_safetensors_header
+from sealift.units import fmt_bytes
+
 __all__ = ["LeaveOut", "LeftOut", "plan_leave_out", "matches"]
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -107,8 +110,6 @@ class LeaveOut:
         """'left out 16.1 GB the server never reads: original/ (Meta reference checkpoint), ...' or None."""
         if not self.groups:
             return None
-        from sealift.inspect import fmt_bytes
-
         parts = [f"{g.name} ({g.reason}, {fmt_bytes(g.bytes)})" for g in self.groups]
         return f"left out {fmt_bytes(self.bytes)} the server never reads: " + ", ".join(parts)
 
@@ -125,8 +126,6 @@ class LeaveOut:
 
 def _header_tensors(path: Path) -> set[str] | None:
     """Tensor names of a safetensors file from its header (8 bytes + JSON), None if unreadable."""
-    from sealift.inspect import HeaderError, read_safetensors_header
-
     try:
         return set(read_safetensors_header(path).tensors)
     except HeaderError:
