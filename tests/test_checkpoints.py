@@ -17,6 +17,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import zipfile
@@ -322,7 +323,9 @@ def test_a_missing_package_travels_as_a_wheel_and_serves_offline(dep_model: Path
     assert subprocess.run([sys.executable, "-c", f"import {DEP}"], capture_output=True).returncode != 0
 
     driver = ROOT / "tests" / "reliability" / "serve_and_chat.py"
-    port = "3917"
+    with socket.socket() as s:  # a free port here; inside the namespace every port is free
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     p = subprocess.run([*(prefix or []), sys.executable, str(driver), "dep", port], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
