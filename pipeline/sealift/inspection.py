@@ -299,7 +299,8 @@ class Inspection:
         missing_pkgs = sorted(p for p in scan.external if not _importable(p))
         if missing_pkgs:
             warnings.append(
-                f"the model's code imports {', '.join(missing_pkgs)}, not installed here; the serving host needs them"
+                f"the model's code imports {', '.join(missing_pkgs)}, not installed here; the serving host needs them "
+                "(`sealift build` adds their packages to the bento's requirements)"
             )
 
         # sizes, params, dtype: from the headers only

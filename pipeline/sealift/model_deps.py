@@ -27,6 +27,7 @@ pins decide), and a --requirement is written as given.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 from collections.abc import Iterable, Mapping
@@ -193,10 +194,15 @@ def _parse_requirement(text: str) -> tuple[str | None, Any]:
                         hint="write a pip requirement (einops, einops>=0.8) or IMPORT=REQUIREMENT") from None
 
 
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    return dict(importlib.metadata.packages_distributions())  # reads every installed dist's metadata: once
+
+
 def _installed_dists_for(name: str) -> list[str]:
     """Installed distributions that provide the module `name` (dotted for namespace packages)."""
     top = name.split(".")[0]
-    dists = list(dict.fromkeys(importlib.metadata.packages_distributions().get(top, [])))
+    dists = list(dict.fromkeys(_packages_distributions().get(top, [])))
     if len(dists) > 1 and "." in name:  # a namespace package: the one whose files hold the dotted path
         path = name.replace(".", "/") + "/"
         dists = [d for d in dists if any(str(f).startswith(path) for f in (importlib.metadata.files(d) or []))]
