@@ -108,12 +108,16 @@ class BuildResult:
 # --------------------------------------------------------------------------- build
 
 
-def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> BuildResult:
+def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", requirements: list[str] | tuple[str, ...] = (),
+                ignore_imports: list[str] | tuple[str, ...] = ()) -> BuildResult:
     """Build a bento for the stored model `ref` (NAME or NAME:VERSION) and save it in the store.
 
     `target` chooses the python requirements: "cpu" pins the build host's
     transformers/torch stack, "gpu" adds vllm and leaves torch/transformers to
     vllm's pins. `backend` is the default the service starts with.
+    The model's own packages join the requirements (`requirements`: the
+    user's extra pip requirements; `ignore_imports`: imports to leave out),
+    see sealift.model_deps; a quantization the target cannot run is refused.
     """
     _check_options(target, backend)
     # Before bentoml is imported: analytics off, hub offline, no local URLs.
@@ -124,6 +128,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
     from sealift import store
 
     model = store.describe(ref)
+    model_packages, vllm_quantization = _model_checks(model, target, requirements, ignore_imports)
     _check_sources(paths.bento_sources())
     config = {
         "model_tag": str(model.tag),
@@ -133,6 +138,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
         "trust_remote_code": bool(model.trust_remote_code),
         "manifest_digest": model.manifest_digest,
         "sealift_version": __version__,
+        **({"quantization": vllm_quantization} if vllm_quantization and target == "gpu" else {}),
     }
     labels = {
         LABEL_MODEL: str(model.tag),
@@ -154,8 +160,10 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
         ctx = Path(tmp) / "context"
         ctx.mkdir()
         _make_context(ctx, config)
-        requirements = requirements_for(target, ctx)
-        bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=requirements)
+        from sealift.model_deps import requirement_lines
+
+        lines = requirement_lines(model_packages, target, requirements_for(target, ctx))
+        bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=lines)
         bento = _run_build(bentofile, ctx, Path(tmp) / "store")
     return BuildResult(
         bento_tag=str(bento.tag),
@@ -168,6 +176,22 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto") -> Buil
         path=str(bento.path),
         requirements=_read_requirements(Path(bento.path)),
     )
+
+
+def _model_checks(model: Any, target: str, requirements: Any, ignore_imports: Any) -> tuple[Any, str | None]:
+    """(the model's packages, vLLM's --quantization or None); UserError (exit 2) before anything is built
+    for a quantization the target cannot run or an import with no package (issue 15)."""
+    from sealift import model_card, model_deps
+    from sealift.checkpoint import CheckpointFacts
+
+    facts = CheckpointFacts.from_record(model.checkpoint)
+    quant = facts.quantization or ({"method": model.quantization} if model.quantization else None)
+    model_card.check_target(quant, target, model=model.name)
+    packages = model_deps.resolve(facts.runtime_imports, requirements=requirements, ignore=ignore_imports,
+                                  model=model.name)
+    for skipped in packages.skipped:
+        console.info(f"left out of the requirements: {skipped}")
+    return packages, model_card.vllm_quantization(quant)
 
 
 def _check_options(target: str, backend: str) -> None:

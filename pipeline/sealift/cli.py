@@ -149,6 +149,11 @@ def import_(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle weights (*.bin, *.pt)."),
     to_safetensors: bool = typer.Option(False, "--to-safetensors", help="Convert pickle weights to safetensors."),
     link: bool = typer.Option(False, "--link", help="Hardlink/reflink files instead of copying (same filesystem)."),
+    include: list[str] = typer.Option([], "--include", metavar="PATTERN", help=(
+        "Keep files matching PATTERN that are left out by default (repeatable; fnmatch on the path, as "
+        "`hf download --include`).")),
+    exclude: list[str] = typer.Option([], "--exclude", metavar="PATTERN", help=(
+        "Leave out files matching PATTERN (repeatable; wins over --include).")),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -159,6 +164,12 @@ def import_(
     nothing is written. Files are copied and hashed in one pass; the sha256
     manifest is stored with the model. Importing content already in the store
     returns the existing tag.
+
+    What the server never reads is left out when a complete safetensors set
+    (model.safetensors, or an index naming every tensor) covers the weights:
+    original/ (Meta's reference checkpoint), safetensors no index names,
+    pickle copies (*.bin, *.pt, *.pth), trainer state, Flax/TF copies. One
+    line says what and how big; the manifest records it. Nothing is unpickled.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import importer, sources
@@ -171,6 +182,8 @@ def import_(
         allow_pickle=allow_pickle,
         to_safetensors=to_safetensors,
         link=link,
+        include=include,
+        exclude=exclude,
     )
     console.emit(result.to_dict(), result.print_human)
 
@@ -210,14 +223,27 @@ def build(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model imported with `sealift import`."),
     target: str = typer.Option("gpu", "--target", help="gpu (requirements include vllm) or cpu (transformers only)."),
     backend: str = typer.Option("auto", "--backend", help="Default backend: auto, vllm or transformers."),
+    requirement: list[str] = typer.Option([], "--requirement", metavar="SPEC", help=(
+        "A package the model's code needs (repeatable): a pip requirement, or IMPORT=REQUIREMENT when the "
+        "import name differs (mymod=my-dist>=1.0).")),
+    ignore_import: list[str] = typer.Option([], "--ignore-import", metavar="NAME", help=(
+        "An import of the model's code that it runs without (repeatable); its package is left out.")),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Build a Bento that holds the model, its tokenizer and code, and the OpenAI service."""
+    """Build a Bento that holds the model, its tokenizer and code, and the OpenAI service.
+
+    The model's own packages (what its code and tokenizer import, recorded at
+    import) join the bento's requirements, so `sealift export` carries their
+    wheels. An import sealift cannot map to a package is refused (exit 2):
+    name it with --requirement, or --ignore-import it. A quantized checkpoint
+    that transformers cannot run on CPU is refused for --target cpu.
+    """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import build as build_step
 
-    result = build_step.build_bento(ref, target=target, backend=backend)
+    result = build_step.build_bento(ref, target=target, backend=backend, requirements=requirement,
+                                    ignore_imports=ignore_import)
     console.emit(result.to_dict(), result.print_human)
 
 

@@ -134,6 +134,8 @@ class ImportResult:
             "trust_remote_code": info.custom_code,
             "code_files": info.code_files,
             "chat_template": info.chat_template,
+            "quantization": info.quantization,
+            **info.checkpoint.to_result(),
             "converted": self.converted,
             "warnings": self.warnings,
         }
@@ -288,6 +290,7 @@ def _metadata(info: ModelInfo, source: Source, manifest: Manifest) -> dict[str, 
         "tokenizer_class": info.tokenizer_class,
         "chat_template": info.chat_template,
         "quantization": info.quantization,
+        "checkpoint": info.checkpoint.to_record(),
         "source": {"ref": source.ref, "kind": source.kind, "revision": source.revision},
     })
 
@@ -318,6 +321,8 @@ def import_model(
     to_safetensors: bool = False,
     link: bool = False,
     workers: int | None = None,
+    include: tuple[str, ...] | list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (),
 ) -> ImportResult:
     """Inspect, then copy+hash (or link+hash) SOURCE into the store as NAME:<content version>.
 
@@ -329,11 +334,14 @@ def import_model(
     """
     t0 = time.monotonic()
     name = _check_name(name)
-    inspection = Inspection(source.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle or to_safetensors)
+    inspection = Inspection(source.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle or to_safetensors,
+                            include=include, exclude=exclude)
     info = inspection.info  # structural checks passed; transformers checks run in the background
     warnings = list(info.warnings)
     for w in warnings:
         console.warn(w)
+    if info.checkpoint.left_out_line:  # weights_select: what the server never reads stays out of the store
+        console.info(info.checkpoint.left_out_line)
     convert = to_safetensors and bool(info.pickle_files)
     store = models_dir()
 
@@ -368,15 +376,15 @@ def import_model(
             info = inspection.finish()
             entries += placed
             if convert:  # params and dtype now come from the new headers; config and tokenizer are unchanged
-                tokenizer_class = info.tokenizer_class
+                tokenizer_class, checkpoint = info.tokenizer_class, info.checkpoint
                 info = inspect_model(stage_model, trust_remote_code=trust_remote_code, allow_pickle=False, with_transformers=False)
-                info.tokenizer_class = tokenizer_class
+                info.tokenizer_class, info.checkpoint = tokenizer_class, checkpoint
                 for w in info.warnings:
                     if w not in warnings:
                         warnings.append(w)
                         console.warn(w)
                 modes.add("convert")
-            manifest = Manifest(entries)
+            manifest = Manifest(entries, {"checkpoint": info.checkpoint.to_record()})
             digest = manifest.digest()
             version = digest[:16]
             final = store / name / version

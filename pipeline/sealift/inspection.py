@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sealift._inspection_child import child_env
+from sealift.checkpoint import CheckpointFacts, read_checkpoint
 from sealift.codescan import auto_map_modules, scan_code
 from sealift.errors import Failure, UserError
 from sealift.hfconfig import context_length
@@ -68,6 +69,7 @@ class ModelInfo:
     code_files: dict[str, str]  # relative path -> sha256
     quantization: str | None
     warnings: list[str] = field(default_factory=list)
+    checkpoint: CheckpointFacts = field(default_factory=CheckpointFacts)  # left out, license, deps (issue 15)
 
     @property
     def total_bytes(self) -> int:
@@ -97,7 +99,7 @@ class ModelInfo:
             rows.append(("quantization", self.quantization))
         rows.append(("tokenizer", f"{self.tokenizer_class or '?'} ({', '.join(self.tokenizer_files)})"))
         rows.append(("chat template", "yes" if self.chat_template else "no"))
-        return rows
+        return rows + self.checkpoint.summary_rows()
 
     def print_human(self) -> None:
         from sealift.console import out
@@ -218,7 +220,8 @@ class Inspection:
     """
 
     def __init__(
-        self, path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True
+        self, path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True,
+        include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
     ) -> None:
         self.root = root = Path(path)
         self.trust_remote_code = trust_remote_code
@@ -231,6 +234,12 @@ class Inspection:
             )
         file_list = walk_files(root)
         files = {rel: (root / rel).stat().st_size if (root / rel).exists() else 0 for rel in file_list}
+        from sealift.weights_select import plan_leave_out  # what the server never reads stays out (issue 15)
+
+        self.left_out = plan_leave_out(root, files, include=include, exclude=exclude,
+                                       code_files=[f for f in files if f.endswith(".py")])
+        file_list = [rel for rel in file_list if rel not in self.left_out.files]
+        files = {rel: files[rel] for rel in file_list}
         problems: list[str] = []
         warnings: list[str] = []
         for rel in file_list:
@@ -283,13 +292,15 @@ class Inspection:
         if pickle_files and not allow_pickle:
             raise UserError(
                 f"{root} has pickle files, which can run code when loaded: {', '.join(pickle_files)}",
-                hint="--to-safetensors converts them; --allow-pickle keeps them as they are",
+                hint="--to-safetensors converts them; --allow-pickle keeps them as they are; --exclude PATTERN leaves "
+                     "them out" + "".join(f"; {note}" for note in self.left_out.notes),
             )
 
         missing_pkgs = sorted(p for p in scan.external if not _importable(p))
         if missing_pkgs:
             warnings.append(
-                f"the model's code imports {', '.join(missing_pkgs)}, not installed here; the serving host needs them"
+                f"the model's code imports {', '.join(missing_pkgs)}, not installed here; the serving host needs them "
+                "(`sealift build` adds their packages to the bento's requirements)"
             )
 
         # sizes, params, dtype: from the headers only
@@ -309,6 +320,10 @@ class Inspection:
             dtype = config.get("torch_dtype") or config.get("dtype")
         quant = config.get("quantization_config")
         quantization = (quant.get("quant_method") if isinstance(quant, dict) else None) or None
+        checkpoint = read_checkpoint(root, files, config=config, tokenizer_config=tok_cfg, code_files=scan.files,
+                                     code_external=scan.external, left_out=self.left_out)
+        quantization = quantization or checkpoint.quantization_method
+        warnings.extend(checkpoint.warnings)
 
         chat_template = _has_chat_template(root, tok_cfg)
         if not chat_template:
@@ -338,6 +353,7 @@ class Inspection:
             code_files=code_files,
             quantization=str(quantization) if quantization else None,
             warnings=warnings,
+            checkpoint=checkpoint,
         )
         self._deep_problems: list[str] = []
         self._deep_error: BaseException | None = None
@@ -420,7 +436,8 @@ class Inspection:
 
 
 def inspect_model(
-    path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True
+    path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True,
+    include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
 ) -> ModelInfo:
     """Inspect a model directory; UserError (exit 2) naming every missing/broken file.
 
@@ -432,7 +449,8 @@ def inspect_model(
     and `tokenizer_class` stays None.
     """
     return Inspection(
-        path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, with_transformers=with_transformers
+        path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, with_transformers=with_transformers,
+        include=include, exclude=exclude,
     ).finish()
 
 

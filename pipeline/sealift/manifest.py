@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +64,8 @@ class Manifest:
     """Every file of a model directory; `digest()` identifies the content."""
 
     files: list[FileEntry]
+    #: Facts recorded beside the file list (the `checkpoint` record: what was left out, license, ...); not in the digest.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.files = sorted(self.files, key=lambda e: e.path)
@@ -85,6 +87,7 @@ class Manifest:
             "algorithm": "sha256",
             "digest": self.digest(),
             "total_bytes": self.total_bytes,
+            **{k: v for k, v in self.extra.items() if k not in ("format", "algorithm", "digest", "total_bytes", "files")},
             "files": [e.to_dict() for e in self.files],
         }
         return json.dumps(doc, indent=1) + "\n"
@@ -97,7 +100,8 @@ class Manifest:
             files = [FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in doc["files"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"malformed manifest: {exc}") from None
-        man = cls(files)
+        extra = {k: v for k, v in doc.items() if k not in ("format", "algorithm", "digest", "total_bytes", "files")}
+        man = cls(files, extra)
         if doc.get("digest") not in (None, man.digest()):
             raise ValueError("manifest digest does not match its file list (edited by hand?)")
         return man

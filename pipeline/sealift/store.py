@@ -12,7 +12,7 @@ through sealift._bentoml.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,7 @@ class StoredModel:
     quantization: str | None = None
     #: Who signed the bundle this model was installed from (sealift.signing.with_signers; None: not known).
     signed_by: str | None = None
+    checkpoint: dict[str, Any] = field(default_factory=dict)  # sealift.checkpoint record: left out, license, deps
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -127,6 +128,7 @@ class StoredModel:
             chat_template=bool(md.get("chat_template", True)),
             tokenizer_class=md.get("tokenizer_class"),
             quantization=md.get("quantization"),
+            checkpoint=dict(md.get("checkpoint") or {}),
         )
 
 
@@ -154,6 +156,12 @@ def print_table(models: list[StoredModel]) -> None:
     table = Table(box=None, header_style="bold")
     for col in ("NAME", "VERSION", "SIZE", "PARAMS", "DTYPE", "CONTEXT"):  # never cut: tags are copied from here
         table.add_column(col, justify="right" if col in ("SIZE", "PARAMS", "CONTEXT") else "left", no_wrap=True)
+    from sealift import model_card
+
+    quantized = any(m.checkpoint.get("quantization") or m.quantization for m in models)
+    if quantized:
+        table.add_column("QUANT", no_wrap=True)
+    table.add_column("LICENSE", no_wrap=True)
     table.add_column("SOURCE", overflow="fold")
     signed = any(m.signed_by for m in models)
     if signed:
@@ -168,10 +176,19 @@ def print_table(models: list[StoredModel]) -> None:
             fmt_params(m.params),
             m.dtype or "-",
             f"{m.context_length:,}" if m.context_length else "-",
+            *([_quant_cell(m)] if quantized else []),
+            model_card.license_short(m.checkpoint.get("license")),
             f"{src} ({kind})" + (" [code]" if m.trust_remote_code else ""),
             *([m.signed_by or "-"] if signed else []),
         )
     console.out.print(table)
+
+
+def _quant_cell(m: StoredModel) -> str:
+    q = m.checkpoint.get("quantization") or {}
+    if not q:
+        return m.quantization or "-"
+    return f"{q.get('method')}" + (f" {q['bits']}-bit" if q.get("bits") else "")
 
 
 

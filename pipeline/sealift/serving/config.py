@@ -40,12 +40,16 @@ class BentoConfig:
     trust_remote_code: bool = False
     manifest_digest: str | None = None
     sealift_version: str | None = None
+    #: vLLM's --quantization when vLLM would not find it in config.json (sealift.model_card); None: vLLM detects it.
+    quantization: str | None = None
     #: True when read from SEALIFT_MODEL (no sealift_bento.json): trust then comes from the store's metadata.
     development: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("development")
+        if d.get("quantization") is None:  # written only when vLLM needs it (sealift build)
+            d.pop("quantization")
         return d
 
     @classmethod
@@ -74,6 +78,7 @@ class BentoConfig:
             trust_remote_code=trust,
             manifest_digest=data.get("manifest_digest"),
             sealift_version=data.get("sealift_version"),
+            quantization=data.get("quantization") if isinstance(data.get("quantization"), str) else None,
         )
 
     @classmethod
@@ -186,7 +191,7 @@ class ServeConfig:
             max_model_len=_env_int(env, "SEALIFT_MAX_MODEL_LEN", minimum=2),
             gpu_memory_utilization=_env_float(env, "SEALIFT_GPU_MEMORY_UTILIZATION", low=0.0, high=1.0),
             dtype=dtype,
-            quantization=env.get("SEALIFT_QUANTIZATION", "").strip() or None,
+            quantization=env.get("SEALIFT_QUANTIZATION", "").strip() or bento.quantization,
             vllm_port=_env_int(env, "SEALIFT_VLLM_PORT") or 8000,
             aliases=aliases,
         )
