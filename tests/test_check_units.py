@@ -26,7 +26,8 @@ def recording(tokens: list[int], margins: list[float], alts: list[list[int]], *,
         top += [{"id": o, "logprob": -0.1 - margin - j, "text": text + PIECES[o]} for j, o in enumerate(others)]
         text += PIECES[token]
         steps.append({"id": token, "logprob": -0.1, "margin": margin, "text": text, "top": top})
-    return {"id": "chat-short", "kind": "chat", "prompt_token_ids": [9, 9, 9], "max_tokens": len(tokens),
+    return {"id": "chat-short", "kind": "chat", "messages": [{"role": "user", "content": "The capital of France?"}],
+            "prompt_token_ids": [9, 9, 9], "max_tokens": len(tokens),
             "output_token_ids": tokens, "text": text, "finish_reason": finish, "steps": steps}
 
 
@@ -140,3 +141,60 @@ def test_with_the_tokenizer_the_answers_own_token_must_be_a_candidate():
     strict = compare(REC, answer, exact=False, tokenizer=PieceTokenizer())
     assert not strict.ok and strict.divergence == 1
     assert compare(REC, Answer("Paris. is", "length"), exact=False, tokenizer=PieceTokenizer()).ok
+
+
+def test_the_vllm_path_token_ids_from_a_vllm_shaped_server():
+    """vLLM answers `return_token_ids` with ids per choice: `ask` reads them and `compare` judges by id.
+    A stand-in HTTP server (no GPU here) answers as vLLM 0.10+ shapes its responses."""
+    import http.server
+    import threading
+
+    from sealift.check import ask, server_card
+
+    seen = []
+
+    class VLLM(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, body):
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": "vllm"}]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            usage = {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+            if self.path == "/v1/chat/completions":
+                self._send({"prompt_token_ids": [9, 9, 9], "usage": usage, "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": "length",
+                     "token_ids": [1, 8, 7]}]})
+            else:
+                self._send({"usage": usage, "choices": [{"index": 0, "text": "Paris is", "finish_reason": "length",
+                                                         "prompt_token_ids": [9, 9, 9], "token_ids": [1, 2]}]})
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), VLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert server_card(url, "tiny", None)["owned_by"] == "vllm"
+        chat = ask(url, "tiny", REC, None)
+        assert chat.token_ids == [1, 8, 7] and chat.prompt_tokens == 3
+        assert compare(REC, chat, exact=False).verdict == "tolerated"  # step 2's runner-up, margin 0.2
+        raw = {**REC, "kind": "raw", "prompt": "The capital", "send": "text"}
+        answer = ask(url, "tiny", raw, None)
+        assert answer.text == "Paris is" and answer.token_ids == [1, 2]
+        assert compare(raw, answer, exact=True).divergence == 2  # ended early: ids, not text, say where
+    finally:
+        server.shutdown()
+    (chat_path, chat_body), (raw_path, raw_body) = seen
+    assert chat_path == "/v1/chat/completions" and chat_body["messages"] == REC["messages"]
+    assert chat_body["temperature"] == 0 and chat_body["max_tokens"] == 5 and chat_body["return_token_ids"] is True
+    assert raw_path == "/v1/completions" and raw_body["prompt"] == "The capital"
