@@ -280,3 +280,83 @@ def test_eval_config_lm_eval_is_yaml_naming_the_stores_tokenizer(cpu_bento):
 def test_eval_config_bad_input_is_one_line_exit_2(cpu_bento, args, words):
     run = cpu_bento.host.sealift("eval-config", *args)
     assert run.code == 2 and len(run.err.strip().splitlines()) == 1 and words in run.err
+
+
+# --------------------------------------------------------------------------- a real evaluator, offline
+
+
+def lm_eval_command() -> str | None:
+    """The lm_eval executable to test with: $SEALIFT_LM_EVAL, else one on PATH (not a sealift dependency)."""
+    import os
+    import shutil
+
+    return os.environ.get("SEALIFT_LM_EVAL") or shutil.which("lm_eval")
+
+
+LOCAL_TASK = """\
+task: sealift_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_lm_eval_generation_task_offline_with_eval_config(cpu_bento, tmp_path):
+    """lm-eval's local-chat-completions, configured by `sealift eval-config`, scores a local dataset
+    against the served model inside a network namespace that has only loopback."""
+    import os
+    import shlex
+
+    from sealift.offline import netns_prefix
+
+    lm_eval = lm_eval_command()
+    if lm_eval is None:
+        pytest.skip("lm_eval is not installed (set SEALIFT_LM_EVAL=/path/to/lm_eval)")
+    prefix = netns_prefix()
+    if prefix is None:
+        pytest.skip("no loopback-only network namespace can be made here")
+    config = yaml.safe_load(cpu_bento.host.sealift("eval-config", "tiny", "--for", "lm-eval", check=True).out)
+    gen = config["generate_until"]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in [
+        ("What is the capital of France?", "Paris"), ("Name a colour.", "red"),
+        ("Say hello.", "hello"), ("Count to three.", "1 2 3")]))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "sealift_local.yaml").write_text(LOCAL_TASK.format(data=data))
+    out = tmp_path / "results"
+    script = f"""
+{shlex.quote(sys.executable)} -m sealift.serving {shlex.quote(config['tokenizer'])} --name tiny --port 3000 \\
+    > {shlex.quote(str(tmp_path / 'serve.log'))} 2>&1 &
+server=$!
+trap 'kill $server' EXIT
+for i in $(seq 600); do
+  {shlex.quote(sys.executable)} -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/readyz')" \\
+      2>/dev/null && break
+  sleep 0.5
+done
+{shlex.quote(lm_eval)} --model {gen['model']} --model_args {shlex.quote(gen['model_args'])} --apply_chat_template \\
+    --tasks sealift_local --include_path {shlex.quote(str(tasks))} --output_path {shlex.quote(str(out))} --log_samples
+"""
+    env = {**os.environ, **config["env"], "OPENAI_API_KEY": "EMPTY", "HF_HOME": str(tmp_path / "hf")}
+    p = subprocess.run([*prefix, "bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    (results,) = out.rglob("results_*.json")
+    doc = json.loads(results.read_text())
+    assert "exact_match,none" in doc["results"]["sealift_local"]
+    (samples,) = out.rglob("samples_sealift_local_*.jsonl")
+    assert len(samples.read_text().splitlines()) == 4  # every question was answered by the served model

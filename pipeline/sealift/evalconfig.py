@@ -155,5 +155,7 @@ def _lm_eval(served: str, base: str, tokenizer: str, context: int | None) -> str
         },
     }
     head = (f"# lm-eval against {served!r} served by sealift at {base}.\n"
-            f"# Written by `sealift eval-config {served} --for lm-eval`; `tokenizer` is the tokenizer in the store.\n")
+            f"# Written by `sealift eval-config {served} --for lm-eval`; `tokenizer` is the tokenizer in the store.\n"
+            "# lm-eval needs its api extra and transformers (the huggingface tokenizer backend): "
+            "lm-eval[api] transformers\n")
     return head + yaml.safe_dump(doc, sort_keys=False, width=1000)
