@@ -169,7 +169,7 @@ def record_into(ctx: Path, model: Any, *, timeout: float = TIMEOUT_S) -> GoldenO
             [sys.executable, "-c", "from sealift.golden import _child_main; _child_main()",
              json.dumps(request), str(tmp)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=_child_env(), timeout=timeout,
+            env=_child_env(), timeout=timeout, preexec_fn=_die_with_parent,
         )
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
@@ -182,6 +182,17 @@ def record_into(ctx: Path, model: Any, *, timeout: float = TIMEOUT_S) -> GoldenO
     os.replace(tmp, out)
     doc = json.loads(out.read_text())
     return GoldenOutcome("recorded", "", round(time.monotonic() - started, 2), len(doc["prompts"]), str(out))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the build dies (kill -9 leaves no recording running). Linux only."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _child_env() -> dict[str, str]:
