@@ -47,6 +47,7 @@ from sealift import __version__, _bentoml, console, paths
 from sealift.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
 from sealift.codescan import third_party_modules
 from sealift.errors import UserError
+from sealift.golden import GOLDEN_FILE
 from sealift.offline import OFFLINE_ENV, apply_offline_env
 from sealift.serving.config import BACKENDS, BENTO_CONFIG_FILE, TARGETS
 from sealift.store import LABEL_BACKEND, LABEL_MANIFEST, LABEL_MODEL, LABEL_TARGET, LABEL_VERSION
@@ -88,6 +89,7 @@ class BuildResult:
     model_size_bytes: int
     path: str
     requirements: list[str] = field(default_factory=list)
+    golden: dict[str, Any] = field(default_factory=dict)  # sealift.golden.GoldenOutcome.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +103,9 @@ class BuildResult:
             f"  openllm serve {self.name}    (on the host where `sealift install` put it)",
             f"  bentoml serve {self.bento_tag}",
         ]
+        if self.golden.get("status") == "recorded":
+            lines.insert(1, f"golden outputs: {self.golden['prompts']} prompts recorded in {self.golden['seconds']:.1f} s "
+                            "(src/sealift_golden.json; `sealift check` replays them)")
         for line in lines:
             console.out.print(line, markup=False, soft_wrap=True)
 
@@ -109,7 +114,7 @@ class BuildResult:
 
 
 def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", requirements: list[str] | tuple[str, ...] = (),
-                ignore_imports: list[str] | tuple[str, ...] = ()) -> BuildResult:
+                ignore_imports: list[str] | tuple[str, ...] = (), golden: bool = True) -> BuildResult:
     """Build a bento for the stored model `ref` (NAME or NAME:VERSION) and save it in the store.
 
     `target` chooses the python requirements: "cpu" pins the build host's
@@ -118,6 +123,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
     The model's own packages join the requirements (`requirements`: the
     user's extra pip requirements; `ignore_imports`: imports to leave out),
     see sealift.model_deps; a quantization the target cannot run is refused.
+    `golden` records golden outputs into the bento (sealift.golden) where the model fits.
     """
     _check_options(target, backend)
     # Before bentoml is imported: analytics off, hub offline, no local URLs.
@@ -162,6 +168,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         _make_context(ctx, config)
         from sealift.model_deps import requirement_lines
 
+        outcome = _record_golden(ctx, model, golden)
         lines = requirement_lines(model_packages, target, requirements_for(target, ctx))
         bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=lines)
         bento = _run_build(bentofile, ctx, Path(tmp) / "store")
@@ -175,6 +182,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         model_size_bytes=model.size,
         path=str(bento.path),
         requirements=_read_requirements(Path(bento.path)),
+        golden=outcome.to_dict(),
     )
 
 
@@ -192,6 +200,19 @@ def _model_checks(model: Any, target: str, requirements: Any, ignore_imports: An
     for skipped in packages.skipped:
         console.info(f"left out of the requirements: {skipped}")
     return packages, model_card.vllm_quantization(quant)
+
+
+def _record_golden(ctx: Path, model: Any, wanted: bool) -> Any:
+    """The build's hook into sealift.golden: record into ctx, or say in one line why not."""
+    from sealift import golden
+
+    if not wanted:
+        return golden.GoldenOutcome("off", "--no-golden")
+    console.info(f"recording golden outputs of {model.tag} (float32, CPU)")
+    outcome = golden.record_into(ctx, model)
+    if outcome.status != "recorded":
+        console.warn(f"golden outputs {outcome.status}: {outcome.reason}")
+    return outcome
 
 
 def _check_options(target: str, backend: str) -> None:
@@ -243,7 +264,8 @@ def _write_bentofile(ctx: Path, *, name: str, labels: dict[str, str], requiremen
     spec["name"] = name
     spec["labels"] = {**(spec.get("labels") or {}), **labels}
     include = list(spec.get("include") or [])
-    for item in ("service.py", BENTO_CONFIG_FILE, f"{PACKAGE}/"):
+    golden_file = [GOLDEN_FILE] if (ctx / GOLDEN_FILE).is_file() else []
+    for item in ("service.py", BENTO_CONFIG_FILE, *golden_file, f"{PACKAGE}/"):
         if item not in include:
             include.append(item)
     spec["include"] = include

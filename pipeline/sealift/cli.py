@@ -33,6 +33,8 @@ Carry a language model across an air gap, verified, and serve it offline.
     sealift sbom BUNDLE             what the bundle carries, and its licenses
     sealift start NAME              OpenAI API on 127.0.0.1:3000
                                     (or openllm serve NAME, bentoml serve)
+    sealift check NAME              answers like the model that left?
+    sealift eval-config NAME --for opencompass|lm-eval
 
 [bold]SOURCES[/bold]
 
@@ -228,6 +230,7 @@ def build(
         "import name differs (mymod=my-dist>=1.0).")),
     ignore_import: list[str] = typer.Option([], "--ignore-import", metavar="NAME", help=(
         "An import of the model's code that it runs without (repeatable); its package is left out.")),
+    no_golden: bool = typer.Option(False, "--no-golden", help="Do not record golden outputs (see `sealift golden`)."),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -238,13 +241,87 @@ def build(
     wheels. An import sealift cannot map to a package is refused (exit 2):
     name it with --requirement, or --ignore-import it. A quantized checkpoint
     that transformers cannot run on CPU is refused for --target cpu.
+
+    Also records golden outputs (a few greedy answers in float32 on CPU, with
+    their top-5 log-probabilities) into the bento for `sealift check`; skipped
+    with a warning when the model does not fit in this host's memory.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import build as build_step
 
     result = build_step.build_bento(ref, target=target, backend=backend, requirements=requirement,
-                                    ignore_imports=ignore_import)
+                                    ignore_imports=ignore_import, golden=not no_golden)
     console.emit(result.to_dict(), result.print_human)
+
+
+# --------------------------------------------------------------------------- acceptance
+
+
+@app.command("golden")
+def golden(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (its newest bento) in the store."),
+    json_output: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Record golden outputs into the model's newest bento (what `sealift build` does unless --no-golden).
+
+    For a model that did not fit in memory at build: run it on a host where
+    its float32 weights fit, before `sealift export`. Exit 1 if it cannot record.
+    """
+    console.set_mode(quiet=quiet, json_output=json_output)
+    from sealift import golden as golden_step
+
+    outcome = golden_step.record_later(ref)
+    console.emit(outcome.to_dict(), lambda: console.out.print(
+        f"golden outputs {outcome.status}: {outcome.path or outcome.reason}", markup=False, soft_wrap=True))
+    if outcome.status != "recorded":
+        raise typer.Exit(1)
+
+
+@app.command("check")
+def check(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (its newest bento) in the store."),
+    url: Optional[str] = typer.Option(None, "--url", help="A running server (default: start one here, offline)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SEALIFT_API_KEY", help="Bearer key for --url."),
+    mode: str = typer.Option("auto", "--mode", help="exact, tolerant, or auto (exact only when this command starts "
+                                                    "the transformers backend in float32 on a CPU host)."),
+    margin: float = typer.Option(0.5, "--margin", help="Tolerant mode: divergence allowed below this top-2 margin (nats)."),
+    served_name: Optional[str] = typer.Option(None, "--served-name", help="Model name the server answers to."),
+    json_output: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Prove the server answers like the model that left: replay the golden outputs; exit 1 on a mismatch.
+
+    Chat prompts go to /v1/chat/completions, raw ones to /v1/completions,
+    greedy, as long as recorded. Exact mode wants every token; tolerant mode
+    (another backend or dtype, e.g. vLLM in bf16) allows the first divergence
+    only where the recorded model was nearly undecided (top-2 margin below
+    --margin) and the server took one of the recorded top-5 there.
+    """
+    console.set_mode(quiet=quiet, json_output=json_output)
+    from sealift import check as check_step
+
+    report = check_step.check_model(ref, url=url, api_key=api_key, mode=mode, served_name=served_name,
+                                    margin_nats=margin)
+    console.emit(report.to_dict(), report.print_human)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("eval-config")
+def eval_config(
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model in the store."),
+    tool: str = typer.Option(..., "--for", help="opencompass (a Python config) or lm-eval (YAML with the commands)."),
+    url: Optional[str] = typer.Option(None, "--url", help="The server's base URL (default http://127.0.0.1:3000/v1)."),
+    json_output: bool = JsonOpt,
+) -> None:
+    """Print an evaluator config that stays offline: served name, URL, API key from the environment, and the
+    tokenizer path in the store (so the evaluator never reaches for the hub or tiktoken)."""
+    console.set_mode(json_output=json_output)
+    from sealift import evalconfig
+
+    config = evalconfig.eval_config(ref, tool=tool, url=url)
+    console.emit(config.to_dict(), lambda: sys.stdout.write(config.text))
 
 
 def _start(
@@ -336,6 +413,7 @@ def install(
         help="Require a signature by a key this OpenSSH allowed_signers file lists. Default: "
              "$SEALIFT_ALLOWED_SIGNERS, else $SEALIFT_HOME/allowed_signers, else /etc/sealift/allowed_signers, "
              "whichever exists first."),
+    check_after: bool = typer.Option(False, "--check", help="Then start the server and run `sealift check` (exit 1 on a mismatch)."),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -352,7 +430,15 @@ def install(
 
     result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv,
                                          allowed_signers=allowed_signers)
-    console.emit(result.to_dict(), result.print_human)
+    if not check_after:
+        console.emit(result.to_dict(), result.print_human)
+        return
+    from sealift import check as check_step
+
+    report = check_step.check_model(result.bento_tag)
+    console.emit({**result.to_dict(), "check": report.to_dict()}, lambda: (result.print_human(), report.print_human()))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command("sbom")

@@ -17,6 +17,7 @@ outlives `sealift start`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -28,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from sealift.offline import apply_offline_env, guarded_env
 from sealift.serving.config import BACKENDS, DTYPES, BentoConfig
 from sealift.store import find_bento
 
-__all__ = ["check_model_code", "check_port_free", "descendants", "host_target", "option_env", "server_python", "start"]
+__all__ = ["background", "check_model_code", "check_port_free", "descendants", "host_target", "option_env", "server_python", "start"]
 
 #: options key -> environment variable the service reads.
 OPTION_ENV = {
@@ -59,6 +61,16 @@ STOP_TIMEOUT_S = 30.0
 
 def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
     """Serve `ref` (model NAME[:VERSION] or a bento tag) on host:port until SIGINT/SIGTERM; return the exit code."""
+    tag, cmd, env, bento_src, served = _server_command(ref, host, port, options)
+    console.info(f"starting {tag} on {host}:{port} with {cmd[0]} (Ctrl-C stops it)")
+    with _Signals() as signals:
+        proc = subprocess.Popen(cmd, env=env, cwd=bento_src, start_new_session=True)
+        signals.attach(proc.pid)
+        return _supervise(proc, signals, host, port, served, bool(options.get("api_key")))
+
+
+def _server_command(ref: str, host: str, port: int, options: dict[str, Any]) -> tuple[str, list[str], dict[str, str], Path, str]:
+    """(bento tag, `bentoml serve` command, its environment, its cwd, served model name), all checked."""
     env_extra = option_env(options)
     check_port_free(host, port)
     apply_offline_env()
@@ -66,20 +78,52 @@ def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
     bento_src = Path(_bentoml.get_bento(tag).path) / "src"
     config = _bento_config(bento_src, tag)
     check_model_code(config)
-    served = config.served_model_name
     python = server_python(tag)
     env = guarded_env(**env_extra)
     if python != sys.executable:  # the runtime venv: its bin (vllm, ...) first on PATH too
         env["VIRTUAL_ENV"] = str(Path(python).parent.parent)
         env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
-    cmd = [python, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)]
-    console.info(f"starting {tag} on {host}:{port} with {python} (Ctrl-C stops it)")
     # cwd = the bento's src: `python -m` puts cwd first on sys.path, so the
     # bento's own copy of service.py and sealift/ is what runs.
-    with _Signals() as signals:
-        proc = subprocess.Popen(cmd, env=env, cwd=bento_src, start_new_session=True)
-        signals.attach(proc.pid)
-        return _supervise(proc, signals, host, port, served, bool(options.get("api_key")))
+    cmd = [python, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)]
+    return tag, cmd, env, bento_src, config.served_model_name
+
+
+@contextlib.contextmanager
+def background(ref: str, *, options: dict[str, Any], log: Path, timeout: float = 900.0) -> Iterator[str]:
+    """Serve `ref` on a free loopback port while the block runs (its output to `log`); yields the base URL.
+
+    For `sealift check`: the same command, environment and guard as `start`;
+    on exit the server gets SIGINT, then SIGKILL, and no worker outlives it.
+    Failure if it exits or is not ready within `timeout` seconds.
+    """
+    host = "127.0.0.1"
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    tag, cmd, env, bento_src, _ = _server_command(ref, host, port, options)
+    url = f"http://{host}:{port}"
+    known: dict[int, str] = {}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=bento_src, start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _ready(url):
+            known.update(descendants(proc.pid))
+            if proc.poll() is not None:
+                raise Failure(f"bentoml serve {tag} exited with code {proc.returncode} before it was ready (log: {log})")
+            if time.monotonic() > deadline:
+                raise Failure(f"bentoml serve {tag} was not ready within {timeout:.0f} s (log: {log})")
+            time.sleep(POLL_S)
+        known.update(descendants(proc.pid))
+        yield url
+    finally:
+        known.update(descendants(proc.pid))
+        _killpg(proc.pid, signal.SIGINT)
+        _wait_stop(proc, known)
+        _killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(known)
 
 
 def server_python(bento_tag: str) -> str:

@@ -1,0 +1,392 @@
+"""Golden outputs: what the model answered on the build host, kept in the bento so the host it lands on
+can prove that its server answers the same (`sealift check`).
+
+    plan_recording(model)          -> GoldenPlan (does fp32 fit in this host's memory?)
+    record_into(ctx, model)        -> GoldenOutcome (writes ctx/sealift_golden.json, or says why not)
+    load_golden(bento_src)         -> the recording (dict) or None
+
+A small fixed prompt set (PROMPTS: chat-templated and raw, short, and one
+raw prompt of token ids near the context limit) runs greedily through
+transformers on CPU in float32, in a child process (torch never loads in the
+CLI's process). For each prompt the file holds the prompt, its token ids,
+the output token ids and text, and for every generated step the top-k
+(TOP_K) candidates with their log-probabilities and the text the output
+would read with that candidate in place. `sealift check` compares text, so
+it needs no tokenizer and no token ids from the server (see sealift.check).
+
+The file is `src/sealift_golden.json` in the bento, so `sealift export` and a
+plain `bentoml export` both carry it. A model whose float32 weights do not fit
+in the memory available here is skipped with one line (a 70B model needs
+280 GB): record it later, on a host where it fits, with `sealift golden NAME`,
+which writes the file into the model's newest bento.
+
+Cost: loading the model plus (len(PROMPTS) + 1) short generations and one
+prefill of at most LONG_PROMPT_MAX tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GOLDEN_FILE",
+    "GoldenOutcome",
+    "GoldenPlan",
+    "PROMPTS",
+    "TOP_K",
+    "available_memory",
+    "load_golden",
+    "plan_recording",
+    "record",
+    "record_into",
+    "record_later",
+]
+
+#: The recording, in the bento's src/ (beside service.py and sealift_bento.json).
+GOLDEN_FILE = "sealift_golden.json"
+FORMAT = 1
+#: Candidates kept per generated step.
+TOP_K = 5
+#: Tokens generated per prompt.
+MAX_NEW_TOKENS = 16
+#: The long prompt fills the context up to MAX_NEW_TOKENS, but is never longer than this many tokens:
+#: a float32 prefill of 32k tokens on a CPU would take minutes for a 7B model.
+LONG_PROMPT_MAX = 2048
+#: Memory the recording needs beyond the float32 weights: torch, transformers, activations.
+OVERHEAD_BYTES = 768 * 1024**2
+#: Seconds the child may take before the build gives up on it (and carries on without a recording).
+TIMEOUT_S = 1800
+
+#: The fixed prompts: (id, kind, content). chat: messages through the chat template; raw: a completion prompt.
+PROMPTS: tuple[tuple[str, str, Any], ...] = (
+    ("chat-short", "chat", [{"role": "user", "content": "What is the capital of France?"}]),
+    ("chat-system", "chat", [
+        {"role": "system", "content": "Answer briefly and truthfully."},
+        {"role": "user", "content": "Name three colours of the rainbow."},
+    ]),
+    ("raw-short", "raw", "The quick brown fox"),
+    ("raw-code", "raw", "def fibonacci(n):\n    "),
+)
+#: Text repeated to make the long prompt (cut to its length in tokens, sent as token ids).
+LONG_FILLER = (
+    "Every byte that arrives must be the byte that left. An air-gapped server never reaches the internet, "
+    "so the model it runs is carried across on removable media and checked on arrival. "
+)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class GoldenPlan:
+    """Whether the recording fits here: float32 weights plus overhead against available memory."""
+
+    needed_bytes: int
+    available_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes <= self.available_bytes
+
+
+@dataclass
+class GoldenOutcome:
+    """What the build did about golden outputs: recorded, skipped (and why) or failed (and why)."""
+
+    status: str  # "recorded", "skipped", "off", "failed"
+    reason: str = ""
+    seconds: float = 0.0
+    prompts: int = 0
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_memory() -> int:
+    """Bytes this process may still use: psutil's available memory, capped by a cgroup v2 limit if any."""
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit.isdigit():
+            available = min(available, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def plan_recording(*, params: int | None, size_bytes: int, available: int | None = None) -> GoldenPlan:
+    """The memory a float32 recording needs (4 bytes a parameter; without a count, twice the stored
+    bytes, as for 16-bit weights) against what is available."""
+    weights = 4 * params if params else 2 * size_bytes
+    return GoldenPlan(weights + OVERHEAD_BYTES, available_memory() if available is None else available)
+
+
+def fmt_gib(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB"
+
+
+# --------------------------------------------------------------------------- the build's hook
+
+
+def record_into(ctx: Path, model: Any, *, timeout: float = TIMEOUT_S) -> GoldenOutcome:
+    """Record golden outputs of the stored `model` (sealift.store.StoredModel) into ctx/GOLDEN_FILE.
+
+    Never raises for the model's sake: a model that does not fit is "skipped", a
+    recording that crashes is "failed"; the build goes on either way and the
+    reason is one line. Runs the recording in a child process.
+    """
+    plan = plan_recording(params=model.params, size_bytes=model.size)
+    if not plan.fits:
+        return GoldenOutcome(
+            "skipped",
+            f"float32 weights need {fmt_gib(plan.needed_bytes)}, {fmt_gib(plan.available_bytes)} available; "
+            f"record them later on a bigger host with `sealift golden {model.name}`",
+        )
+    started = time.monotonic()
+    request = {
+        "model_dir": str(model.path),
+        "trust_remote_code": bool(model.trust_remote_code),
+        "model_tag": str(model.tag),
+        "manifest_digest": model.manifest_digest,
+    }
+    out = ctx / GOLDEN_FILE
+    tmp = ctx / f".{GOLDEN_FILE}.partial"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from sealift.golden import _child_main; _child_main()",
+             json.dumps(request), str(tmp)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=_child_env(), timeout=timeout, preexec_fn=_die_with_parent,
+        )
+    except subprocess.TimeoutExpired:
+        tmp.unlink(missing_ok=True)
+        return GoldenOutcome("failed", f"the recording took over {timeout:.0f} s", time.monotonic() - started)
+    if proc.returncode != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        return GoldenOutcome("failed", (lines or [f"exit code {proc.returncode}"])[-1][:300],
+                             time.monotonic() - started)
+    os.replace(tmp, out)
+    doc = json.loads(out.read_text())
+    return GoldenOutcome("recorded", "", round(time.monotonic() - started, 2), len(doc["prompts"]), str(out))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the build dies (kill -9 leaves no recording running). Linux only."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_env() -> dict[str, str]:
+    """Offline, quiet, able to import this package; the parent's network guard (if any) carries over."""
+    from sealift.offline import offline_env
+
+    env = offline_env(TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    pkg_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([*filter(None, [env.get("PYTHONPATH")]), pkg_parent])
+    return env
+
+
+def _child_main() -> None:
+    """The recording process: argv[-2] the request (JSON), argv[-1] where to write the recording."""
+    request, out = json.loads(sys.argv[-2]), Path(sys.argv[-1])
+    doc = record(Path(request.pop("model_dir")), **request)
+    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_golden(bento_src: Path) -> dict[str, Any] | None:
+    """The recording in a bento's src/ directory, or None if it has none."""
+    path = Path(bento_src) / GOLDEN_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- the recording (child process)
+
+
+def record(
+    model_dir: Path, *, trust_remote_code: bool = False, model_tag: str = "", manifest_digest: str = ""
+) -> dict[str, Any]:
+    """Run PROMPTS greedily in float32 on CPU and return the recording (see the module docstring).
+
+    Prompts are built as sealift's transformers backend builds them (chat: the
+    template's text, tokenized without special tokens; raw: tokenized with
+    them) and generation stops where the server's would (the first of the
+    model's and the tokenizer's end-of-sequence tokens).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sealift import __version__
+    from sealift.serving.transformers_backend import context_length_of, default_torch_threads
+
+    started = time.monotonic()
+    torch.manual_seed(0)
+    torch.set_num_threads(default_torch_threads())  # as the server: a spare core (all cores thrash when busy)
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, **kwargs).to("cpu").eval()
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    context = context_length_of(config, getattr(tokenizer, "model_max_length", None)) or 2048
+    eos = model.generation_config.eos_token_id
+    eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+    if tokenizer.eos_token_id is not None:
+        eos_ids.add(int(tokenizer.eos_token_id))
+
+    loaded = time.monotonic()
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    prompts: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for pid, kind, content in PROMPTS:
+        if kind == "chat":
+            if not getattr(tokenizer, "chat_template", None):
+                skipped.append(f"{pid}: the model has no chat template")
+                continue
+            text = tokenizer.apply_chat_template(content, add_generation_prompt=True, tokenize=False)
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            entry = {"id": pid, "kind": "chat", "messages": content, "prompt": text, "send": "messages"}
+        else:
+            ids = list(tokenizer(content)["input_ids"])
+            entry = {"id": pid, "kind": "raw", "prompt": content, "send": "text"}
+        prompts.append({**entry, **_generate(model, tokenizer, ids, MAX_NEW_TOKENS, eos_ids, decode)})
+
+    long_len = min(context, LONG_PROMPT_MAX + MAX_NEW_TOKENS) - MAX_NEW_TOKENS
+    filler = list(tokenizer(LONG_FILLER)["input_ids"])
+    ids = filler
+    while len(ids) < long_len:
+        ids = ids + list(tokenizer(LONG_FILLER, add_special_tokens=False)["input_ids"])
+    ids = ids[:long_len]
+    prompts.append({
+        "id": "raw-long", "kind": "raw", "prompt": decode(ids), "send": "token_ids",
+        "near_context_limit": long_len + MAX_NEW_TOKENS >= context,
+        **_generate(model, tokenizer, ids, MAX_NEW_TOKENS, eos_ids, decode),
+    })
+
+    return {
+        "format": FORMAT,
+        "model_tag": model_tag,
+        "manifest_digest": manifest_digest,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.monotonic() - started, 3),
+        "timings": {"load": round(loaded - started, 3), "generate": round(time.monotonic() - loaded, 3)},
+        "backend": "transformers",
+        "dtype": "float32",
+        "device": "cpu",
+        "decoding": "greedy",
+        "top_k": TOP_K,
+        "context_length": context,
+        "versions": _versions(__version__),
+        "skipped": skipped,
+        "prompts": prompts,
+    }
+
+
+def _generate(model: Any, tokenizer: Any, prompt_ids: list[int], max_new: int, eos_ids: set[int],
+              decode: Any) -> dict[str, Any]:
+    """Greedy generate with the model's generation config (as the server calls it) and the top-k per step."""
+    import torch
+
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+    kwargs: dict[str, Any] = {}
+    if model.generation_config.pad_token_id is None and eos_ids:
+        kwargs["pad_token_id"] = min(eos_ids)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new,
+            do_sample=False, output_scores=True, return_dict_in_generate=True, **kwargs,
+        )
+    generated = out.sequences[0, len(prompt_ids):].tolist()
+    steps: list[dict[str, Any]] = []
+    output: list[int] = []
+    finish = "length"
+    for token, scores in zip(generated, out.scores):
+        logprobs = torch.log_softmax(scores[0].float(), dim=-1)
+        values, indices = torch.topk(logprobs, TOP_K)
+        top = []
+        for value, cand in zip(values.tolist(), indices.tolist()):
+            top.append({"id": cand, "logprob": _finite(value), "text": decode([*output, cand])})
+        output.append(int(token))
+        chosen = float(logprobs[token])
+        second = next((t["logprob"] for t in top if t["id"] != token), None)
+        steps.append({
+            "id": int(token),
+            "logprob": _finite(chosen),
+            "margin": None if second is None or not _is_finite(chosen) else round(chosen - second, 6),
+            "text": decode(output),
+            "top": top,
+        })
+        if token in eos_ids:
+            finish = "stop"
+            break
+    return {
+        "prompt_token_ids": list(prompt_ids),
+        "max_tokens": max_new,
+        "output_token_ids": output,
+        "text": decode(output),
+        "finish_reason": finish,
+        "steps": steps,
+    }
+
+
+def _is_finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no -Infinity: a masked-out candidate's logprob is null."""
+    return round(x, 6) if _is_finite(x) else None
+
+
+def _versions(sealift_version: str) -> dict[str, str]:
+    import importlib.metadata
+
+    found = {"python": platform.python_version(), "sealift": sealift_version}
+    for dist in ("torch", "transformers", "tokenizers"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+# --------------------------------------------------------------------------- recording later
+
+
+def record_later(ref: str) -> GoldenOutcome:
+    """(Re)record the golden outputs of `ref`'s newest bento into its src/ (`sealift golden NAME`)."""
+    from sealift import _bentoml, store
+    from sealift.atomic import write_atomic
+    from sealift.offline import apply_offline_env
+
+    apply_offline_env()
+    bento = _bentoml.get_bento(store.find_bento(ref))
+    src = Path(bento.path) / "src"
+    model = store.describe(str(bento.info.labels.get(store.LABEL_MODEL) or ref))
+    with tempfile.TemporaryDirectory(prefix="sealift-golden-") as tmp:
+        outcome = record_into(Path(tmp), model)
+        if outcome.status == "recorded":
+            write_atomic(src / GOLDEN_FILE, (Path(tmp) / GOLDEN_FILE).read_bytes())
+            outcome.path = str(src / GOLDEN_FILE)
+    return outcome
