@@ -29,7 +29,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,10 @@ class ExportResult:
     sealift_wheel: str = ""
     openllm_wheels: int = 0
     openllm_wheel_bytes: int = 0
+    #: What the target host needs (manifest.json's `target`), and the proof's findings (sealift.proof), or
+    #: {"skipped": why}.
+    needs: dict[str, Any] = field(default_factory=dict)
+    proof: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mb_per_s(self) -> float:
@@ -166,6 +170,13 @@ class ExportResult:
             wheels += f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({fmt_bytes(self.openllm_wheel_bytes)})"
         p(f"  {self.archive}: {fmt_bytes(self.archive_bytes)}; {wheels}", markup=False, soft_wrap=True)
         p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
+        from sealift.target import describe_needs
+
+        for line in [describe_needs(self.needs)] if self.needs else []:
+            p(f"  target: {line}", markup=False, soft_wrap=True)
+        if self.proof:
+            text = self.proof.get("summary") or f"skipped ({self.proof.get('skipped')})"
+            p(f"  proof: {text}", markup=False, soft_wrap=True)
         p("on the air-gapped host (see INSTALL.txt):", markup=False)
         name = Path(self.bundle).name
         lines = [c for c, _ in bootstrap_commands(name, self.python_version, openllm=bool(self.openllm_wheels))
@@ -202,8 +213,10 @@ def check_free_space(dest: Path, needed: int) -> None:
     _check_space(dest, needed, slack=SLACK, what="for the bundle", hint="free some space or choose another DEST")
 
 
-def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str | None = None,
-                  wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False) -> ExportResult:
+def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_version: str | None = None,
+                  wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False,
+                  cuda: str | None = None, proof: bool = True, extra_index_urls: tuple[str, ...] = (),
+                  find_links: tuple[str, ...] = ()) -> ExportResult:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
 
     wheels/ holds the bento's wheels plus a sealift wheel and sealift's own
@@ -222,15 +235,25 @@ def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_6
     from sealift.store import find_bento
 
     return export_bento(find_bento(ref), dest, platform=platform, python_version=python_version,
-                        wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started)
+                        wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started,
+                        cuda=cuda, proof=proof, extra_index_urls=extra_index_urls, find_links=find_links)
 
 
-def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | None, wheels_from: Path | None,
-                 no_wheels: bool, with_openllm: bool = False, started: float | None = None) -> ExportResult:
-    """export_bundle for a bento tag already resolved; python_version None means the bento's own."""
+def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: str | None, wheels_from: Path | None,
+                 no_wheels: bool, with_openllm: bool = False, started: float | None = None, cuda: str | None = None,
+                 proof: bool = True, extra_index_urls: tuple[str, ...] = (),
+                 find_links: tuple[str, ...] = ()) -> ExportResult:
+    """export_bundle for a bento tag already resolved; python_version None means the bento's own,
+    platform None the default for the bento's target (sealift.target)."""
+    from sealift import proof as proof_step, target as target_facts
+
     started = time.monotonic() if started is None else started
     bento = load_bento(tag)
     python_version = python_version or bento.python_version
+    kind = target_facts.bento_target(bento.labels)
+    platform = platform or target_facts.default_platform(kind)
+    sources = target_facts.wheel_sources(kind, cuda=cuda, wheels_from=wheels_from, extra_index_urls=extra_index_urls,
+                                         find_links=find_links)
     dest = Path(dest).expanduser().absolute()
     final = dest / f"{bento.name}-{bento.version}"
     partial = dest / f"{bento.name}-{bento.version}{PARTIAL}"
@@ -246,11 +269,14 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
         source = Path(wheels_from) if wheels_from else None
         own = sealift_wheel(source)
         wheels = resolve_wheels([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
-                                python_version=python_version, wheels_from=source)
+                                python_version=python_version, wheels_from=source, sources=sources)
         if with_openllm:
             console.info(f"resolving openllm's wheels ({' '.join(OPENLLM_REQUIREMENTS)})")
             openllm_wheels = resolve_wheels(list(OPENLLM_REQUIREMENTS), platform=platform,
                                             python_version=python_version, wheels_from=source)
+    # What the target needs, and the proof: both before a byte is written (sealift.target, sealift.proof).
+    needs, proven = proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
+                                               cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento))
     journal = Journal.load(partial, bento.tag, plan_digest(members), total)
     archive_there = (partial / f"{bento.name}-{bento.version}.tar").is_file()
     done_archive = int(journal.archive.get("offset", 0)) if archive_there else 0
@@ -262,8 +288,10 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
     check_free_space(dest, needed)
 
     try:
-        return _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
-                             openllm_wheels=openllm_wheels)
+        result = _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
+                               openllm_wheels=openllm_wheels, needs=needs)
+        result.proof = proven
+        return result
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"{dest} is full; the export stopped and can be resumed",
@@ -273,7 +301,7 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
 
 def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path], journal: Journal, partial: Path,
                   final: Path, platform: str, python_version: str, started: float, *,
-                  openllm_wheels: list[Path] | None = None) -> ExportResult:
+                  openllm_wheels: list[Path] | None = None, needs: dict[str, Any] | None = None) -> ExportResult:
     """Write (or finish) everything in `partial`, then make it `final`."""
     if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
         shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
@@ -324,7 +352,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
                                 python_version=python_version, sealift_wheel=own, openllm=bool(openllm_entries))
     entries.append(_write_small(partial, INSTALL_TXT, install_txt.encode()))
     manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
-                                sealift_wheel=own, openllm=bool(openllm_entries))
+                                sealift_wheel=own, openllm=bool(openllm_entries), needs=needs)
     sums = [*entries, _write_small(partial, MANIFEST_JSON, (json.dumps(manifest, indent=1) + "\n").encode())]
     write_atomic(partial / SUMS, sha256sums_text(sums).encode())
 
@@ -341,7 +369,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         archive_bytes=entries[0].size, wheels=len(wheel_entries), wheel_bytes=sum(e.size for e in wheel_entries),
         total_bytes=total, seconds=time.monotonic() - started, resumed_from_bytes=resumed, reused_files=reused,
         platform=platform, python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
-        openllm_wheel_bytes=sum(e.size for e in openllm_entries),
+        openllm_wheel_bytes=sum(e.size for e in openllm_entries), needs=manifest["target"],
     )
 
 
@@ -391,7 +419,8 @@ def _already_exported(final: Path, bento: BentoSource, started: float, *, with_o
 
 
 def _bundle_manifest(bento: BentoSource, archive: str, entries: list[FileEntry], platform: str, python_version: str,
-                     has_wheels: bool, *, sealift_wheel: str = "", openllm: bool = False) -> dict[str, Any]:
+                     has_wheels: bool, *, sealift_wheel: str = "", openllm: bool = False,
+                     needs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": BUNDLE_FORMAT,
         "sealift_version": __version__,
@@ -402,7 +431,7 @@ def _bundle_manifest(bento: BentoSource, archive: str, entries: list[FileEntry],
         "models": [{"tag": m.tag, "manifest_digest": m.manifest.digest() if m.manifest else None,
                     "total_bytes": m.manifest.total_bytes if m.manifest else None} for m in bento.models],
         "archive": archive,
-        "target": {"platform": platform, "python_version": python_version},
+        "target": {**(needs or {}), "platform": platform, "python_version": python_version},
         "wheels": has_wheels,
         "requirements": bundle_requirements(bento),
         "sealift_wheel": sealift_wheel or None,

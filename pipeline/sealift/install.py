@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealift import _bentoml, console, openllm, paths, registry
+from sealift import _bentoml, console, openllm, paths, registry, target
 from sealift.atomic import sweep_dead, write_atomic
-from sealift.bundle import PARTIAL, WHEELS, bundle_bytes, member_path
+from sealift.bundle import PARTIAL, WHEELS, bundle_bytes, member_path, read_bundle
 from sealift.errors import Failure, UserError
 from sealift.manifest import MANIFEST_NAME, Manifest, code_problems
 from sealift.offline import apply_offline_env
@@ -286,11 +286,14 @@ def default_venv(bento_tag: str) -> Path:
     return paths.sealift_home() / "venvs" / f"{name}-{version}"
 
 
-def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: bool = True) -> InstallResult:
+def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: bool = True,
+                   host_check: bool = True) -> InstallResult:
     """Verify, import, make the offline venv and register for openllm; nothing is touched unless all verifies."""
     started = time.monotonic()
     timings: dict[str, float] = {}
     bundle = Path(bundle_dir).expanduser().absolute()
+    if host_check:  # before a byte is verified or imported: can this host run what the bundle carries?
+        target.refuse_unfit_host(read_bundle(bundle)[0], bundle)
     t = time.monotonic()
     doc, sums, archive, members = check_bundle(bundle)
     timings["verify"] = time.monotonic() - t
@@ -330,6 +333,7 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
                                    requirements=req_file, wheels=wheels_dir)
         timings["venv"] = time.monotonic() - t
 
+    target.record_needs(doc)  # for `sealift doctor`
     repo = openllm.register(bento_tag=bento_tag, bento_path=Path(outcome.bento_path),
                             models={t: Path(p) for t, p in outcome.model_paths.items()})
     env_path = registry.write_env_file(registry.environment())
