@@ -77,13 +77,17 @@ from vllm.platforms.cpu import CpuPlatform
 platforms._current_platform = CpuPlatform()  # no GPU here: the parser needs a platform, nothing is loaded
 try:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
-except ImportError:
+except ImportError:  # vLLM before 0.11
     from vllm.utils import FlexibleArgumentParser
-from vllm.entrypoints.openai.cli_args import validate_parsed_serve_args
+# Where `vllm serve` itself takes them from (vllm/entrypoints/cli/serve.py): vllm.entrypoints.launchers.cli_args
+# since 0.29, vllm.entrypoints.openai.cli_args before.
 try:
-    from vllm.entrypoints.openai.cli_args import make_arg_parser
+    from vllm.entrypoints.cli.serve import make_arg_parser, validate_parsed_serve_args
 except ImportError:
-    from vllm.entrypoints.cli.serve import make_arg_parser
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    except ImportError:
+        from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
 
 for cmd in lines:
     parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
