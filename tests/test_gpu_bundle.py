@@ -349,3 +349,24 @@ def test_export_runs_from_a_fresh_venv_whose_pip_is_pythons_own(cpu_bento, insta
     assert (Path(result["bundle"]) / "wheels").is_dir()
     if not old_pip:
         pytest.skip(f"this Python's own pip is {pip.stdout.split()[1]} (>= 24): exported, but not with an old pip")
+
+
+def test_a_second_bundle_on_the_same_medium_adds_only_the_wheels_not_already_there(installed_bundle, tiny_llama,
+                                                                                   tmp_path):
+    env = Env(tmp_path / "host")
+    env.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
+    wheels = installed_bundle.bundle / "wheels"
+    dest = tmp_path / "usb"
+    env.sealift("build", "tiny", "--target", "cpu", "--json", check=True)
+    first = env.sealift("export", "tiny", dest, "--wheels-from", wheels, "--no-proof", "--json", check=True).json()
+    assert first["shared_wheels"] == 0
+    env.sealift("build", "tiny", "--target", "cpu", "--json", check=True)  # a second bento version
+    second = env.sealift("export", "tiny", dest, "--wheels-from", wheels, "--no-proof", "--json", check=True).json()
+    assert second["bundle"] != first["bundle"]
+    assert second["shared_wheels"] == second["wheels"] == first["wheels"]
+    assert second["shared_wheel_bytes"] == second["wheel_bytes"]
+    for w in (Path(second["bundle"]) / "wheels").iterdir():  # the same inode: no byte written twice
+        assert w.stat().st_ino == (Path(first["bundle"]) / "wheels" / w.name).stat().st_ino
+    for b in (first["bundle"], second["bundle"]):  # each bundle still checks on its own, with plain sha256sum
+        p = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=b, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr

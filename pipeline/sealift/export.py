@@ -45,7 +45,7 @@ from sealift.offline import apply_offline_env
 from sealift.openllm import OPENLLM_REQUIREMENTS
 from sealift.tarstream import JOURNAL, Advance, Member, Journal, archive_size, plan_digest, walk, write_archive
 from sealift.units import fmt_bytes
-from sealift.wheelhouse import resolve_wheels, sealift_wheel
+from sealift.wheelhouse import link_shared, resolve_wheels, sealift_wheel, shared_wheel
 
 __all__ = ["BentoSource", "ExportResult", "ModelSource", "check_free_space", "export_bento", "export_bundle",
            "load_bento", "plan_archive"]
@@ -149,6 +149,9 @@ class ExportResult:
     #: {"skipped": why}.
     needs: dict[str, Any] = field(default_factory=dict)
     proof: dict[str, Any] = field(default_factory=dict)
+    #: Wheels another bundle on the same medium already held: hard-linked, not written again.
+    shared_wheels: int = 0
+    shared_wheel_bytes: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -169,6 +172,9 @@ class ExportResult:
         if self.openllm_wheels:
             wheels += f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({fmt_bytes(self.openllm_wheel_bytes)})"
         p(f"  {self.archive}: {fmt_bytes(self.archive_bytes)}; {wheels}", markup=False, soft_wrap=True)
+        if self.shared_wheels:
+            p(f"  {self.shared_wheels} wheels ({fmt_bytes(self.shared_wheel_bytes)}) were already on the medium in "
+              "another bundle: hard-linked, not written again", markup=False, soft_wrap=True)
         p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
         from sealift.target import describe_needs
 
@@ -284,6 +290,9 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
                    if (partial / k).is_file() and (partial / k).stat().st_size == v.get("size")}
     to_copy = [w for d, ws in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels)) for w in ws
                if f"{d}/{w.name}" not in done_wheels]
+    # wheels another bundle on the medium holds are linked, not written (if the filesystem can): not counted
+    to_copy = [w for w in to_copy if shared_wheel(dest, WHEELS, w.name, w.stat().st_size, exclude=final) is None
+               and shared_wheel(dest, WHEELS_OPENLLM, w.name, w.stat().st_size, exclude=final) is None]
     needed = total - done_archive + sum(w.stat().st_size for w in to_copy)
     check_free_space(dest, needed)
 
@@ -329,6 +338,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         entries.append(entry)
 
     reused = 0
+    shared: list[FileEntry] = []
     for folder, files in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels or [])):
         if not files:  # an earlier, interrupted run may have had wheels this one leaves out
             shutil.rmtree(partial / folder, ignore_errors=True)
@@ -341,8 +351,10 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         with console.byte_progress(sum(w.stat().st_size for w in files), folder) as adv:
             for w in files:
                 rel = f"{folder}/{w.name}"
-                entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv)
-                reused += kept
+                entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv, medium=(final.parent, final))
+                reused += kept == 1
+                if kept == 2:
+                    shared.append(entry)
                 entries.append(entry)
     wheel_entries = [e for e in entries if e.path.startswith(WHEELS + "/")]
     openllm_entries = [e for e in entries if e.path.startswith(WHEELS_OPENLLM + "/")]
@@ -370,6 +382,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         total_bytes=total, seconds=time.monotonic() - started, resumed_from_bytes=resumed, reused_files=reused,
         platform=platform, python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
         openllm_wheel_bytes=sum(e.size for e in openllm_entries), needs=manifest["target"],
+        shared_wheels=len(shared), shared_wheel_bytes=sum(e.size for e in shared),
     )
 
 
@@ -379,13 +392,23 @@ def _write_small(folder: Path, name: str, data: bytes) -> FileEntry:
     return FileEntry(name, len(data), hashlib.sha256(data).hexdigest())
 
 
-def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advance) -> tuple[FileEntry, int]:
-    """Copy+hash one wheel unless an earlier run already wrote it (re-read and checked): (entry, 1 if kept)."""
+def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advance,
+                medium: tuple[Path, Path] | None = None) -> tuple[FileEntry, int]:
+    """Copy+hash one wheel unless an earlier run already wrote it (re-read and checked), or another bundle on
+    the medium holds the same bytes (hard-linked, sealift.wheelhouse.shared_wheel): (entry, 0 copied, 1 kept,
+    2 shared)."""
     done = journal.doc["files"].get(rel)
     if done and dst.is_file() and dst.stat().st_size == done["size"] == src.stat().st_size:
         if hash_file(dst) == done["sha256"]:
             advance(done["size"])
             return FileEntry(rel, done["size"], done["sha256"]), 1
+    size = src.stat().st_size
+    other = shared_wheel(medium[0], rel.split("/")[0], src.name, size, exclude=medium[1]) if medium else None
+    digest = link_shared(src, other, dst, advance) if other is not None else None
+    if digest is not None:
+        journal.doc["files"][rel] = {"size": size, "sha256": digest}
+        journal.save()
+        return FileEntry(rel, size, digest), 2
     entry = copy_and_hash(src, dst, advance, relpath=rel)
     journal.doc["files"][rel] = {"size": entry.size, "sha256": entry.sha256}
     journal.save()

@@ -361,3 +361,41 @@ def _installed_wheel() -> Path:
     where = wheel_cache() / "sealift" / f"installed-{h.hexdigest()[:16]}"
     built = sorted(where.glob("sealift-*.whl")) if where.is_dir() else []
     return built[-1] if built else wheel_from_installed(where)
+
+
+# =========================================================================== wheels shared on one medium
+
+
+def shared_wheel(dest: Path, folder: str, name: str, size: int, *, exclude: Path) -> Path | None:
+    """A wheel of this name and size in another finished bundle on the same medium (DEST/*/folder/name)."""
+    try:
+        others = sorted(p for p in Path(dest).iterdir() if p.is_dir() and p != exclude and not p.name.endswith(".partial"))
+    except OSError:
+        return None
+    for other in others:
+        candidate = other / folder / name
+        if candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size == size:
+            return candidate
+    return None
+
+
+def link_shared(src: Path, candidate: Path, dst: Path, advance=None) -> str | None:
+    """Hard-link dst to `candidate` when it holds the same bytes as `src`; the sha256, or None (copy instead).
+
+    Both are read (the source from the cache, the candidate from the medium: it is
+    the bytes the new bundle will list), nothing is written but a directory entry.
+    None where the filesystem has no hard links (FAT32, exFAT): each bundle then
+    carries its own copy.
+    """
+    from sealift.manifest import hash_file
+
+    if hash_file(src) != (digest := hash_file(candidate, advance)):
+        return None
+    tmp = dst.with_name(dst.name + ".link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(candidate, tmp)
+    except OSError:
+        return None
+    os.replace(tmp, dst)
+    return digest
