@@ -82,6 +82,7 @@ def main() -> int:
         "wheel_bytes": exported["wheel_bytes"],
         "export_s": round(export_s, 1),
         "proof_s": proof.get("total_seconds"),
+        "proof_steps_s": proof.get("seconds"),
         "proof": proof.get("summary") or proof.get("skipped"),
         "vllm_lines": proof.get("vllm_lines"),
         "needs": exported.get("needs"),

@@ -279,7 +279,7 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
         if with_openllm:
             console.info(f"resolving openllm's wheels ({' '.join(OPENLLM_REQUIREMENTS)})")
             openllm_wheels = resolve_wheels(list(OPENLLM_REQUIREMENTS), platform=platform,
-                                            python_version=python_version, wheels_from=source)
+                                            python_version=python_version, wheels_from=source, sources=sources)
     # What the target needs, and the proof: both before a byte is written (sealift.target, sealift.proof).
     needs, proven = proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
                                                cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento))

@@ -293,7 +293,7 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     timings: dict[str, float] = {}
     bundle = Path(bundle_dir).expanduser().absolute()
     if host_check:  # before a byte is verified or imported: can this host run what the bundle carries?
-        target.refuse_unfit_host(read_bundle(bundle)[0], bundle)
+        target.refuse_unfit_host(read_bundle(bundle)[0], bundle, venv=make_venv)
     t = time.monotonic()
     doc, sums, archive, members = check_bundle(bundle)
     timings["verify"] = time.monotonic() - t

@@ -305,13 +305,29 @@ def host_glibc() -> str | None:
     return version if lib == "glibc" and version else None
 
 
-def host_pythons() -> tuple[str, ...]:
+def _uv_finds_python(version: str) -> bool:
+    """Whether uv finds Python `version` here without downloading (PATH, uv-managed installs)."""
+    import sys
+
+    try:
+        p = subprocess.run([sys.executable, "-m", "uv", "python", "find", "--no-config", version],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_OFFLINE": "1"})
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
+
+
+def host_pythons(wanted: str | None = None) -> tuple[str, ...]:
+    """X.Y of this Python, every pythonX.Y on PATH, and `wanted` if uv finds it (uv-managed)."""
     import sys
 
     found = {f"{sys.version_info[0]}.{sys.version_info[1]}"}
     for minor in range(8, 16):
         if shutil.which(f"python3.{minor}"):
             found.add(f"3.{minor}")
+    if wanted and wanted not in found and _uv_finds_python(wanted):
+        found.add(wanted)
     return tuple(sorted(found, key=lambda v: tuple(map(int, v.split(".")))))
 
 
@@ -344,9 +360,10 @@ def nvidia_smi() -> tuple[str | None, tuple[Gpu, ...]]:
     return driver, tuple(gpus)
 
 
-def host_facts() -> HostFacts:
+def host_facts(python: str | None = None) -> HostFacts:
+    """This host's facts; `python`: an X.Y to look for beyond PATH (uv-managed Pythons)."""
     driver, gpus = nvidia_smi()
-    return HostFacts(host_glibc(), host_pythons(), driver, gpus)
+    return HostFacts(host_glibc(), host_pythons(python), driver, gpus)
 
 
 # =========================================================================== needs against host
@@ -497,18 +514,21 @@ def engine_settings(environ: dict[str, str] | None = None) -> tuple[int, float]:
     return tp, util
 
 
-def refuse_unfit_host(doc: dict[str, Any], bundle: Path) -> list[HostCheck]:
+def refuse_unfit_host(doc: dict[str, Any], bundle: Path, *, venv: bool = True) -> list[HostCheck]:
     """Install's check before anything is verified or imported: UserError (exit 2) naming the first blocking
-    problem (glibc, Python, driver); GPU count and memory only warn (they depend on start options and load)."""
+    problem (glibc, Python, driver); GPU count and memory only warn (they depend on start options and load).
+    Without a venv to make (`venv` False) glibc and Python only warn too."""
     from sealift import console
 
     needs = doc.get("target") or {}
     if not needs.get("glibc") and needs.get("platform"):
         needs = {**needs, "glibc": glibc_of(str(needs["platform"]))}
     tp, util = engine_settings()
-    rows = check_host(needs, host_facts(), tensor_parallel_size=tp, gpu_memory_utilization=util)
+    rows = check_host(needs, host_facts(needs.get("python_version")), tensor_parallel_size=tp,
+                      gpu_memory_utilization=util)
+    blocking = BLOCKING if venv else ("driver",)
     for row in rows:
-        if row.status == "fail" and row.check in BLOCKING:
+        if row.status == "fail" and row.check in blocking:
             raise UserError(f"{bundle} cannot run on this host: {row.detail}; nothing was imported",
                             hint=f"{row.fix} (or install anyway with --skip-host-check)")
     for row in rows:
@@ -547,7 +567,6 @@ def doctor_rows() -> list[HostCheck]:
     files = sorted(where.glob("*.json")) if where.is_dir() else []
     if not files:
         return rows
-    facts = host_facts()
     tp, util = engine_settings()
     for f in files:
         try:
@@ -555,6 +574,7 @@ def doctor_rows() -> list[HostCheck]:
         except (OSError, ValueError):
             rows.append(HostCheck(f"target {f.stem}", "warn", f"{f} is unreadable", "sealift install the bundle again"))
             continue
+        facts = host_facts(needs.get("python_version"))
         for row in check_host(needs, facts, tensor_parallel_size=tp, gpu_memory_utilization=util):
             rows.append(HostCheck(f"{row.check} ({f.stem})", row.status, row.detail, row.fix))
     return rows
