@@ -464,10 +464,11 @@ def _weights_and_kv(model: Any) -> int | None:
     from sealift import target
 
     weights = model.gpu_memory_bytes
-    if not weights:
+    where = getattr(model, "path", None)
+    if not weights or where is None:
         return weights
     try:
-        config = json.loads((Path(model.path) / "config.json").read_text())
+        config = json.loads((Path(where) / "config.json").read_text())
     except (OSError, ValueError, TypeError):
         return weights
     length = target.max_context(config)
