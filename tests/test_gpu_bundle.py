@@ -205,7 +205,9 @@ def _crafted_gpu_bundle(where: Path) -> Path:
 
     where.mkdir(parents=True)
     doc = {"format": BUNDLE_FORMAT, "bento": {"tag": "tiny:v1", "name": "tiny", "version": "v1"},
-           "archive": "tiny-v1.tar", "files": [], "target": GPU_NEEDS}
+           "archive": "tiny-v1.tar", "files": [],
+           "target": {"platform": GPU_NEEDS["platform"], "python_version": GPU_NEEDS["python_version"]},
+           "needs": GPU_NEEDS}
     data = json.dumps(doc).encode()
     (where / "manifest.json").write_bytes(data)
     (where / "SHA256SUMS").write_text(sha256sums_text([FileEntry("manifest.json", len(data),
@@ -275,12 +277,17 @@ def test_start_help_documents_the_engine_knobs_and_their_env():
 # --------------------------------------------------------------------------- exports (real store, real wheels)
 
 
+def t_py() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
 def test_the_cpu_bundle_was_proven_and_records_what_its_target_needs(installed_bundle):
     proof = installed_bundle.export["proof"]
     assert {"torch", "transformers", "bentoml"} <= set(proof["versions"]), proof
     assert proof["torch_cuda"] is None and proof["total_seconds"] > 0 and "imports torch" in proof["summary"]
     doc = json.loads((installed_bundle.bundle / "manifest.json").read_text())
-    t = doc["target"]
+    assert doc["target"] == {"platform": "manylinux_2_28_x86_64", "python_version": t_py()}  # as before
+    t = doc["needs"]
     assert (t["kind"], t["platform"], t["glibc"], t["python_version"]) == \
         ("cpu", "manylinux_2_28_x86_64", "2.28", f"{sys.version_info[0]}.{sys.version_info[1]}")
     assert t["weights_bytes"] > 0 and t["kv_cache_bytes"] > 0 and t["gpu_memory_bytes"] > t["weights_bytes"]

@@ -18,7 +18,9 @@ In a temporary directory, with no index, no network and no configuration:
    the parse (nothing is loaded, no device is touched).
 
 A failure is a UserError (exit 2) naming the step and the last lines vLLM, uv
-or Python printed. Nothing here loads weights.
+or Python printed. Nothing here loads weights, and nothing stays behind: the
+venv and uv's cache for it are in the temporary directory (a GPU stack needs
+~9 GB there while the proof runs).
 """
 
 from __future__ import annotations
@@ -166,6 +168,9 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
         req.write_text("\n".join(requirements) + "\n")
         venv = root / "venv"
         python = venv / "bin" / "python"
+        # uv's cache for the proof lives and dies with it: a GPU stack unpacks to ~9 GB, which would otherwise
+        # stay in ~/.cache/uv after every export with a new wheel set
+        uv_env["UV_CACHE_DIR"] = str(root / "uv-cache")
         t = time.monotonic()
         with console.spinner(f"proof: making the runtime venv from {len(wheels)} wheels, offline"):
             _run([*uv, "venv", "--quiet", "--no-config", "--python", _python_for(python_version), str(venv)],

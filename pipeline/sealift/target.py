@@ -4,7 +4,7 @@
     CUDA_LINES["12.8"]                     -> CudaLine (torch index, minimum driver)
     read_wheel(path)                       -> WheelInfo (name, version, Requires-Dist, torch's CUDA)
     check_gpu_wheels(wheels, cuda=)        -> GpuStack, or UserError: a CPU torch, versions that do not belong
-    target_needs(...)                      -> the manifest's "target" object
+    target_needs(...)                      -> manifest.json's "needs" object
     host_facts()                           -> HostFacts (glibc, Pythons, driver, GPUs)
     check_host(needs, facts)               -> [HostCheck]: glibc, Python, driver, GPU count, GPU memory
 
@@ -257,7 +257,7 @@ def max_context(config: dict[str, Any]) -> int | None:
 
 def target_needs(*, target: str, platform: str, python_version: str, stack: GpuStack | None,
                  weights_bytes: int | None, model_config: dict[str, Any] | None) -> dict[str, Any]:
-    """The manifest's `target`: what the host must have (platform, glibc, Python, CUDA, driver, GPU memory)."""
+    """manifest.json's `needs`: what the host must have (platform, glibc, Python, CUDA, driver, GPU memory)."""
     needs: dict[str, Any] = {"kind": target, "platform": platform, "glibc": glibc_of(platform),
                              "python_version": python_version}
     if stack is not None:
@@ -520,7 +520,7 @@ def refuse_unfit_host(doc: dict[str, Any], bundle: Path, *, venv: bool = True) -
     Without a venv to make (`venv` False) glibc and Python only warn too."""
     from sealift import console
 
-    needs = doc.get("target") or {}
+    needs = doc.get("needs") or doc.get("target") or {}  # bundles before `needs` have platform and Python
     if not needs.get("glibc") and needs.get("platform"):
         needs = {**needs, "glibc": glibc_of(str(needs["platform"]))}
     tp, util = engine_settings()
@@ -542,18 +542,19 @@ TARGETS_DIR = "targets"
 
 
 def record_needs(doc: dict[str, Any]) -> None:
-    """Keep an installed bundle's `target` (its needs) where `sealift doctor` finds it."""
+    """Keep an installed bundle's needs (manifest.json's `needs`) where `sealift doctor` finds it."""
     from sealift import paths
     from sealift.atomic import write_atomic
 
     import json
 
     name = doc.get("bento", {}).get("name")
-    if not name or not doc.get("target"):
+    needs = doc.get("needs") or doc.get("target")
+    if not name or not needs:
         return
     where = paths.sealift_home() / TARGETS_DIR
     where.mkdir(parents=True, exist_ok=True)
-    write_atomic(where / f"{name}.json", json.dumps({"bento": doc["bento"].get("tag"), **doc["target"]}).encode())
+    write_atomic(where / f"{name}.json", json.dumps({"bento": doc["bento"].get("tag"), **needs}).encode())
 
 
 def doctor_rows() -> list[HostCheck]:
