@@ -330,10 +330,17 @@ def _start(
     port: int = typer.Option(3000, "--port", "-p", help="Port to listen on."),
     backend: Optional[str] = typer.Option(None, "--backend", help="auto, vllm or transformers (default: the bento's)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SEALIFT_API_KEY", help="Require this bearer key."),
-    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", help="Reject requests past this many with 429."),
-    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="vLLM: GPUs per model."),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context length to serve."),
-    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", help="vLLM: GPU memory fraction."),
+    max_concurrency: Optional[int] = typer.Option(
+        None, "--max-concurrency", help="sealift's HTTP cap: requests past this many get 429 [env SEALIFT_MAX_CONCURRENCY]."),
+    tensor_parallel_size: Optional[int] = typer.Option(
+        None, "--tensor-parallel-size", help="vLLM: GPUs per model [env SEALIFT_TENSOR_PARALLEL_SIZE]."),
+    max_model_len: Optional[int] = typer.Option(
+        None, "--max-model-len", help="Context length to serve [env SEALIFT_MAX_MODEL_LEN]."),
+    gpu_memory_utilization: Optional[float] = typer.Option(
+        None, "--gpu-memory-utilization", help="vLLM: GPU memory fraction [env SEALIFT_GPU_MEMORY_UTILIZATION]."),
+    max_num_seqs: Optional[int] = typer.Option(
+        None, "--max-num-seqs", help="vLLM: sequences batched at once; more wait in vLLM's queue "
+        "[env SEALIFT_MAX_NUM_SEQS]. Apart from --max-concurrency."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (half and float are aliases)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vLLM: the checkpoint's quantization."),
 ) -> None:
@@ -341,6 +348,14 @@ def _start(
 
     NAME is looked up in the model store first (as `openllm start` did), then
     as a bento. Ctrl-C stops the server.
+
+    Engine knobs (vLLM; the transformers backend reads --max-model-len and
+    --dtype) come from the options or, when an option is not given, from the
+    environment: SEALIFT_TENSOR_PARALLEL_SIZE, SEALIFT_MAX_MODEL_LEN,
+    SEALIFT_GPU_MEMORY_UTILIZATION, SEALIFT_MAX_NUM_SEQS, SEALIFT_DTYPE,
+    SEALIFT_QUANTIZATION. --max-num-seqs is vLLM's batch (requests past it
+    queue inside vLLM); --max-concurrency is sealift's HTTP cap (requests past
+    it get 429): two settings, set apart.
     """
     from sealift import start as start_step
 
@@ -351,6 +366,7 @@ def _start(
         "tensor_parallel_size": tensor_parallel_size,
         "max_model_len": max_model_len,
         "gpu_memory_utilization": gpu_memory_utilization,
+        "max_num_seqs": max_num_seqs,
         "dtype": dtype,
         "quantization": quantization,
     }
@@ -369,7 +385,19 @@ app.command("serve", help="Alias of `start`.")(_start)
 def export(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (its newest bento) or a bento tag."),
     dest: Path = typer.Argument(..., metavar="DEST", help="Directory on the removable medium."),
-    platform: str = typer.Option("manylinux_2_28_x86_64", "--platform", help="Target platform tag for wheels."),
+    platform: Optional[str] = typer.Option(
+        None, "--platform", help="Target platform tag for wheels (default: manylinux_2_31_x86_64 for a gpu bento, "
+        "the oldest vLLM's llguidance has wheels for, glibc >= 2.31; manylinux_2_28_x86_64 for cpu)."),
+    cuda: Optional[str] = typer.Option(
+        None, "--cuda", help="gpu: the CUDA line of torch: 13.0 (default: the registry's torch 2.13.0; driver >= "
+        "580.65.06), 12.9 or 12.8 (PyTorch's cu129/cu128 index, plus vLLM's +cu12x wheel via --find-links or "
+        "--wheels-from; driver >= 525.60.13)."),
+    extra_index_url: Optional[list[str]] = typer.Option(
+        None, "--extra-index-url", help="Another package index to resolve from (repeatable)."),
+    find_links: Optional[list[str]] = typer.Option(
+        None, "--find-links", help="A directory or page of wheels to resolve from too (repeatable)."),
+    no_proof: bool = typer.Option(
+        False, "--no-proof", help="Skip the proof (offline venv from the bundle's wheels, imports, vLLM's parser)."),
     python_version: Optional[str] = typer.Option(
         None, "--python-version", help="Target Python for wheels (default: the bento's, e.g. 3.11)."
     ),
@@ -390,6 +418,16 @@ def export(
     """Write a verified bundle: bento tar, wheels/ (with sealift itself), sbom.cdx.json, manifest.json,
     SHA256SUMS, INSTALL.txt; with --sign, SHA256SUMS.sig.
 
+    Wheels are resolved with uv for the target platform and Python. A gpu
+    bundle's come from the registry (and --cuda's index) only, never from this
+    host's pip configuration, and must hold a CUDA torch that vllm and
+    torchvision pin; anything else is refused (exit 2). Before a byte is
+    written, the proof makes the runtime venv from exactly those wheels with no
+    index and no network, imports torch, transformers, bentoml (gpu: vllm,
+    torchvision, torch.version.cuda) and, for gpu, runs vLLM's own `serve`
+    parser over the command lines the bento runs. manifest.json records what
+    the target needs (platform, glibc, Python, CUDA, minimum driver, GPU memory).
+
     Anyone can check a signed bundle without sealift, in its directory:
     ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n sealift -s SHA256SUMS.sig < SHA256SUMS
     """
@@ -398,7 +436,8 @@ def export(
 
     result = export_step.export_bundle(
         ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
-        with_openllm=with_openllm, sign=sign, sbom=sbom,
+        with_openllm=with_openllm, sign=sign, sbom=sbom, cuda=cuda, proof=not no_proof,
+        extra_index_urls=tuple(extra_index_url or ()), find_links=tuple(find_links or ()),
     )
     console.emit(result.to_dict(), result.print_human)
 
@@ -414,6 +453,8 @@ def install(
              "$SEALIFT_ALLOWED_SIGNERS, else $SEALIFT_HOME/allowed_signers, else /etc/sealift/allowed_signers, "
              "whichever exists first."),
     check_after: bool = typer.Option(False, "--check", help="Then start the server and run `sealift check` (exit 1 on a mismatch)."),
+    skip_host_check: bool = typer.Option(
+        False, "--skip-host-check", help="Install even where glibc, Python or the NVIDIA driver fall short."),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -424,12 +465,18 @@ def install(
     file does not list, and one whose SHA256SUMS does not match its signature are refused (exit 2, nothing
     imported). The signer's identity is printed and recorded (`sealift list`). Allowed signers lines:
     `IDENTITY namespaces="sealift" ssh-ed25519 AAAA...` (man ssh-keygen, ALLOWED SIGNERS).
+
+    Then, before any byte is hashed or imported, the host is held against the
+    bundle's manifest.json: glibc and Python for its wheels, and for a gpu
+    bundle the NVIDIA driver (nvidia-smi) against torch's CUDA line (refused,
+    exit 2, with what to do), GPU count against SEALIFT_TENSOR_PARALLEL_SIZE and
+    free GPU memory against weights plus KV cache (warnings).
     """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import install as install_step
 
     result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv,
-                                         allowed_signers=allowed_signers)
+                                         allowed_signers=allowed_signers, host_check=not skip_host_check)
     if not check_after:
         console.emit(result.to_dict(), result.print_human)
         return

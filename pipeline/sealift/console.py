@@ -90,3 +90,21 @@ def byte_progress(total: int, label: str) -> Iterator[Advance]:
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def spinner(label: str) -> Iterator[None]:
+    """A spinner with the elapsed time on stderr for work with no byte count; the label alone when no terminal."""
+    if mode.quiet:
+        yield
+        return
+    if not err.is_terminal:
+        info(label)
+        yield
+        return
+    from rich.progress import SpinnerColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        bar.add_task(escape(label), total=None)
+        yield

@@ -19,7 +19,10 @@ The checks, in the order a user would fix them:
 - openllm: the bento and model linked into `$SEALIFT_HOME/openllm-repo` (only
   `openllm serve` needs it, so absence is a warning; a broken link fails);
 - GPU: visible devices (nvidia-smi, else torch.cuda when device nodes exist) and
-  their free memory against the model's `gpu_memory_bytes` estimate;
+  their free memory against the model's weights plus the KV cache of one
+  sequence of its full context (SEALIFT_MAX_MODEL_LEN if set);
+- target: each installed bundle's needs (glibc, Python, NVIDIA driver, GPU
+  count, GPU memory; sealift.target) against this host;
 - disk: free space where the store and sealift's home live.
 
 A check never raises: an unexpected error becomes a failing row that says so.
@@ -133,6 +136,7 @@ def run_doctor(name: str | None = None, *, verify: bool = True) -> DoctorReport:
         report.checks += _model_checks(model, verify=verify, targets=targets)
     report.checks += _guarded("runtime", lambda: [check_runtime(targets or {"cpu"})])
     report.checks += _guarded("gpu", lambda: check_gpu(models, targets))
+    report.checks += _guarded("target", check_installed_targets)
     report.checks += _guarded("disk", check_disk)
     return report
 
@@ -418,7 +422,7 @@ def check_gpu(models: list[Any], targets: set[str]) -> list[Check]:
     if "gpu" in targets:
         rows.append(check_vllm_utilization(gpus))
     for m in models:
-        need = m.gpu_memory_bytes
+        need = _weights_and_kv(m)
         label = f"gpu memory {m.name}"
         if not need:
             rows.append(Check(label, WARN, f"{m.tag} has no memory estimate", ""))
@@ -435,6 +439,13 @@ def check_gpu(models: list[Any], targets: set[str]) -> list[Check]:
     return rows
 
 
+def check_installed_targets() -> list[Check]:
+    """Each installed bundle's needs (manifest.json's `target`) against this host: sealift.target."""
+    from sealift import target
+
+    return [Check(r.check, r.status, r.detail, r.fix) for r in target.doctor_rows()]
+
+
 def check_vllm_utilization(gpus: list[Gpu]) -> Check:
     """vLLM refuses to start unless free memory >= --gpu-memory-utilization (default 0.9) x total."""
     worst = min(gpus, key=lambda g: g.free_bytes / g.total_bytes if g.total_bytes else 0)
@@ -446,6 +457,27 @@ def check_vllm_utilization(gpus: list[Gpu]) -> Check:
            if usable >= 0.1 else "free the GPU (nvidia-smi shows who holds it)")
     return Check("gpu free share", WARN, f"GPU {worst.index} has {share:.0%} free; vLLM's default "
                  f"--gpu-memory-utilization {VLLM_DEFAULT_UTILIZATION} would refuse to start", fix)
+
+
+def _weights_and_kv(model: Any) -> int | None:
+    """The weights plus the KV cache of one sequence as long as the model's context (what vLLM needs to start)."""
+    from sealift import target
+
+    weights = model.gpu_memory_bytes
+    where = getattr(model, "path", None)
+    if not weights or where is None:
+        return weights
+    try:
+        config = json.loads((Path(where) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return weights
+    length = target.max_context(config)
+    try:
+        length = int(os.environ.get("SEALIFT_MAX_MODEL_LEN") or 0) or length
+    except ValueError:
+        pass
+    kv = target.kv_cache_bytes(config, tokens=length) if length else None
+    return weights + (kv or 0)
 
 
 def _gpus_needed(need: int, free: list[int]) -> int:

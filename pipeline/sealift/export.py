@@ -29,7 +29,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from sealift.offline import apply_offline_env
 from sealift.openllm import OPENLLM_REQUIREMENTS
 from sealift.tarstream import JOURNAL, Advance, Member, Journal, archive_size, plan_digest, walk, write_archive
 from sealift.units import fmt_bytes
-from sealift.wheelhouse import resolve_wheels, sealift_wheel
+from sealift.wheelhouse import link_shared, resolve_wheels, sealift_wheel, shared_wheel
 
 __all__ = ["BentoSource", "ExportResult", "ModelSource", "check_free_space", "export_bento", "export_bundle",
            "load_bento", "plan_archive"]
@@ -149,6 +149,13 @@ class ExportResult:
     #: sbom.cdx.json when the bundle has one; the signature over SHA256SUMS (--sign), as signing.Signature.to_dict().
     sbom: str = ""
     signature: dict[str, Any] | None = None
+    #: What the target host needs (manifest.json's `target`), and the proof's findings (sealift.proof), or
+    #: {"skipped": why}.
+    needs: dict[str, Any] = field(default_factory=dict)
+    proof: dict[str, Any] = field(default_factory=dict)
+    #: Wheels another bundle on the same medium already held: hard-linked, not written again.
+    shared_wheels: int = 0
+    shared_wheel_bytes: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -169,10 +176,20 @@ class ExportResult:
         if self.openllm_wheels:
             wheels += f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({fmt_bytes(self.openllm_wheel_bytes)})"
         p(f"  {self.archive}: {fmt_bytes(self.archive_bytes)}; {wheels}", markup=False, soft_wrap=True)
+        if self.shared_wheels:
+            p(f"  {self.shared_wheels} wheels ({fmt_bytes(self.shared_wheel_bytes)}) were already on the medium in "
+              "another bundle: hard-linked, not written again", markup=False, soft_wrap=True)
         p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
         if self.signature:
             p(f"  signed: SHA256SUMS.sig by {self.signature['key_type']} key {self.signature['fingerprint']}",
               markup=False, soft_wrap=True)
+        from sealift.target import describe_needs
+
+        for line in [describe_needs(self.needs)] if self.needs else []:
+            p(f"  target: {line}", markup=False, soft_wrap=True)
+        if self.proof:
+            text = self.proof.get("summary") or f"skipped ({self.proof.get('skipped')})"
+            p(f"  proof: {text}", markup=False, soft_wrap=True)
         p("on the air-gapped host (see INSTALL.txt):", markup=False)
         name = Path(self.bundle).name
         lines = [c for c, _ in bootstrap_commands(name, self.python_version, openllm=bool(self.openllm_wheels))
@@ -209,9 +226,10 @@ def check_free_space(dest: Path, needed: int) -> None:
     _check_space(dest, needed, slack=SLACK, what="for the bundle", hint="free some space or choose another DEST")
 
 
-def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_64", python_version: str | None = None,
+def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_version: str | None = None,
                   wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False,
-                  sign: Path | None = None, sbom: bool | None = None) -> ExportResult:
+                  sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None, proof: bool = True,
+                  extra_index_urls: tuple[str, ...] = (), find_links: tuple[str, ...] = ()) -> ExportResult:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
 
     wheels/ holds the bento's wheels plus a sealift wheel and sealift's own
@@ -233,20 +251,30 @@ def export_bundle(ref: str, dest: Path, *, platform: str = "manylinux_2_28_x86_6
 
     return export_bento(find_bento(ref), dest, platform=platform, python_version=python_version,
                         wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started,
-                        sign=sign, sbom=sbom)
+                        sign=sign, sbom=sbom, cuda=cuda, proof=proof, extra_index_urls=extra_index_urls,
+                        find_links=find_links)
 
 
-def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | None, wheels_from: Path | None,
+def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: str | None, wheels_from: Path | None,
                  no_wheels: bool, with_openllm: bool = False, started: float | None = None,
-                 sign: Path | None = None, sbom: bool | None = None) -> ExportResult:
-    """export_bundle for a bento tag already resolved; python_version None means the bento's own.
+                 sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None,
+                 proof: bool = True, extra_index_urls: tuple[str, ...] = (),
+                 find_links: tuple[str, ...] = ()) -> ExportResult:
+    """export_bundle for a bento tag already resolved; python_version None means the bento's own,
+    platform None the default for the bento's target (sealift.target).
 
     `sign`: an OpenSSH key that signs SHA256SUMS (sealift.signing); `sbom`: write sbom.cdx.json
     (sealift.sbom; None: when the bundle carries wheels).
     """
+    from sealift import proof as proof_step, target as target_facts
+
     started = time.monotonic() if started is None else started
     bento = load_bento(tag)
     python_version = python_version or bento.python_version
+    kind = target_facts.bento_target(bento.labels)
+    platform = platform or target_facts.default_platform(kind)
+    sources = target_facts.wheel_sources(kind, cuda=cuda, wheels_from=wheels_from, extra_index_urls=extra_index_urls,
+                                         find_links=find_links)
     dest = Path(dest).expanduser().absolute()
     final = dest / f"{bento.name}-{bento.version}"
     partial = dest / f"{bento.name}-{bento.version}{PARTIAL}"
@@ -262,11 +290,14 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
         source = Path(wheels_from) if wheels_from else None
         own = sealift_wheel(source)
         wheels = resolve_wheels([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
-                                python_version=python_version, wheels_from=source)
+                                python_version=python_version, wheels_from=source, sources=sources)
         if with_openllm:
             console.info(f"resolving openllm's wheels ({' '.join(OPENLLM_REQUIREMENTS)})")
             openllm_wheels = resolve_wheels(list(OPENLLM_REQUIREMENTS), platform=platform,
-                                            python_version=python_version, wheels_from=source)
+                                            python_version=python_version, wheels_from=source, sources=sources)
+    # What the target needs, and the proof: both before a byte is written (sealift.target, sealift.proof).
+    needs, proven = proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
+                                               cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento))
     journal = Journal.load(partial, bento.tag, plan_digest(members), total)
     archive_there = (partial / f"{bento.name}-{bento.version}.tar").is_file()
     done_archive = int(journal.archive.get("offset", 0)) if archive_there else 0
@@ -274,12 +305,18 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
                    if (partial / k).is_file() and (partial / k).stat().st_size == v.get("size")}
     to_copy = [w for d, ws in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels)) for w in ws
                if f"{d}/{w.name}" not in done_wheels]
+    # wheels another bundle on the medium holds are linked, not written (if the filesystem can): not counted
+    to_copy = [w for w in to_copy if shared_wheel(dest, WHEELS, w.name, w.stat().st_size, exclude=final) is None
+               and shared_wheel(dest, WHEELS_OPENLLM, w.name, w.stat().st_size, exclude=final) is None]
     needed = total - done_archive + sum(w.stat().st_size for w in to_copy)
     check_free_space(dest, needed)
 
     try:
-        return _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
-                             openllm_wheels=openllm_wheels, sign=sign, sbom=bool(wheels) if sbom is None else sbom)
+        result = _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
+                               openllm_wheels=openllm_wheels, needs=needs, sign=sign,
+                               sbom=bool(wheels) if sbom is None else sbom)
+        result.proof = proven
+        return result
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"{dest} is full; the export stopped and can be resumed",
@@ -289,7 +326,8 @@ def export_bento(tag: str, dest: Path, *, platform: str, python_version: str | N
 
 def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path], journal: Journal, partial: Path,
                   final: Path, platform: str, python_version: str, started: float, *,
-                  openllm_wheels: list[Path] | None = None, sign: Path | None = None, sbom: bool = True) -> ExportResult:
+                  openllm_wheels: list[Path] | None = None, needs: dict[str, Any] | None = None,
+                  sign: Path | None = None, sbom: bool = True) -> ExportResult:
     """Write (or finish) everything in `partial`, then make it `final`."""
     if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
         shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
@@ -317,6 +355,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         entries.append(entry)
 
     reused = 0
+    shared: list[FileEntry] = []
     for folder, files in ((WHEELS, wheels), (WHEELS_OPENLLM, openllm_wheels or [])):
         if not files:  # an earlier, interrupted run may have had wheels this one leaves out
             shutil.rmtree(partial / folder, ignore_errors=True)
@@ -329,8 +368,10 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         with console.byte_progress(sum(w.stat().st_size for w in files), folder) as adv:
             for w in files:
                 rel = f"{folder}/{w.name}"
-                entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv)
-                reused += kept
+                entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv, medium=(final.parent, final))
+                reused += kept == 1
+                if kept == 2:
+                    shared.append(entry)
                 entries.append(entry)
     wheel_entries = [e for e in entries if e.path.startswith(WHEELS + "/")]
     openllm_entries = [e for e in entries if e.path.startswith(WHEELS_OPENLLM + "/")]
@@ -346,7 +387,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
                                 signed=key is not None)
     entries.append(_write_small(partial, INSTALL_TXT, install_txt.encode()))
     manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
-                                sealift_wheel=own, openllm=bool(openllm_entries))
+                                sealift_wheel=own, openllm=bool(openllm_entries), needs=needs)
     if key is not None:  # signed inside too: a bundle whose SHA256SUMS.sig was removed is not taken for unsigned
         manifest["signature"] = {"file": signing.SIG_NAME, "format": "sshsig", "namespace": signing.NAMESPACE,
                                  "key_type": key.key_type, "fingerprint": key.fingerprint}
@@ -367,7 +408,8 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         archive_bytes=entries[0].size, wheels=len(wheel_entries), wheel_bytes=sum(e.size for e in wheel_entries),
         total_bytes=total, seconds=time.monotonic() - started, resumed_from_bytes=resumed, reused_files=reused,
         platform=platform, python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
-        openllm_wheel_bytes=sum(e.size for e in openllm_entries),
+        openllm_wheel_bytes=sum(e.size for e in openllm_entries), needs=manifest["needs"],
+        shared_wheels=len(shared), shared_wheel_bytes=sum(e.size for e in shared),
         sbom=sbom_step.SBOM_NAME if sbom else "", signature=signature.to_dict() if signature else None,
     )
 
@@ -378,13 +420,23 @@ def _write_small(folder: Path, name: str, data: bytes) -> FileEntry:
     return FileEntry(name, len(data), hashlib.sha256(data).hexdigest())
 
 
-def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advance) -> tuple[FileEntry, int]:
-    """Copy+hash one wheel unless an earlier run already wrote it (re-read and checked): (entry, 1 if kept)."""
+def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advance,
+                medium: tuple[Path, Path] | None = None) -> tuple[FileEntry, int]:
+    """Copy+hash one wheel unless an earlier run already wrote it (re-read and checked), or another bundle on
+    the medium holds the same bytes (hard-linked, sealift.wheelhouse.shared_wheel): (entry, 0 copied, 1 kept,
+    2 shared)."""
     done = journal.doc["files"].get(rel)
     if done and dst.is_file() and dst.stat().st_size == done["size"] == src.stat().st_size:
         if hash_file(dst) == done["sha256"]:
             advance(done["size"])
             return FileEntry(rel, done["size"], done["sha256"]), 1
+    size = src.stat().st_size
+    other = shared_wheel(medium[0], rel.split("/")[0], src.name, size, exclude=medium[1]) if medium else None
+    digest = link_shared(src, other, dst, advance) if other is not None else None
+    if digest is not None:
+        journal.doc["files"][rel] = {"size": size, "sha256": digest}
+        journal.save()
+        return FileEntry(rel, size, digest), 2
     entry = copy_and_hash(src, dst, advance, relpath=rel)
     journal.doc["files"][rel] = {"size": entry.size, "sha256": entry.sha256}
     journal.save()
@@ -422,7 +474,8 @@ def _already_exported(final: Path, bento: BentoSource, started: float, *, with_o
 
 
 def _bundle_manifest(bento: BentoSource, archive: str, entries: list[FileEntry], platform: str, python_version: str,
-                     has_wheels: bool, *, sealift_wheel: str = "", openllm: bool = False) -> dict[str, Any]:
+                     has_wheels: bool, *, sealift_wheel: str = "", openllm: bool = False,
+                     needs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": BUNDLE_FORMAT,
         "sealift_version": __version__,
@@ -434,6 +487,8 @@ def _bundle_manifest(bento: BentoSource, archive: str, entries: list[FileEntry],
                     "total_bytes": m.manifest.total_bytes if m.manifest else None} for m in bento.models],
         "archive": archive,
         "target": {"platform": platform, "python_version": python_version},
+        # what the host must have: platform, glibc, Python, torch's CUDA, minimum driver, GPU memory (sealift.target)
+        "needs": {**(needs or {}), "platform": platform, "python_version": python_version},
         "wheels": has_wheels,
         "requirements": bundle_requirements(bento),
         "sealift_wheel": sealift_wheel or None,

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealift import _bentoml, console, openllm, paths, registry, signing
+from sealift import _bentoml, console, openllm, paths, registry, signing, target
 from sealift.atomic import sweep_dead, write_atomic
-from sealift.bundle import PARTIAL, WHEELS, bundle_bytes, member_path
+from sealift.bundle import PARTIAL, WHEELS, bundle_bytes, member_path, read_bundle
 from sealift.errors import Failure, UserError
 from sealift.manifest import MANIFEST_NAME, Manifest, code_problems
 from sealift.offline import apply_offline_env
@@ -291,11 +291,12 @@ def default_venv(bento_tag: str) -> Path:
 
 
 def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: bool = True,
-                   allowed_signers: Path | None = None) -> InstallResult:
+                   allowed_signers: Path | None = None, host_check: bool = True) -> InstallResult:
     """Verify, import, make the offline venv and register for openllm; nothing is touched unless all verifies.
 
     The signature over SHA256SUMS is checked first (sealift.signing: `allowed_signers`, else the
-    environment's or the config's policy), then every byte, then the models the store already holds.
+    environment's or the config's policy), then the host against the bundle's target needs
+    (sealift.target), then every byte, then the models the store already holds.
     """
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -304,6 +305,8 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a directory", hint="give the bundle directory that `sealift export` wrote")
     checked = signing.verify_sums(bundle, signing.policy(allowed_signers))
+    if host_check:  # before a byte is hashed or imported: can this host run what the bundle carries?
+        target.refuse_unfit_host(read_bundle(bundle, sums_bytes=checked.sums)[0], bundle, venv=make_venv)
     doc, sums, archive, members = check_bundle(bundle, sums_bytes=checked.sums)
     if doc.get("signature") and checked.signature is None:
         raise UserError(f"{bundle / 'manifest.json'} says the bundle was signed, but {signing.SIG_NAME} is missing "
@@ -346,6 +349,7 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
                                    requirements=req_file, wheels=wheels_dir)
         timings["venv"] = time.monotonic() - t
 
+    target.record_needs(doc)  # for `sealift doctor`
     repo = openllm.register(bento_tag=bento_tag, bento_path=Path(outcome.bento_path),
                             models={t: Path(p) for t, p in outcome.model_paths.items()})
     env_path = registry.write_env_file(registry.environment())

@@ -51,6 +51,7 @@ OPTION_ENV = {
     "tensor_parallel_size": "SEALIFT_TENSOR_PARALLEL_SIZE",
     "max_model_len": "SEALIFT_MAX_MODEL_LEN",
     "gpu_memory_utilization": "SEALIFT_GPU_MEMORY_UTILIZATION",
+    "max_num_seqs": "SEALIFT_MAX_NUM_SEQS",
     "dtype": "SEALIFT_DTYPE",
     "quantization": "SEALIFT_QUANTIZATION",
 }
@@ -152,7 +153,7 @@ def option_env(options: dict[str, Any]) -> dict[str, str]:
         raise UserError(f"unknown --backend {opts['backend']!r}", hint="use auto, vllm or transformers")
     if opts.get("dtype") not in (None, *DTYPES):
         raise UserError(f"unknown --dtype {opts['dtype']!r}", hint="use " + ", ".join(DTYPES))
-    for key in ("max_concurrency", "tensor_parallel_size", "max_model_len"):
+    for key in ("max_concurrency", "tensor_parallel_size", "max_model_len", "max_num_seqs"):
         if key in opts and int(opts[key]) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if "gpu_memory_utilization" in opts and not 0 < float(opts["gpu_memory_utilization"]) <= 1:

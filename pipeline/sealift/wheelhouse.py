@@ -1,6 +1,8 @@
-"""The wheels a bundle carries: resolved by pip for the target platform and Python, kept in a cache.
+"""The wheels a bundle carries: resolved by uv for the target platform and Python, kept in a cache.
 
-    resolve_wheels(requirements, platform=, python_version=, wheels_from=) -> [Path]
+    resolve_wheels(requirements, platform=, python_version=, wheels_from=, sources=) -> [Path]
+    lock(requirements, platform=, python_version=, sources=) -> [Locked]   (uv pip compile, pylock.toml)
+    fetch(locked) -> [Path]                 file:// wheels where they lie, others downloaded (sha256 checked)
     sealift_wheel(wheels_from) -> Path     a wheel of the running sealift (built once per source)
 
 SEALIFT_WHEEL_CACHE is where wheels downloaded from an index, and the sealift
@@ -18,6 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -71,47 +81,210 @@ def _pip(args: list[str], *, isolated: bool, what: str,
     return p
 
 
-def resolve_wheels(requirements: list[str], *, platform: str, python_version: str,
-                   wheels_from: Path | None) -> list[Path]:
-    """Local wheel files for the requirements on the target, resolved by pip for that platform.
+@dataclass(frozen=True)
+class Sources:
+    """Where a resolution may take wheels from.
 
-    `wheels_from`: only that directory is looked at (no index, no pip config).
-    Otherwise pip resolves against the configured index; wheels not already
-    local (file:// links) are downloaded into the wheel cache.
+    `wheels_from`: that directory alone (no index, no configuration). Otherwise
+    the registry (PyPI), plus `extra_index_urls`, `find_links`, and, with
+    `host_config`, the indexes, find-links and constraints of this host's pip
+    configuration (a cpu bundle takes the CPU torch a host keeps there). A GPU
+    target resolves with host_config False: whatever the host's pip says (a CPU
+    torch in find-links, a torch cap) never reaches its wheel set.
     """
-    plat_args = [a for p in expand_platforms(platform) for a in ("--platform", p)]
-    common = ["--only-binary=:all:", *plat_args, "--python-version", python_version]
+
+    wheels_from: Path | None = None
+    host_config: bool = True
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+
+
+def _split(value: str) -> list[str]:
+    return [v for v in re.split(r"\s+", value.strip()) if v]
+
+
+def pip_config() -> dict[str, list[str]]:
+    """This host's pip settings that choose wheels (index-url, extra-index-url, find-links, constraint, no-index),
+    from every pip configuration file and PIP_* variable (`pip config list`); {} where pip is absent."""
+    try:
+        p = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out: dict[str, list[str]] = {}
+    wanted = ("index-url", "extra-index-url", "find-links", "constraint", "no-index")
+    for line in p.stdout.splitlines() if p.returncode == 0 else []:
+        m = re.fullmatch(r"[^.]*\.([a-z-]+)='(.*)'", line.strip())
+        if m and m.group(1) in wanted:
+            values = out.setdefault(m.group(1), [])
+            values += [v for v in _split(m.group(2)) if v not in values]
+    return out
+
+
+def _uv_source_args(sources: Sources) -> list[str]:
+    """uv's index options for `sources`; uv reads no configuration file of its own (--no-config)."""
+    if sources.wheels_from is not None:
+        return ["--no-index", "--find-links", str(sources.wheels_from)]
+    args: list[str] = []
+    if sources.host_config:
+        config = pip_config()
+        if config.get("no-index") and config["no-index"][-1].lower() in ("1", "true", "yes", "on"):
+            args.append("--no-index")
+        for url in config.get("index-url", [])[-1:]:
+            args += ["--index-url", url]
+        for url in config.get("extra-index-url", []):
+            args += ["--extra-index-url", url]
+        for link in config.get("find-links", []):
+            args += ["--find-links", link]
+        for path in config.get("constraint", []):
+            if Path(path).is_file():
+                args += ["--constraint", path]
+        # pip takes the best version over every index; uv by default stops at the first index that has a name
+        args += ["--index-strategy", "unsafe-best-match"]
+    for url in sources.extra_index_urls:
+        args += ["--extra-index-url", url]
+    for link in sources.find_links:
+        args += ["--find-links", link]
+    return args
+
+
+def _uv_env() -> dict[str, str]:
+    """The environment for uv: no UV_*/PIP_* settings of the caller (only uv's cache location is kept)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) or k == "UV_CACHE_DIR"}
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def _uv(args: list[str], *, what: str, hint: str) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-m", "uv", *args], env=_uv_env(), capture_output=True, text=True)
+    if p.returncode != 0:
+        lines = [ln.strip() for ln in p.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if not ln.startswith(("warning:", "Resolved", "Using"))] or lines
+        raise UserError(f"{what} failed: {' '.join(errors)[:700]}", hint=hint)
+    return p
+
+
+@dataclass(frozen=True)
+class Locked:
+    """One wheel of a resolution: where uv found it."""
+
+    name: str
+    version: str
+    url: str
+    sha256: str | None
+    size: int | None
+
+    @property
+    def filename(self) -> str:
+        return unquote(urlparse(self.url).path.rsplit("/", 1)[-1])
+
+
+def lock(requirements: list[str], *, platform: str, python_version: str, sources: Sources) -> list[Locked]:
+    """The wheels `requirements` resolve to on `platform`/Python, with uv (`uv pip compile`, pylock.toml).
+
+    Only binary wheels; uv reads no configuration file and no UV_* variable, and
+    only `sources`. pip is not needed (Python 3.11's own pip 23.2.1 refuses
+    --platform without --target).
+    """
+    from sealift.target import uv_platform
+
+    hint = "check --platform/--python-version, the index, or --wheels-from DIR"
     with tempfile.TemporaryDirectory(prefix="sealift-wheels-") as tmp:
-        req = Path(tmp) / "requirements.txt"
+        req = Path(tmp) / "requirements.in"
         req.write_text("\n".join(requirements) + "\n")
-        report = Path(tmp) / "report.json"
-        source = ["--no-index", "--find-links", str(wheels_from)] if wheels_from else []
-        _pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), *common, *source,
-              "-r", str(req)], isolated=wheels_from is not None, what="resolving the wheels")
-        install = json.loads(report.read_text()).get("install", [])
+        out = Path(tmp) / "pylock.toml"
+        _uv(["pip", "compile", "--quiet", "--no-config", "--no-header", "--format", "pylock.toml",
+             "--python-platform", uv_platform(platform), "--python-version", python_version,
+             "--only-binary", ":all:", *_uv_source_args(sources), "-o", str(out), str(req)],
+            what="resolving the wheels", hint=hint)
+        doc = tomllib.loads(out.read_text())
+    locked = []
+    for pkg in doc.get("packages", []):
+        wheels = pkg.get("wheels") or ([pkg["archive"]] if "archive" in pkg else [])
+        if not wheels:
+            raise UserError(f"resolving the wheels gave no wheel for {pkg.get('name')} {pkg.get('version')} "
+                            f"on {platform}", hint=hint)
+        w = wheels[0] if len(wheels) == 1 else _best_wheel(wheels, platform, python_version)
+        url = w.get("url") or Path(w["path"]).absolute().as_uri()
+        locked.append(Locked(str(pkg["name"]), str(pkg.get("version", "")), url,
+                             (w.get("hashes") or {}).get("sha256"), w.get("size")))
+    return locked
+
+
+def _best_wheel(wheels: list[dict[str, Any]], platform: str, python_version: str) -> dict[str, Any]:
+    """Of the wheels uv lists for one package, the one pip would take on the target (its most specific tag)."""
+    from packaging.tags import compatible_tags, cpython_tags
+    from packaging.utils import parse_wheel_filename
+
+    py = tuple(int(x) for x in python_version.split(".")[:2])
+    platforms = expand_platforms(platform)
+    rank = {t: i for i, t in enumerate([*cpython_tags(py, platforms=platforms),
+                                        *compatible_tags(py, platforms=platforms)])}
+
+    def score(w: dict[str, Any]) -> int:
+        name = unquote(urlparse(w.get("url") or "").path.rsplit("/", 1)[-1]) or Path(w.get("path", "")).name
+        try:
+            return min((rank.get(t, len(rank)) for t in parse_wheel_filename(name)[3]), default=len(rank))
+        except ValueError:
+            return len(rank) + 1
+
+    return min(wheels, key=score)
+
+
+def _download(item: Locked, dest: Path, advance) -> None:
+    """Fetch one wheel into dest (via dest.partial), checking its sha256 as the bytes arrive."""
+    tmp = dest.with_name(dest.name + ".partial")
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(item.url, timeout=120) as resp, open(tmp, "wb") as f:
+            while chunk := resp.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+                advance(len(chunk))
+    except (OSError, urllib.error.URLError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"downloading {item.url} failed: {exc}", hint="check the network, or use --wheels-from DIR") from None
+    if item.sha256 and h.hexdigest() != item.sha256:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{item.filename} from {item.url} has sha256 {h.hexdigest()}, the index says {item.sha256}",
+                        hint="run the export again")
+    os.replace(tmp, dest)
+
+
+def fetch(locked: list[Locked]) -> list[Path]:
+    """Local files for a resolution: file:// wheels where they lie, the others downloaded into the wheel cache."""
     files: list[Path] = []
-    remote: dict[str, str] = {}
-    for item in install:
-        url = item["download_info"]["url"]
-        if url.startswith("file://"):
-            files.append(Path(unquote(urlparse(url).path)))
-        else:
-            name = url.rsplit("/", 1)[-1].split("#")[0]
-            meta = item["metadata"]
-            remote[name] = f"{meta['name']}=={meta['version']}"
-    if remote:
-        cache = wheel_cache()
+    remote: list[tuple[Locked, Path]] = []
+    cache = wheel_cache()
+    for item in locked:
+        if item.url.startswith("file://"):
+            files.append(Path(unquote(urlparse(item.url).path)))
+            continue
+        dest = cache / item.filename
+        remote.append((item, dest))
+        files.append(dest)
+    missing = [(i, d) for i, d in remote if not (d.is_file() and (i.size is None or d.stat().st_size == i.size))]
+    if missing:
         cache.mkdir(parents=True, exist_ok=True)
-        missing = [spec for name, spec in remote.items() if not (cache / name).is_file()]
-        if missing:
-            console.info(f"downloading {len(missing)} wheels into {cache}")
-            _pip(["download", "--no-deps", "--quiet", "--dest", str(cache), *common, *missing],
-                 isolated=False, what="downloading the wheels")
-        for name in remote:
-            if not (cache / name).is_file():
-                raise UserError(f"pip did not download {name} into {cache}", hint="run the export again")
-            files.append(cache / name)
+        total = sum(i.size or 0 for i, _ in missing)
+        console.info(f"downloading {len(missing)} wheels into {cache}")
+        with console.byte_progress(total, "downloading") as adv:
+            for item, dest in missing:
+                _download(item, dest, adv)
     return sorted(set(files), key=lambda p: p.name)
+
+
+def resolve_wheels(requirements: list[str], *, platform: str, python_version: str,
+                   wheels_from: Path | None, sources: Sources | None = None) -> list[Path]:
+    """Local wheel files for the requirements on the target: `lock` then `fetch`.
+
+    `wheels_from`: only that directory is looked at (no index, no configuration).
+    Otherwise `sources` (default: the registry and this host's pip configuration).
+    """
+    if wheels_from is not None:
+        sources = Sources(wheels_from=Path(wheels_from))
+    return fetch(lock(requirements, platform=platform, python_version=python_version, sources=sources or Sources()))
 
 
 def _self_source() -> list[Path] | None:
@@ -188,3 +361,41 @@ def _installed_wheel() -> Path:
     where = wheel_cache() / "sealift" / f"installed-{h.hexdigest()[:16]}"
     built = sorted(where.glob("sealift-*.whl")) if where.is_dir() else []
     return built[-1] if built else wheel_from_installed(where)
+
+
+# =========================================================================== wheels shared on one medium
+
+
+def shared_wheel(dest: Path, folder: str, name: str, size: int, *, exclude: Path) -> Path | None:
+    """A wheel of this name and size in another finished bundle on the same medium (DEST/*/folder/name)."""
+    try:
+        others = sorted(p for p in Path(dest).iterdir() if p.is_dir() and p != exclude and not p.name.endswith(".partial"))
+    except OSError:
+        return None
+    for other in others:
+        candidate = other / folder / name
+        if candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_size == size:
+            return candidate
+    return None
+
+
+def link_shared(src: Path, candidate: Path, dst: Path, advance=None) -> str | None:
+    """Hard-link dst to `candidate` when it holds the same bytes as `src`; the sha256, or None (copy instead).
+
+    Both are read (the source from the cache, the candidate from the medium: it is
+    the bytes the new bundle will list), nothing is written but a directory entry.
+    None where the filesystem has no hard links (FAT32, exFAT): each bundle then
+    carries its own copy.
+    """
+    from sealift.manifest import hash_file
+
+    if hash_file(src) != (digest := hash_file(candidate, advance)):
+        return None
+    tmp = dst.with_name(dst.name + ".link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(candidate, tmp)
+    except OSError:
+        return None
+    os.replace(tmp, dst)
+    return digest

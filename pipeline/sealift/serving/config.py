@@ -160,6 +160,8 @@ class ServeConfig:
     tensor_parallel_size: int | None = None
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None
+    #: vLLM's --max-num-seqs (its batch); not sealift's HTTP cap, max_concurrency.
+    max_num_seqs: int | None = None
     dtype: str | None = None
     quantization: str | None = None
     vllm_port: int = 8000
@@ -190,6 +192,7 @@ class ServeConfig:
             tensor_parallel_size=_env_int(env, "SEALIFT_TENSOR_PARALLEL_SIZE"),
             max_model_len=_env_int(env, "SEALIFT_MAX_MODEL_LEN", minimum=2),
             gpu_memory_utilization=_env_float(env, "SEALIFT_GPU_MEMORY_UTILIZATION", low=0.0, high=1.0),
+            max_num_seqs=_env_int(env, "SEALIFT_MAX_NUM_SEQS"),
             dtype=dtype,
             quantization=env.get("SEALIFT_QUANTIZATION", "").strip() or bento.quantization,
             vllm_port=_env_int(env, "SEALIFT_VLLM_PORT") or 8000,

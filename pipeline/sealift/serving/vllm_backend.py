@@ -66,9 +66,10 @@ def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: lis
         cmd += ["--dtype", config.dtype]
     if config.quantization:
         cmd += ["--quantization", config.quantization]
-    if config.max_concurrency:
-        # vLLM queues past --max-num-seqs; the 429 past max_concurrency comes from the bento's middleware.
-        cmd += ["--max-num-seqs", str(config.max_concurrency)]
+    if config.max_num_seqs:
+        # vLLM's batch: it queues past --max-num-seqs. sealift's HTTP cap (max_concurrency, 429 past it)
+        # is the bento's middleware and a separate setting.
+        cmd += ["--max-num-seqs", str(config.max_num_seqs)]
     if config.trust_remote_code:
         cmd.append("--trust-remote-code")
     return cmd
