@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import ast
 import json
-import socket
 import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,23 +22,9 @@ import yaml
 from make_tiny_model import make_model
 
 from conftest import ROOT, SEALIFT
+from test_start import free_port, ready  # noqa: E402
 
 KEY = "sk-check-sealift"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ready(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"{url}/readyz", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 class Served:

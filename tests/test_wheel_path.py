@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from sealift import __version__
 
 from conftest import ROOT, Env
+from test_start import free_port, ready
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -129,15 +129,6 @@ def _without(value, key: str):
     return value
 
 
-def _ready(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"{url}/readyz", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def test_whole_path_from_the_wheel(wheel_user, tiny_llama, tmp_path):
     online, airgap = Env(tmp_path / "online"), Env(tmp_path / "airgap")
     model = tmp_path / "tiny"
@@ -172,8 +163,6 @@ def test_whole_path_from_the_wheel(wheel_user, tiny_llama, tmp_path):
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["model_tags"] == [model_tag]
 
-    from test_start import free_port
-
     port = free_port()
     log = tmp_path / "start.log"
     with log.open("w") as out:
@@ -183,7 +172,7 @@ def test_whole_path_from_the_wheel(wheel_user, tiny_llama, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
-        while not _ready(url):
+        while not ready(url):
             assert server.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)

@@ -405,7 +405,7 @@ def _replay(url: str, served: str, recorded: dict[str, Any], api_key: str | None
 
 def _report(results: list[PromptResult], mode: str, margin_nats: float, recorded: dict[str, Any], bento_tag: str,
             served: str, url: str, card: dict[str, Any], started: float) -> CheckReport:
-    summary = {k: recorded.get(k) for k in ("backend", "dtype", "device", "recorded_at", "versions", "context_length")}
+    summary = {k: recorded.get(k) for k in ("backend", "dtype", "device", "versions", "context_length")}
     return CheckReport(
         ok=bool(results) and all(r.ok for r in results),
         mode=mode,
