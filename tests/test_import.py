@@ -290,9 +290,12 @@ def _start_stuck_import(host: Env, src: Path) -> tuple[subprocess.Popen, Path]:
     """Start an import whose source holds a FIFO: the copy blocks on it mid-import until we write."""
     fifo = src / "zz-stream.txt"
     os.mkfifo(fifo)
+    # SIGINT back to its default in the child: a test run started in the background (`make test &`) has
+    # SIGINT ignored, which children inherit, and a Ctrl-C that is ignored cannot be tested.
     proc = subprocess.Popen(
         [*SEALIFT, "import", str(src), "--name", "killed"], env=host.environ(), cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     return proc, fifo
 
