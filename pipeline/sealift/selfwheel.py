@@ -80,9 +80,10 @@ def installed_files(dist_name: str = "sealift") -> dict[str, bytes]:
     return out
 
 
-def wheel_from_installed(dest_dir: Path, dist_name: str = "sealift") -> Path:
-    """Zip the installed distribution's files, with a new RECORD, into dest_dir (atomically)."""
-    files = installed_files(dist_name)
+def wheel_from_installed(dest_dir: Path, dist_name: str = "sealift", files: dict[str, bytes] | None = None) -> Path:
+    """Zip the installed distribution's files (`files`, as installed_files gave them, read here if None),
+    with a new RECORD, into dest_dir (atomically)."""
+    files = installed_files(dist_name) if files is None else files
     dist = importlib.metadata.distribution(dist_name)
     dist_info = next((n.split("/")[0] for n in files if n.split("/")[0].endswith(".dist-info")), None)
     if dist_info is None or f"{dist_info}/WHEEL" not in files:

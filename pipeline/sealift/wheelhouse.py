@@ -353,13 +353,14 @@ def _installed_wheel() -> Path:
     """The installed sealift, zipped again as its wheel (sealift.selfwheel), cached by content."""
     from sealift.selfwheel import installed_files, wheel_from_installed
 
+    files = installed_files()  # read once: hashed for the cache key, then zipped if not cached
     h = hashlib.sha256()
-    for name, data in sorted(installed_files().items()):
+    for name, data in sorted(files.items()):
         h.update(f"{name}\0{len(data)}\0".encode())
         h.update(data)
     where = wheel_cache() / "sealift" / f"installed-{h.hexdigest()[:16]}"
     built = sorted(where.glob("sealift-*.whl")) if where.is_dir() else []
-    return built[-1] if built else wheel_from_installed(where)
+    return built[-1] if built else wheel_from_installed(where, files=files)
 
 
 # =========================================================================== wheels shared on one medium
