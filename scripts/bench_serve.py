@@ -264,7 +264,7 @@ def summarise(a: argparse.Namespace, levels: list[int], rounds: list[dict], thre
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
 
-    single_best, single_med = best("tok_s_1"), med("tok_s_1")
+    single_best = best("tok_s_1")
     table = []
     for n in levels:
         ttft = [t for r in rounds for t in r[f"ttft_{n}"]]
