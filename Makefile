@@ -57,11 +57,14 @@ start: install
 demo: install
 	$(PY) scripts/demo.py
 
+# -n auto: one worker per core (at most 4); --dist loadfile keeps each file's fixtures in one worker.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" $(XDIST)
 
 test-full: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 
 bench: install
 	$(PY) scripts/bench_import.py

@@ -15,6 +15,8 @@ import yaml
 
 from sealift.offline import OFFLINE_ENV, read_guard_log
 
+from conftest import ROOT
+
 
 def bento_yaml(bento) -> dict:
     return yaml.safe_load((bento.bento_dir / "bento.yaml").read_text())
@@ -42,6 +44,8 @@ def test_cpu_bento_labels_envs_and_models(cpu_bento):
     assert service_models == [model_tag]
     envs = {e["name"]: e.get("value") for e in info["envs"]}
     assert {k: envs.get(k) for k in OFFLINE_ENV} == OFFLINE_ENV
+    names = [e["name"] for e in info["envs"]]
+    assert len(names) == len(set(names)), f"an env listed twice: {names}"
     # openllm 0.6.30 reads these to make its venv
     assert info["image"]["python_version"]
 
@@ -109,6 +113,16 @@ def test_gpu_target_follows_vllm_pins(host, tiny_llama):
     assert info["labels"]["aliases"] == "gpu"
 
 
+def test_the_vllm_extra_installs_the_vllm_a_gpu_bento_pins():
+    """`pip install sealift[vllm]` on a GPU host gets the vLLM the export proof was made for, not the newest."""
+    import tomllib
+
+    from sealift.build import DEFAULT_VLLM_VERSION
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
+    assert extra == [f"vllm=={DEFAULT_VLLM_VERSION}"]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -143,3 +157,16 @@ def test_requirements_follow_what_the_service_imports(tmp_path):
     (tmp_path / "sealift" / "util.py").write_text("from jinja2 import Template\n")
     (tmp_path / "sealift" / "cli.py").write_text("import typer\n")  # not imported by the service
     assert third_party_modules(tmp_path, "service.py", "sealift") == {"bentoml", "safetensors", "jinja2"}
+
+
+def test_quiet_prints_only_what_a_script_needs(host, tiny_llama, tmp_path):
+    """--quiet: import prints the model tag, build the bento tag, export the bundle path; nothing else."""
+    model = host.sealift("import", tiny_llama, "--name", "tiny", "--quiet", check=True)
+    assert model.out.strip().startswith("tiny:") and len(model.out.strip().splitlines()) == 1, model.out
+    built = host.sealift("build", "tiny", "--target", "cpu", "--no-golden", "--quiet", check=True)
+    tag = built.out.strip()
+    assert tag.startswith("tiny:") and len(tag.splitlines()) == 1, built.out
+    assert (host.bentoml_home / "bentos" / "tiny" / tag.split(":")[1] / "bento.yaml").is_file()
+    exported = host.sealift("export", "tiny", tmp_path / "usb", "--no-wheels", "--quiet", check=True)
+    bundle = Path(exported.out.strip())
+    assert len(exported.out.strip().splitlines()) == 1 and (bundle / "SHA256SUMS").is_file(), exported.out

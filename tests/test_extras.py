@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sealift import __version__
+from sealift.build import DEFAULT_VLLM_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +48,7 @@ def _compile(wheel: Path, extra: str, tmp_path: Path, *platform: str) -> dict[st
 def test_the_vllm_extra_resolves_for_a_gpu_server(wheel, tmp_path):
     pins = _compile(wheel, "vllm", tmp_path, "--python-platform", "x86_64-manylinux_2_35")
     assert "vllm" in pins and "torch" in pins and "torchvision" in pins
+    assert pins["vllm"] == DEFAULT_VLLM_VERSION  # the extra installs what a gpu bento pins
     assert "+cpu" not in pins["torch"]
     assert any(name.startswith("nvidia-") for name in pins)  # the CUDA build, not the CPU one
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Env
+from conftest import Env
 
 from sealift import target
 from sealift.errors import UserError
@@ -330,32 +330,6 @@ def test_a_gpu_export_refuses_a_cpu_torch_from_the_wheels(gpu_host, installed_bu
     lines = [ln for ln in run.err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "torch 2.13.0+cpu" in lines[0] and "CPU build" in lines[0], run.err
     assert not dest.exists() or not any(dest.iterdir())
-
-
-def test_export_runs_from_a_fresh_venv_whose_pip_is_pythons_own(cpu_bento, installed_bundle, tmp_path):
-    """Python's own pip (23.2.1 for 3.11) refuses `--platform` without `--target`: resolution must not need it."""
-    venv = tmp_path / "fresh"
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
-    pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "--version"], capture_output=True, text=True)
-    old_pip = int(pip.stdout.split()[1].split(".")[0]) < 24
-    wheels = installed_bundle.bundle / "wheels"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = os.devnull
-    p = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-index", "--find-links", wheels,
-                        str(ROOT)], env=env, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr
-    dest = tmp_path / "usb"
-    p = subprocess.run([venv / "bin" / "python", "-m", "sealift.cli", "export", "tiny", dest, "--wheels-from", wheels,
-                        "--json"], env=cpu_bento.host.environ(), cwd=tmp_path, capture_output=True, text=True,
-                       timeout=1800)
-    assert p.returncode == 0, p.stderr
-    result = json.loads(p.stdout)
-    assert result["wheels"] > 50 and result["platform"] == "manylinux_2_28_x86_64"
-    assert "imports torch" in result["proof"]["summary"]
-    assert (Path(result["bundle"]) / "wheels").is_dir()
-    if not old_pip:
-        pytest.skip(f"this Python's own pip is {pip.stdout.split()[1]} (>= 24): exported, but not with an old pip")
 
 
 def test_a_second_bundle_on_the_same_medium_adds_only_the_wheels_not_already_there(installed_bundle, tiny_llama,

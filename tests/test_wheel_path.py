@@ -45,8 +45,8 @@ class WheelUser:
     def sealift_bin(self) -> Path:
         return self.venv / "bin" / "sealift"
 
-    def run(self, env: Env, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.sealift_bin), *map(str, args)], env=_clean(env.environ()), cwd=self.cwd,
+    def run(self, env: Env, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.sealift_bin), *map(str, args)], env=_clean(env.environ(**extra)), cwd=self.cwd,
                               capture_output=True, text=True, timeout=timeout)
 
 
@@ -129,7 +129,7 @@ def _without(value, key: str):
     return value
 
 
-def test_whole_path_from_the_wheel(wheel_user, tiny_llama, tmp_path):
+def test_whole_path_from_the_wheel(wheel_user, tiny_llama, wheel_cache, tmp_path):
     online, airgap = Env(tmp_path / "online"), Env(tmp_path / "airgap")
     model = tmp_path / "tiny"
     shutil.copytree(tiny_llama, model)
@@ -155,10 +155,20 @@ def test_whole_path_from_the_wheel(wheel_user, tiny_llama, tmp_path):
     assert [m["tag"] for svc in ours["services"] for m in svc["models"]] == [model_tag]
     assert [r.split("==")[0] for r in built["requirements"]] == [r.split("==")[0] for r in ref["requirements"]]
 
+    # Export with wheels, resolved from this venv: its pip is Python's own (23.2.1 for 3.11), which refuses
+    # `--platform` without `--target`, so resolution must not need pip (uv does it). The bundle carries a
+    # sealift wheel rebuilt from the installed files, and the proof builds an offline venv from its wheels.
+    pip = subprocess.run([str(wheel_user.venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True,
+                         text=True, cwd=wheel_user.cwd, env=_clean(dict(os.environ)))
+    print(f"the wheel user's pip: {pip.stdout.split()[1]}")
     usb = tmp_path / "usb"
-    p = wheel_user.run(online, "export", "tiny", usb, "--no-wheels", "--json")
+    p = wheel_user.run(online, "export", "tiny", usb, "--json", timeout=1800, SEALIFT_WHEEL_CACHE=str(wheel_cache))
     assert p.returncode == 0, p.stderr
-    bundle = Path(json.loads(p.stdout)["bundle"])
+    exported = json.loads(p.stdout)
+    bundle = Path(exported["bundle"])
+    assert exported["wheels"] > 50 and exported["platform"] == "manylinux_2_28_x86_64"
+    assert "imports torch" in exported["proof"]["summary"]
+    assert (bundle / "wheels" / wheel_user.wheel.name).is_file()
     p = wheel_user.run(airgap, "install", bundle, "--no-venv", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["model_tags"] == [model_tag]

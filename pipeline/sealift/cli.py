@@ -251,7 +251,7 @@ def build(
 
     result = build_step.build_bento(ref, target=target, backend=backend, requirements=requirement,
                                     ignore_imports=ignore_import, golden=not no_golden)
-    console.emit(result.to_dict(), result.print_human)
+    console.emit(result.to_dict(), result.print_human, quiet_line=result.bento_tag)
 
 
 # --------------------------------------------------------------------------- acceptance
@@ -439,7 +439,7 @@ def export(
         with_openllm=with_openllm, sign=sign, sbom=sbom, cuda=cuda, proof=not no_proof,
         extra_index_urls=tuple(extra_index_url or ()), find_links=tuple(find_links or ()),
     )
-    console.emit(result.to_dict(), result.print_human)
+    console.emit(result.to_dict(), result.print_human, quiet_line=str(result.bundle))
 
 
 @app.command("install")
@@ -478,7 +478,7 @@ def install(
     result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv,
                                          allowed_signers=allowed_signers, host_check=not skip_host_check)
     if not check_after:
-        console.emit(result.to_dict(), result.print_human)
+        console.emit(result.to_dict(), result.print_human, quiet_line=result.bento_tag)
         return
     from sealift import check as check_step
 

@@ -65,10 +65,13 @@ def error(message: str) -> None:
     err.print(f"[red]error:[/] {escape(message)}")
 
 
-def emit(result: dict[str, Any], human: Callable[[], None]) -> None:
-    """Print a command's result: JSON on stdout in --json, else the human form."""
+def emit(result: dict[str, Any], human: Callable[[], None], *, quiet_line: str | None = None) -> None:
+    """Print a command's result: JSON on stdout in --json, `quiet_line` alone in --quiet when the
+    command has one (the tag or path a script wants), else the human form."""
     if mode.json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    elif mode.quiet and quiet_line is not None:
+        out.print(quiet_line, markup=False, highlight=False)
     else:
         human()
 
