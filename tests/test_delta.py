@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env
+from conftest import Env, _cached_model
 
-SHARD = "model-00002-of-00003.safetensors"
 MB = 1024 * 1024
 
 
@@ -27,12 +26,16 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def shards(model: Path) -> list[str]:
+    return sorted(p.name for p in model.glob("model-*.safetensors"))
+
+
 def change_one_shard(model: Path) -> int:
-    """Revision 2: new values in one shard (same tensors, same size); the shard's size."""
+    """Revision 2: new values in the second shard (same tensors, same size); the shard's size."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    path = model / SHARD
+    path = model / shards(model)[1]
     tensors = load_file(path)
     torch.manual_seed(2)
     save_file({k: v + 0.01 * torch.randn_like(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
@@ -60,11 +63,17 @@ def build(env: Env, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def flow(tiny_qwen_sharded: Path, tmp_path_factory: pytest.TempPathFactory) -> Flow:
+def qwen_mb(models_dir: Path) -> Path:
+    """A Qwen2-style model of a few MB in several shards (hidden size 256): the 1 MB allowance means something."""
+    return _cached_model(models_dir, "qwen-delta", arch="qwen2", shards=3, hidden_size=256)
+
+
+@pytest.fixture(scope="module")
+def flow(qwen_mb: Path, tmp_path_factory: pytest.TempPathFactory) -> Flow:
     root = tmp_path_factory.mktemp("delta")
     online, airgap = Env(root / "online"), Env(root / "airgap")
     v1 = root / "v1"
-    shutil.copytree(tiny_qwen_sharded, v1)
+    shutil.copytree(qwen_mb, v1)
     online.sealift("import", v1, "--name", "tq", "--json", check=True)
     build(online, "tq")
     full = online.sealift("export", "tq", root / "usb1", "--no-wheels", "--json", check=True).json()
@@ -98,16 +107,17 @@ def test_inventory_lists_model_files_from_the_manifest_with_tags_and_the_store_i
     assert inv["store_id"] == (flow.airgap.bentoml_home / "sealift-store-id").read_text().strip()
     (model,) = inv["models"]
     assert model["tag"] == flow.full["model_tags"][0]
-    shard = next(f for f in model["files"] if f["path"] == SHARD)
     store = flow.airgap.bentoml_home / "models" / "tq" / model["tag"].split(":")[1]
-    assert shard["sha256"] == sha256(store / SHARD) and shard["size"] == (store / SHARD).stat().st_size
+    name = shards(store)[1]
+    shard = next(f for f in model["files"] if f["path"] == name)
+    assert shard["sha256"] == sha256(store / name) and shard["size"] == (store / name).stat().st_size
     assert "not re-hashed" in inv["sources"]["models"]
     (bento,) = inv["bentos"]
     assert bento["tag"] == flow.full["bento_tag"]
     assert any(f["path"] == "bento.yaml" for f in bento["files"])
-    # --json prints the same lists; the store id does not change
+    # --json prints the same lists (now with v2, installed since); the store id does not change
     again = flow.airgap.sealift("inventory", "--json", check=True).json()
-    assert again["store_id"] == inv["store_id"] and again["models"] == inv["models"]
+    assert again["store_id"] == inv["store_id"] and model in again["models"] and len(again["models"]) == 2
 
 
 def test_delta_carries_the_changed_shard_and_small_files_only(flow):
@@ -117,19 +127,22 @@ def test_delta_carries_the_changed_shard_and_small_files_only(flow):
     rel = {r["path"]: r for r in doc["delta"]["relies"]}
     version = flow.v2_tag.split(":")[1]
     v1_version = flow.full["model_tags"][0].split(":")[1]
-    for n in (1, 3):
-        r = rel[f"models/tq/{version}/model-0000{n}-of-00003.safetensors"]
+    online = flow.online.bentoml_home / "models" / "tq" / version
+    changed, *same = [shards(online)[1], shards(online)[0], *shards(online)[2:]]
+    assert len(same) >= 2
+    for name in same:
+        r = rel[f"models/tq/{version}/{name}"]
         assert r["kind"] == "model" and r["from"] == f"tq:{v1_version}" and len(r["sha256"]) == 64
-    assert f"models/tq/{version}/{SHARD}" not in rel
+    assert f"models/tq/{version}/{changed}" not in rel
     assert any(r["kind"] == "bento" for r in rel.values())  # service.py and friends: unchanged
     archive = bundle / doc["archive"]
     names = subprocess.run(["tar", "tf", str(archive)], capture_output=True, text=True, check=True).stdout.split()
-    shards = [n for n in names if n.endswith(".safetensors")]
-    assert shards == [f"./models/tq/{version}/{SHARD}"]
+    assert [n for n in names if n.endswith(".safetensors")] == [f"./models/tq/{version}/{changed}"]
     assert "./bento.yaml" in names
     # the size: the changed shard plus at most 1 MB
     assert flow.delta["total_bytes"] <= flow.changed_bytes + MB
-    assert flow.full["total_bytes"] > flow.delta["total_bytes"] + 2 * flow.changed_bytes * 0.9
+    unchanged = sum((online / n).stat().st_size for n in same)
+    assert flow.delta["total_bytes"] <= flow.full["total_bytes"] - unchanged
     assert doc["delta"]["store_id"] == json.loads(flow.inventory.read_text())["store_id"]
     assert "DELTA bundle" in (bundle / "INSTALL.txt").read_text()
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=bundle).returncode == 0
@@ -142,7 +155,8 @@ def test_delta_install_assembles_the_model_and_it_verifies(flow):
     assert report["ok"] and report["files"] >= 5
     online = flow.online.bentoml_home / "models" / "tq" / flow.v2_tag.split(":")[1]
     stored = flow.airgap.bentoml_home / "models" / "tq" / flow.v2_tag.split(":")[1]
-    assert sha256(stored / SHARD) == sha256(online / SHARD)
+    for name in shards(online):
+        assert sha256(stored / name) == sha256(online / name)
     bento = flow.airgap.bentoml_home / "bentos" / "tq" / flow.delta["bento_tag"].split(":")[1]
     assert (bento / "bento.yaml").is_file() and (bento / "src").is_dir()
     # the model loads: transformers reads the assembled store directory
@@ -167,13 +181,14 @@ def test_a_delta_on_another_store_is_refused(flow, host):
 def test_a_relied_file_changed_locally_is_named_and_nothing_imported(flow, tmp_path):
     host = host_before(flow, tmp_path)
     v1 = flow.full["model_tags"][0].split(":")[1]
-    shard = host.bentoml_home / "models" / "tq" / v1 / "model-00003-of-00003.safetensors"
+    name = shards(host.bentoml_home / "models" / "tq" / v1)[-1]
+    shard = host.bentoml_home / "models" / "tq" / v1 / name
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
     run = host.sealift("install", flow.bundle, "--no-venv")
     assert run.code == 2, run.err
-    assert "model-00003-of-00003.safetensors" in run.err and "changed" in run.err
+    assert name in run.err and "changed" in run.err
     assert "export a full bundle" in run.err and len(run.err.strip().splitlines()) == 1
     assert not (host.bentoml_home / "models" / "tq" / flow.v2_tag.split(":")[1]).exists()
     assert not (host.bentoml_home / "bentos" / "tq" / flow.delta["bento_tag"].split(":")[1]).exists()
