@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         size = make_big_model(v1, int(args.size_gb * 1e9), args.shards)
         print(f"model: {size / 1e9:.2f} GB in {args.shards} shards, under {work}", flush=True)
         timed(sealift("import", v1, "--name", "big", "--link", "--quiet"), online)
-        timed(sealift("build", "big", "--target", "cpu", "--quiet"), online)
+        timed(sealift("build", "big", "--target", "cpu", "--no-golden", "--quiet"), online)
         evict([v1])
         full_export_s, out = timed(sealift("export", "big", work / "usb1", "--no-wheels", "--no-proof", "--json"),
                                    online)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         changed = change_one_shard(v1, v2, index=min(2, args.shards - 1))
         timed(sealift("import", v2, "--name", "big", "--link", "--quiet"), online)
-        timed(sealift("build", "big", "--target", "cpu", "--quiet"), online)
+        timed(sealift("build", "big", "--target", "cpu", "--no-golden", "--quiet"), online)
         evict([v2])
         delta_export_s, out = timed(sealift("export", "big", work / "usb2", "--no-wheels", "--no-proof", "--have",
                                             inventory, "--json"), online)

@@ -206,6 +206,36 @@ def test_a_relied_model_that_is_gone_is_named(flow, tmp_path):
     assert not (host.bentoml_home / "bentos" / "tq" / flow.delta["bento_tag"].split(":")[1]).exists()
 
 
+def test_a_killed_delta_install_leaves_nothing_half_made_and_runs_again(flow, tmp_path):
+    """kill -9 at several moments of a delta install: every model version bentoml can see verifies against
+    its manifest, the bento is whole or absent, and the same install then finishes."""
+    import os
+    import signal
+    import time
+
+    from conftest import ROOT, SEALIFT
+    from sealift.manifest import MANIFEST_NAME, Manifest, verify_dir
+
+    host = host_before(flow, tmp_path)
+    models = host.bentoml_home / "models" / "tq"
+    bento = host.bentoml_home / "bentos" / "tq" / flow.delta["bento_tag"].split(":")[1]
+    for delay in (0.8, 1.6, 2.4, 3.2, 4.0):
+        proc = subprocess.Popen([*SEALIFT, "install", str(flow.bundle), "--no-venv", "-q"], env=host.environ(),
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for version in (d for d in models.iterdir() if d.is_dir()):
+            manifest = Manifest.read(version / MANIFEST_NAME)
+            assert verify_dir(version, manifest, ignore=(MANIFEST_NAME, "model.yaml")) == [], version
+        assert not bento.exists() or (bento / "bento.yaml").is_file()
+        if proc.returncode == 0:
+            break
+    host.sealift("install", flow.bundle, "--no-venv", "-q", check=True)
+    assert host.sealift("verify", flow.v2_tag, "--json", check=True).json()["ok"]
+
+
 def test_a_bad_inventory_is_refused_before_anything_is_written(flow, tmp_path):
     bad = tmp_path / "inv.json"
     bad.write_text(json.dumps({"format": "something else"}))

@@ -475,6 +475,11 @@ def install(
     bundle the NVIDIA driver (nvidia-smi) against torch's CUDA line (refused,
     exit 2, with what to do), GPU count against SEALIFT_TENSOR_PARALLEL_SIZE and
     free GPU memory against weights plus KV cache (warnings).
+
+    A delta bundle (`export --have`) takes the files it left out from this host's store and wheel
+    pool, hashing each byte it takes, and checks the assembled model against its manifest before
+    storing it; made from another store's inventory, or relying on a file missing or changed here,
+    it is refused (exit 2, nothing imported): export a full bundle.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import install as install_step

@@ -397,12 +397,13 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
     if sbom:  # listed in SHA256SUMS like every other file, so a signature covers it
         entries.append(_write_small(partial, sbom_step.SBOM_NAME, sbom_step.bundle_sbom(bento, entries, partial)))
     key = signing.check_key(sign) if sign is not None else None
-    install_txt = install_text(bento, archive_name, f"{bento.name}-{bento.version}", bool(wheels),
+    has_wheels = bool(wheels) or bool(delta_step.relied_wheels({"delta": delta}))  # a delta's may all be relied on
+    install_txt = install_text(bento, archive_name, final.name, has_wheels,
                                 python_version=python_version, sealift_wheel="" if delta else own,
                                 openllm=bool(openllm_entries), signed=key is not None)
     install_txt += delta_step.install_note(delta) if delta else ""
     entries.append(_write_small(partial, INSTALL_TXT, install_txt.encode()))
-    manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
+    manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, has_wheels,
                                 sealift_wheel=own, openllm=bool(openllm_entries), needs=needs)
     if key is not None:  # signed inside too: a bundle whose SHA256SUMS.sig was removed is not taken for unsigned
         manifest["signature"] = {"file": signing.SIG_NAME, "format": "sshsig", "namespace": signing.NAMESPACE,
