@@ -60,7 +60,14 @@ def store_id(*, create: bool = True) -> str | None:
     if not create:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (uuid.uuid4().hex + "\n").encode())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    write_atomic(tmp, (uuid.uuid4().hex + "\n").encode())
+    try:
+        os.link(tmp, path)  # exclusive: two first inventories at once agree on one id
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
     return path.read_text().strip()
 
 
