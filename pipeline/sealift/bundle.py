@@ -18,6 +18,19 @@
       SHA256SUMS.sig         with --sign: OpenSSH SSHSIG over SHA256SUMS, namespace sealift (sealift.signing);
                              install checks it first, before any byte is hashed
 
+A delta bundle (`sealift export NAME DEST --have inventory.json`, sealift.delta) is named
+`<name>-<version>-delta/` and has the same layout, less every file the far side's inventory
+(`sealift inventory`, sealift.inventory) lists: the archive omits those model and bento files,
+wheels/ omits those wheels. manifest.json's `delta` says what it relies on and where:
+
+      "delta": {"store_id", "inventory_digest", "inventory_created", "relied_files", "relied_bytes",
+                "relies": [{"path", "sha256", "size", "kind": model|bento|wheel,
+                            "from": a model or bento tag, or "wheel pool", "from_path"}]}
+
+SHA256SUMS and manifest.json's `files` list only what the bundle carries (`sha256sum -c` passes);
+install fills the gaps from its store and wheel pool, hashing each byte it takes, and refuses a
+delta made for another store.
+
 sealift.export writes it, sealift.verify checks it, sealift.install installs it.
 """
 

@@ -30,6 +30,8 @@ Carry a language model across an air gap, verified, and serve it offline.
     sealift export NAME DEST        bundle: bento tar, wheels, SHA256SUMS
   air-gapped host
     sealift install BUNDLE          verify every byte, import, offline venv
+    sealift inventory -o FILE       what it holds; `export --have FILE`
+                                    then carries only what it lacks
     sealift sbom BUNDLE             what the bundle carries, and its licenses
     sealift start NAME              OpenAI API on 127.0.0.1:3000
                                     (or openllm serve NAME, bentoml serve)
@@ -409,6 +411,8 @@ def export(
         None, "--sign", metavar="KEY",
         help="Sign SHA256SUMS with this OpenSSH key (SHA256SUMS.sig, SSHSIG, namespace sealift): a private key "
              "file, or the .pub of a key held by ssh-agent."),
+    have: Optional[Path] = typer.Option(None, "--have", metavar="INVENTORY", help="A delta bundle: leave out every "
+        "file this inventory (`sealift inventory -o` on the target) lists; named NAME-VERSION-delta."),
     sbom: Optional[bool] = typer.Option(
         None, "--sbom/--no-sbom",
         help="Write sbom.cdx.json (CycloneDX: every wheel, sealift, the model). Default: when the bundle has wheels."),
@@ -437,7 +441,7 @@ def export(
     result = export_step.export_bundle(
         ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
         with_openllm=with_openllm, sign=sign, sbom=sbom, cuda=cuda, proof=not no_proof,
-        extra_index_urls=tuple(extra_index_url or ()), find_links=tuple(find_links or ()),
+        extra_index_urls=tuple(extra_index_url or ()), find_links=tuple(find_links or ()), have=have,
     )
     console.emit(result.to_dict(), result.print_human, quiet_line=str(result.bundle))
 
@@ -471,6 +475,11 @@ def install(
     bundle the NVIDIA driver (nvidia-smi) against torch's CUDA line (refused,
     exit 2, with what to do), GPU count against SEALIFT_TENSOR_PARALLEL_SIZE and
     free GPU memory against weights plus KV cache (warnings).
+
+    A delta bundle (`export --have`) takes the files it left out from this host's store and wheel
+    pool, hashing each byte it takes, and checks the assembled model against its manifest before
+    storing it; made from another store's inventory, or relying on a file missing or changed here,
+    it is refused (exit 2, nothing imported): export a full bundle.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import install as install_step
@@ -486,6 +495,11 @@ def install(
     console.emit({**result.to_dict(), "check": report.to_dict()}, lambda: (result.print_human(), report.print_human()))
     if not report.ok:
         raise typer.Exit(1)
+
+
+from sealift.cli_inventory import inventory  # noqa: E402  (its own module: cli.py stays small)
+
+app.command("inventory")(inventory)
 
 
 @app.command("sbom")

@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from sealift import __version__, _bentoml, console, signing
+from sealift import delta as delta_step
 from sealift import sbom as sbom_step
 from sealift.atomic import fsync_dir, write_atomic
 from sealift.bundle import BUNDLE_FORMAT, INSTALL_TXT, MANIFEST_JSON, PARTIAL, SUMS, WHEELS, WHEELS_OPENLLM, \
     bundle_bytes
 from sealift.diskspace import check_free_space as _check_space
 from sealift.errors import UserError
+from sealift.inventory import read_inventory
 from sealift.install_text import bootstrap_commands, install_commands, install_text
 from sealift.manifest import MANIFEST_NAME, FileEntry, Manifest, copy_and_hash, hash_file, sha256sums_text
 from sealift.offline import apply_offline_env
@@ -156,6 +158,9 @@ class ExportResult:
     #: Wheels another bundle on the same medium already held: hard-linked, not written again.
     shared_wheels: int = 0
     shared_wheel_bytes: int = 0
+    #: A delta bundle (--have): files left out because the far side holds them (manifest.json's delta.relies).
+    relied_files: int = 0
+    relied_bytes: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -179,6 +184,9 @@ class ExportResult:
         if self.shared_wheels:
             p(f"  {self.shared_wheels} wheels ({fmt_bytes(self.shared_wheel_bytes)}) were already on the medium in "
               "another bundle: hard-linked, not written again", markup=False, soft_wrap=True)
+        if self.relied_files:
+            p(f"  delta: {self.relied_files} files ({fmt_bytes(self.relied_bytes)}) left out, the far side holds them",
+              markup=False, soft_wrap=True)
         p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
         if self.signature:
             p(f"  signed: SHA256SUMS.sig by {self.signature['key_type']} key {self.signature['fingerprint']}",
@@ -229,13 +237,15 @@ def check_free_space(dest: Path, needed: int) -> None:
 def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_version: str | None = None,
                   wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False,
                   sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None, proof: bool = True,
-                  extra_index_urls: tuple[str, ...] = (), find_links: tuple[str, ...] = ()) -> ExportResult:
+                  extra_index_urls: tuple[str, ...] = (), find_links: tuple[str, ...] = (),
+                  have: Path | None = None) -> ExportResult:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
 
     wheels/ holds the bento's wheels plus a sealift wheel and sealift's own
     dependencies (one resolution: one version of each), so sealift installs on
     a host with only Python; `with_openllm` adds openllm 0.6.30 and its pins in
-    wheels-openllm/.
+    wheels-openllm/. `have`: the far side's inventory (sealift.inventory): a delta bundle
+    (sealift.delta) that leaves out every file it lists.
     """
     started = time.monotonic()
     if wheels_from is not None and no_wheels:
@@ -252,14 +262,14 @@ def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_v
     return export_bento(find_bento(ref), dest, platform=platform, python_version=python_version,
                         wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started,
                         sign=sign, sbom=sbom, cuda=cuda, proof=proof, extra_index_urls=extra_index_urls,
-                        find_links=find_links)
+                        find_links=find_links, have=have)
 
 
 def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: str | None, wheels_from: Path | None,
                  no_wheels: bool, with_openllm: bool = False, started: float | None = None,
                  sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None,
                  proof: bool = True, extra_index_urls: tuple[str, ...] = (),
-                 find_links: tuple[str, ...] = ()) -> ExportResult:
+                 find_links: tuple[str, ...] = (), have: Path | None = None) -> ExportResult:
     """export_bundle for a bento tag already resolved; python_version None means the bento's own,
     platform None the default for the bento's target (sealift.target).
 
@@ -269,6 +279,7 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     from sealift import proof as proof_step, target as target_facts
 
     started = time.monotonic() if started is None else started
+    inventory = read_inventory(have) if have is not None else None  # bad input first: before the store is read
     bento = load_bento(tag)
     python_version = python_version or bento.python_version
     kind = target_facts.bento_target(bento.labels)
@@ -276,12 +287,15 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     sources = target_facts.wheel_sources(kind, cuda=cuda, wheels_from=wheels_from, extra_index_urls=extra_index_urls,
                                          find_links=find_links)
     dest = Path(dest).expanduser().absolute()
-    final = dest / f"{bento.name}-{bento.version}"
-    partial = dest / f"{bento.name}-{bento.version}{PARTIAL}"
+    plan = delta_step.plan_delta(inventory, plan_archive(bento)) if inventory is not None else None
+    final = dest / f"{bento.name}-{bento.version}{delta_step.DELTA_SUFFIX if plan else ''}"
+    partial = final.with_name(final.name + PARTIAL)
     if final.exists():
+        if plan is not None:
+            delta_step.check_same_inventory(final, plan)
         return _already_exported(final, bento, started, with_openllm=with_openllm, sign=sign)
 
-    members = plan_archive(bento)
+    members = plan.members if plan else plan_archive(bento)
     total = archive_size(members)
     wheels: list[Path] = []
     openllm_wheels: list[Path] = []
@@ -298,6 +312,7 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     # What the target needs, and the proof: both before a byte is written (sealift.target, sealift.proof).
     needs, proven = proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
                                                cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento))
+    wheels = plan.split_wheels(wheels) if plan else wheels  # the far side's pool holds the rest
     journal = Journal.load(partial, bento.tag, plan_digest(members), total)
     archive_there = (partial / f"{bento.name}-{bento.version}.tar").is_file()
     done_archive = int(journal.archive.get("offset", 0)) if archive_there else 0
@@ -314,7 +329,7 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     try:
         result = _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
                                openllm_wheels=openllm_wheels, needs=needs, sign=sign,
-                               sbom=bool(wheels) if sbom is None else sbom)
+                               sbom=bool(wheels) if sbom is None else sbom, delta=plan.record() if plan else None)
         result.proof = proven
         return result
     except OSError as exc:
@@ -327,8 +342,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
 def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path], journal: Journal, partial: Path,
                   final: Path, platform: str, python_version: str, started: float, *,
                   openllm_wheels: list[Path] | None = None, needs: dict[str, Any] | None = None,
-                  sign: Path | None = None, sbom: bool = True) -> ExportResult:
-    """Write (or finish) everything in `partial`, then make it `final`."""
+                  sign: Path | None = None, sbom: bool = True, delta: dict[str, Any] | None = None) -> ExportResult:
+    """Write (or finish) everything in `partial`, then make it `final`; `delta`: manifest.json's delta record."""
     if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
         shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
     partial.mkdir(parents=True, exist_ok=True)
@@ -382,15 +397,19 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
     if sbom:  # listed in SHA256SUMS like every other file, so a signature covers it
         entries.append(_write_small(partial, sbom_step.SBOM_NAME, sbom_step.bundle_sbom(bento, entries, partial)))
     key = signing.check_key(sign) if sign is not None else None
-    install_txt = install_text(bento, archive_name, f"{bento.name}-{bento.version}", bool(wheels),
-                                python_version=python_version, sealift_wheel=own, openllm=bool(openllm_entries),
-                                signed=key is not None)
+    has_wheels = bool(wheels) or bool(delta_step.relied_wheels({"delta": delta}))  # a delta's may all be relied on
+    install_txt = install_text(bento, archive_name, final.name, has_wheels,
+                                python_version=python_version, sealift_wheel="" if delta else own,
+                                openllm=bool(openllm_entries), signed=key is not None)
+    install_txt += delta_step.install_note(delta) if delta else ""
     entries.append(_write_small(partial, INSTALL_TXT, install_txt.encode()))
-    manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, bool(wheels),
+    manifest = _bundle_manifest(bento, archive_name, entries, platform, python_version, has_wheels,
                                 sealift_wheel=own, openllm=bool(openllm_entries), needs=needs)
     if key is not None:  # signed inside too: a bundle whose SHA256SUMS.sig was removed is not taken for unsigned
         manifest["signature"] = {"file": signing.SIG_NAME, "format": "sshsig", "namespace": signing.NAMESPACE,
                                  "key_type": key.key_type, "fingerprint": key.fingerprint}
+    if delta:  # what the bundle relies on the far side holding (sealift.delta)
+        manifest["delta"] = delta
     sums = [*entries, _write_small(partial, MANIFEST_JSON, (json.dumps(manifest, indent=1) + "\n").encode())]
     write_atomic(partial / SUMS, sha256sums_text(sums).encode())
     signature = signing.sign_sums(partial / SUMS, sign) if sign is not None else None
@@ -411,6 +430,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         openllm_wheel_bytes=sum(e.size for e in openllm_entries), needs=manifest["needs"],
         shared_wheels=len(shared), shared_wheel_bytes=sum(e.size for e in shared),
         sbom=sbom_step.SBOM_NAME if sbom else "", signature=signature.to_dict() if signature else None,
+        relied_files=len(delta["relies"]) if delta else 0, relied_bytes=delta["relied_bytes"] if delta else 0,
     )
 
 

@@ -26,9 +26,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sealift import _bentoml, console, openllm, paths, registry, signing, target
+from sealift import delta as delta_step
+from sealift.inventory import record_wheels
 from sealift.atomic import sweep_dead, write_atomic
 from sealift.bundle import PARTIAL, WHEELS, bundle_bytes, member_path, read_bundle
 from sealift.errors import Failure, UserError
@@ -139,14 +141,16 @@ class ImportOutcome:
 
 
 def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str,
-                   model_tags: list[str], digests: dict[str, str] | None = None) -> ImportOutcome:
+                   model_tags: list[str], digests: dict[str, str] | None = None,
+                   fill: Callable[[Path, Callable[[str], bool]], None] | None = None) -> ImportOutcome:
     """Put the archive's bento and models into this process's Bento store, as `bentoml import` would.
 
     Models already in the store are left alone (as bentoml does); a bento
     already there is reported present. Only what is missing is extracted, once,
     into a staging directory under BENTOML_HOME, checked by bentoml
     (Model/Bento.from_path, tags), and renamed into the store (`_place`, which
-    also writes the `latest` pointers as bentoml's Store.register does).
+    also writes the `latest` pointers as bentoml's Store.register does). `fill(staging, wanted)` completes a
+    delta bundle's extraction from this host's store and checks it (sealift.delta.Filler) before any rename.
     """
     bento_store = _bentoml.bento_store()
     model_store = _bentoml.model_store()
@@ -173,6 +177,9 @@ def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str
         if selected:
             with console.byte_progress(nbytes, "importing") as adv:
                 extract(archive, selected, staging, adv)
+        if fill is not None:
+            fill(staging, wanted)
+        if selected or fill is not None:
             _syncfs(staging)
         for rel, tag in model_dirs.items():
             src = staging / rel
@@ -261,6 +268,8 @@ class InstallResult:
     serve: list[str] = field(default_factory=list)
     #: Who signed SHA256SUMS (signing.Signature.to_dict()); None for an unsigned bundle.
     signature: dict[str, Any] | None = None
+    #: A delta bundle: files it relied on, bytes taken from this host's store, how many of those were linked.
+    delta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,6 +280,10 @@ class InstallResult:
             p(f"signed by {signing.Signature(**self.signature).describe()}", markup=False, soft_wrap=True)
         p(f"verified {fmt_bytes(self.verified_bytes)} in {self.bundle}: every file matches SHA256SUMS and manifest.json",
           markup=False, soft_wrap=True)
+        if self.delta:
+            p(f"delta bundle: {self.delta['relied_files']} files taken from this host "
+              f"({fmt_bytes(self.delta['taken_bytes'])}, {self.delta['linked']} linked), each byte hashed",
+              markup=False, soft_wrap=True)
         p(f"bento {self.bento_tag}: {'already in the store' if self.bento == 'present' else 'imported'}", markup=False)
         for tag, how in self.models.items():
             p(f"model {tag}: {'already in the store' if how == 'present' else 'imported'}", markup=False)
@@ -318,19 +331,21 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     bento_tag = doc["bento"]["tag"]
     model_tags = [m["tag"] for m in doc.get("models", [])]
     _check_model_digests(doc)  # models the store already holds: before anything is imported
+    filler = delta_step.prepare(doc, bundle)  # a delta: this store, every file it relies on here (else exit 2)
     t = time.monotonic()
     digests = {m["tag"]: m["manifest_digest"] for m in doc.get("models", []) if m.get("manifest_digest")}
-    outcome = import_archive(archive, members, bento_tag, model_tags, digests)
+    outcome = import_archive(archive, members, bento_tag, model_tags, digests, fill=filler)
     timings["import"] = time.monotonic() - t
 
     wheel_files = sorted(p for p in sums if p.startswith(WHEELS + "/"))
     wheels_dir: Path | None = None
-    if wheel_files:
+    if wheel_files or delta_step.relied_wheels(doc):
         t = time.monotonic()
         wheels_dir = paths.kept_wheels_dir()
         sizes = {f["path"]: int(f["size"]) for f in doc["files"]}
         with console.byte_progress(sum(sizes[w] for w in wheel_files), "wheels") as adv:
             persist_wheels(bundle, wheel_files, wheels_dir, adv)
+        record_wheels(wheels_dir, {Path(w).name: sums[w] for w in wheel_files})  # for `sealift inventory`
         timings["wheels"] = time.monotonic() - t
 
     venv_path: Path | None = None
@@ -363,6 +378,8 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
         seconds=time.monotonic() - started, timings={k: round(v, 2) for k, v in timings.items()},
         serve=openllm.serve_commands(bento_tag, venv_path),
         signature=checked.signature.to_dict() if checked.signature else None,
+        delta={"relied_files": len(filler.items), "taken_bytes": filler.filled_bytes, "linked": filler.linked}
+        if filler else {},
     )
 
 
