@@ -58,10 +58,11 @@ def fs_type(path: Path, mountinfo: str | None = None) -> tuple[str, str]:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
             return "", ""
-    probe = Path(path).absolute()
+    full = Path(path).absolute()
+    probe = full
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    target = os.path.realpath(probe)
+    target = os.path.join(os.path.realpath(probe), os.path.relpath(full, probe)).rstrip("/.") or "/"
     best = ("", "")
     for line in mountinfo.splitlines():
         fields = line.split()
