@@ -338,7 +338,7 @@ def test_a_killed_split_export_resumes(tmp_path):
                 arch = json.loads(journal.read_text())["archive"]
             except (OSError, ValueError, KeyError):
                 continue
-            if arch["parts"]:  # at least one part finished
+            if arch.get("parts"):  # at least one part finished
                 proc.send_signal(signal.SIGKILL)
                 killed_at = arch["offset"]
         time.sleep(0.001)
@@ -355,3 +355,20 @@ def test_a_killed_split_export_resumes(tmp_path):
                          check=True).json()
     for p in sorted(Path(clean["bundle"]).glob("*.part-*")):
         assert sha256(p) == sha256(Path(result["bundle"]) / p.name), p.name
+
+
+def test_a_split_bundle_is_signed_and_installs_under_a_signing_policy(cpu_bento, tmp_path):
+    key = tmp_path / "release"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "release", "-f", str(key)], check=True)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f'release@example.org namespaces="sealift" {(tmp_path / "release.pub").read_text()}')
+    result = export(cpu_bento.host, "tiny", tmp_path / "usb", "--max-file-size", "256K", "--sign", key)
+    bundle = Path(result["bundle"])
+    assert result["parts"] > 1 and result["signature"] and (bundle / "SHA256SUMS.sig").is_file()
+    host = Env(tmp_path / "airgap")
+    run = host.sealift("install", bundle, "--no-venv", "--allowed-signers", allowed, "--json")
+    assert run.code == 0, run.err
+    assert run.json()["signature"]["fingerprint"] == result["signature"]["fingerprint"]
+    run = cpu_bento.host.sealift("export", "tiny", tmp_path / "vols", "--volume-size", "1M", "--sign", key,
+                                 "--no-wheels")
+    assert run.code == 2 and "--sign" in run.err and not (tmp_path / "vols").exists()

@@ -248,8 +248,8 @@ def persist_wheels(bundle: Path, files: list[str], dest: Path, advance: Advance,
             if len(src.files) > 1:
                 with src.open() as f:
                     _copy_range([(f.fd(i), 0, n) for i, n in enumerate(src.sizes)], tmp, 0o644)
-            else:
-                os.link(src.files[0], tmp)
+            else:  # the file itself, not a symlink to it (install over volumes reads through symlinks)
+                os.link(os.path.realpath(src.files[0]), tmp)
         except OSError:
             shutil.copyfile(src.files[0], tmp)
         os.replace(tmp, dst)

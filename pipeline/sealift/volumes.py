@@ -171,7 +171,7 @@ def export_split(bento: Any, members: list[Member], wheels: list[Path], openllm_
     split = {rel: ps for rel, ps in pieces.items() if len(ps) > 1}
     return _finish(bento, entries, whole, split, pieces, sources, journal, roots, partials, vol_dir, spanning,
                    count, volume_size, platform=platform, python_version=python_version, needs=needs,
-                   proven=proven, sbom=sbom, started=started, resumed=resumed, archive_name=archive_name)
+                   proven=proven, sbom=sbom, sign=sign, started=started, resumed=resumed, archive_name=archive_name)
 
 
 def _size(path: Path) -> int:
@@ -205,10 +205,12 @@ def _finish(bento: Any, entries: list[FileEntry], whole: dict[str, FileEntry], s
             pieces: dict[str, list[Piece]], sources: dict[str, Path], journal: Journal, roots: list[Path],
             partials: list[Path], vol_dir: Any, spanning: bool, count: int, volume_size: int | None, *,
             platform: str, python_version: str, needs: dict[str, Any], proven: dict[str, Any], sbom: bool,
-            started: float, resumed: int, archive_name: str) -> Any:
+            sign: Path | None, started: float, resumed: int, archive_name: str) -> Any:
     """The small files (in every volume), the lists, then the renames that publish the bundle."""
-    from sealift import export as export_step
+    from sealift import export as export_step, signing
     from sealift.install_text import install_text
+
+    signature = None
 
     stem = roots[0].name
     wheel_entries = [e for r, e in whole.items() if r.startswith(WHEELS + "/")]
@@ -221,14 +223,18 @@ def _finish(bento: Any, entries: list[FileEntry], whole: dict[str, FileEntry], s
                 (Path(view) / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(src, Path(view) / rel)
             small[sbom_step.SBOM_NAME] = sbom_step.bundle_sbom(bento, list(whole.values()), Path(view))
+    key = signing.check_key(sign) if sign is not None else None
     text = install_text(bento, archive_name, stem, bool(wheel_entries), python_version=python_version,
-                        sealift_wheel=own, openllm=bool(openllm_entries))
+                        sealift_wheel=own, openllm=bool(openllm_entries), signed=key is not None)
     small[INSTALL_TXT] = (text + _notes(split, spanning, count, stem)).encode()
     listed = [*entries, *(FileEntry(n, len(b), hashlib.sha256(b).hexdigest()) for n, b in small.items())]
     manifest = export_step._bundle_manifest(bento, archive_name, listed, platform, python_version, bool(wheel_entries),
                                             sealift_wheel=own, openllm=bool(openllm_entries), needs=needs)
     manifest["parts"] = {rel: {"size": whole[rel].size, "sha256": whole[rel].sha256 or None,
                                "parts": [p.rel for p in ps]} for rel, ps in split.items()} or None
+    if key is not None:  # as sealift.export signs a bundle (one volume only: refused with volumes)
+        manifest["signature"] = {"file": signing.SIG_NAME, "format": "sshsig", "namespace": signing.NAMESPACE,
+                                 "key_type": key.key_type, "fingerprint": key.fingerprint}
     if spanning:
         manifest["volumes"] = {"id": journal.doc["bundle_id"], "count": count,
                                "files": {p.rel: p.volume + 1 for ps in pieces.values() for p in ps}}
@@ -261,6 +267,7 @@ def _finish(bento: Any, entries: list[FileEntry], whole: dict[str, FileEntry], s
                                 "resumed with a bigger --volume-size", hint="give a bigger --volume-size")
         else:
             write_atomic(folder / SUMS, bundle_sums)
+            signature = signing.sign_sums(folder / SUMS, sign) if sign is not None else None
     (partials[0] / JOURNAL).unlink(missing_ok=True)
     for part in partials:
         fsync_tree(part, files=False)
@@ -278,7 +285,8 @@ def _finish(bento: Any, entries: list[FileEntry], whole: dict[str, FileEntry], s
         seconds=time.monotonic() - started, resumed_from_bytes=resumed, platform=platform,
         python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
         openllm_wheel_bytes=sum(e.size for e in openllm_entries), needs=manifest["needs"],
-        sbom=sbom_step.SBOM_NAME if sbom else "", parts=sum(len(ps) for ps in split.values()), volumes=volumes)
+        sbom=sbom_step.SBOM_NAME if sbom else "", parts=sum(len(ps) for ps in split.values()), volumes=volumes,
+        signature=signature.to_dict() if signature else None)
     result.proof = proven
     return result
 
