@@ -372,3 +372,31 @@ def test_a_split_bundle_is_signed_and_installs_under_a_signing_policy(cpu_bento,
     run = cpu_bento.host.sealift("export", "tiny", tmp_path / "vols", "--volume-size", "1M", "--sign", key,
                                  "--no-wheels")
     assert run.code == 2 and "--sign" in run.err and not (tmp_path / "vols").exists()
+
+
+def test_a_big_wheel_is_split_once_and_joined_once_into_the_kept_wheels(tmp_path):
+    import zipfile
+
+    from sealift.install import persist_wheels
+
+    wheel = tmp_path / "src" / "big_pkg-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("big_pkg/data.bin", os.urandom(300 * K))
+        zf.writestr("big_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: big-pkg\nVersion: 1.0\n")
+    rel = f"wheels/{wheel.name}"
+    pieces = parts.plan_pieces([(rel, wheel.stat().st_size)], max_file=64 * K)[rel]
+    bundle = tmp_path / "bundle"
+    read = []
+    entries, whole = parts.copy_split(wheel, [(bundle / p.rel, p.rel, p.size) for p in pieces], read.append)
+    assert sum(read) == wheel.stat().st_size and whole == sha256(wheel) and len(entries) == len(pieces) > 1
+    assert all((bundle / e.path).stat().st_size == e.size <= 64 * K and sha256(bundle / e.path) == e.sha256
+               for e in entries)
+    doc = {"parts": {rel: {"size": wheel.stat().st_size, "sha256": whole, "parts": [e.path for e in entries]}},
+           "files": [e.to_dict() for e in entries]}
+    assert parts.logical_files(doc) == {rel: wheel.stat().st_size}
+    with zipfile.ZipFile(parts.spans_of(bundle, rel, doc).open()) as zf:  # readable in place, as a zip
+        assert "big_pkg-1.0.dist-info/METADATA" in zf.namelist()
+    kept = tmp_path / "kept"
+    assert persist_wheels(bundle, [rel], kept, lambda n: None, doc) == 1
+    assert (kept / wheel.name).read_bytes() == wheel.read_bytes()
