@@ -17,7 +17,8 @@ from typer.core import TyperGroup
 
 from sealift import __version__
 from sealift import console
-from sealift.errors import SealiftError, UserError
+from sealift.errors import SealiftError
+from sealift.units import parse_size
 
 HELP = """\
 Carry a language model across an air gap, verified, and serve it offline.
@@ -386,15 +387,13 @@ def export(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (its newest bento) or a bento tag."),
     dest: list[Path] = typer.Argument(
         ..., metavar="DEST...", help="Directory on the removable medium; several DEST: one volume on each."),
-    max_file_size: Optional[str] = typer.Option(
-        None, "--max-file-size", metavar="SIZE",
-        help="No file of the bundle over SIZE (K/M/G/T, binary): the archive and big wheels are written as "
-             "numbered parts NAME.part-0001, ... Default: 4G-1 when DEST is on FAT32 (vfat), else no limit."),
-    volume_size: Optional[str] = typer.Option(
-        None, "--volume-size", metavar="SIZE",
-        help="Span volumes of at most SIZE each: DEST/<name>-<version>/vol-1/, vol-2/, ... (copy each to its "
-             "own medium), or vol-N on the N-th DEST when several are given (without --volume-size each then "
-             "fills its DEST's free space)."),
+    max_file_size: Optional[int] = typer.Option(
+        None, "--max-file-size", metavar="SIZE", parser=parse_size, help="No file over SIZE (K/M/G/T): the archive "
+        "and big wheels become numbered parts NAME.part-0001, ... Default: 4G-1 when DEST is on FAT32 (vfat)."),
+    volume_size: Optional[int] = typer.Option(
+        None, "--volume-size", metavar="SIZE", parser=parse_size,
+        help="Volumes of at most SIZE: DEST/<name>-<version>/vol-1/, vol-2/ (copy each to a medium), or vol-N on "
+             "the N-th of several DEST (without --volume-size: each DEST's free space)."),
     platform: Optional[str] = typer.Option(
         None, "--platform", help="Target platform tag for wheels (default: manylinux_2_31_x86_64 for a gpu bento, "
         "the oldest vLLM's llguidance has wheels for, glibc >= 2.31; manylinux_2_28_x86_64 for cpu)."),
@@ -441,26 +440,15 @@ def export(
     Anyone can check a signed bundle without sealift, in its directory:
     ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n sealift -s SHA256SUMS.sig < SHA256SUMS
 
-    Removable media: with --max-file-size (automatic on FAT32) files over
-    SIZE become numbered parts, each in SHA256SUMS; install reads them in
-    place. With --volume-size or several DEST the bundle spans volumes, each
-    with VOLUME.json (bundle id, volume i of n) and its own SHA256SUMS; then
-    `sealift install VOL1 VOL2 ...` (e.g. two USB disks:
-    `sealift export NAME /media/usb1 /media/usb2 --volume-size 120G`).
+    Two USB disks: `sealift export NAME /media/usb1 /media/usb2 --volume-size 120G`;
+    each volume has VOLUME.json and its own SHA256SUMS (README: Removable media).
     """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import export as export_step
-    from sealift.units import parse_size
 
-    sizes = {}
-    for flag, text in (("--max-file-size", max_file_size), ("--volume-size", volume_size)):
-        try:
-            sizes[flag] = parse_size(text) if text is not None else None
-        except ValueError as exc:
-            raise UserError(f"{flag}: {exc}", hint="give a size like 64K, 512M, 4G") from None
     result = export_step.export_bundle(
-        ref, dest[0], max_file_size=sizes["--max-file-size"], volume_size=sizes["--volume-size"],
-        more_dests=tuple(dest[1:]), platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
+        ref, dest[0], max_file_size=max_file_size, volume_size=volume_size, more_dests=tuple(dest[1:]),
+        platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
         with_openllm=with_openllm, sign=sign, sbom=sbom, cuda=cuda, proof=not no_proof,
         extra_index_urls=tuple(extra_index_url or ()), find_links=tuple(find_links or ()),
     )
@@ -499,20 +487,13 @@ def install(
     exit 2, with what to do), GPU count against SEALIFT_TENSOR_PARALLEL_SIZE and
     free GPU memory against weights plus KV cache (warnings).
 
-    A bundle on several volumes: `sealift install VOL1 VOL2 ...` checks they
-    are of one bundle, all there and each once (a missing one is named, exit
-    2), verifies every byte and imports, reading numbered parts in place.
+    Volumes (VOL1 VOL2 ...): of one bundle, all there, each once (else exit 2), then one install.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift import install as install_step
-
     from sealift import volumes
 
-    options = dict(venv=venv, make_venv=not no_venv, allowed_signers=allowed_signers, host_check=not skip_host_check)
-    if volumes.is_volume_set(bundle_dir):  # all volumes present, of one bundle, each once; then one install
-        result = volumes.install_volumes(bundle_dir, **options)
-    else:
-        result = install_step.install_bundle(bundle_dir[0], **options)
+    result = volumes.install_any(bundle_dir, venv=venv, make_venv=not no_venv, allowed_signers=allowed_signers,
+                                 host_check=not skip_host_check)
     if not check_after:
         console.emit(result.to_dict(), result.print_human)
         return

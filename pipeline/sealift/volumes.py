@@ -43,7 +43,7 @@ from sealift.parts import Piece, SplitOut, copy_split, fat_limit, logical_files,
 from sealift.tarstream import JOURNAL, Journal, Member, archive_size, plan_digest, write_archive
 from sealift.units import fmt_bytes
 
-__all__ = ["BUNDLE_SUMS", "VOLUME_FORMAT", "VOLUME_JSON", "export_split", "install_volumes", "is_volume_set",
+__all__ = ["BUNDLE_SUMS", "VOLUME_FORMAT", "VOLUME_JSON", "export_split", "install_any", "install_volumes", "is_volume_set",
            "needs_split", "open_volumes"]
 
 VOLUME_JSON = "VOLUME.json"
@@ -440,3 +440,12 @@ def install_volumes(dirs: list[Path], **kwargs: Any) -> Any:
             raise UserError(message, hint=exc.hint) from None
         result.bundle = " ".join(str(Path(d).expanduser().absolute()) for d in dirs)
         return result
+
+
+def install_any(dirs: list[Path], **kwargs: Any) -> Any:
+    """`sealift install DIR...`: one bundle directory, or the volumes of one (install_volumes)."""
+    if is_volume_set(dirs):
+        return install_volumes(dirs, **kwargs)
+    from sealift import install as install_step
+
+    return install_step.install_bundle(dirs[0], **kwargs)
