@@ -18,6 +18,24 @@
       SHA256SUMS.sig         with --sign: OpenSSH SSHSIG over SHA256SUMS, namespace sealift (sealift.signing);
                              install checks it first, before any byte is hashed
 
+With `--max-file-size SIZE` (automatic on FAT32: 4 GiB - 1) a file over SIZE is written as numbered
+parts instead, each a plain file listed in SHA256SUMS and manifest.json's `files` (sealift.parts):
+
+      <name>-<version>.tar.part-0001, .part-0002, ...   the archive's bytes in order
+      wheels/<wheel>.whl.part-0001, ...                 a wheel over SIZE
+      manifest.json `parts`  {"<name>-<version>.tar": {"size": N, "sha256": null, "parts": [...]},
+                              "wheels/<wheel>.whl": {"size": N, "sha256": "<the whole wheel's>", "parts": [...]}}
+
+With `--volume-size SIZE` or several DEST the bundle spans volumes (sealift.volumes):
+
+    DEST/<name>-<version>/vol-1/, vol-2/, ...    (or vol-N under the N-th DEST's <name>-<version>/)
+      parts and wheels       this volume's share, at the paths they have in one bundle
+      manifest.json, INSTALL.txt, sbom.cdx.json   the bundle's own, the same in every volume
+      BUNDLE-SHA256SUMS      the whole bundle's SHA256SUMS
+      VOLUME.json            format sealift-volume/1, bundle_id, bento, bundle, volume N, volumes M, files
+      SHA256SUMS             this volume's files, for plain `sha256sum -c` in the folder
+    manifest.json `volumes`  {"id": bundle_id, "count": M, "files": {path: volume}}
+
 A delta bundle (`sealift export NAME DEST --have inventory.json`, sealift.delta) is named
 `<name>-<version>-delta/` and has the same layout, less every file the far side's inventory
 (`sealift inventory`, sealift.inventory) lists: the archive omits those model and bento files,

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from sealift import __version__
 from sealift import console
 from sealift.errors import SealiftError
+from sealift.units import parse_size
 
 HELP = """\
 Carry a language model across an air gap, verified, and serve it offline.
@@ -386,7 +387,15 @@ app.command("serve", help="Alias of `start`.")(_start)
 @app.command("export")
 def export(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model (its newest bento) or a bento tag."),
-    dest: Path = typer.Argument(..., metavar="DEST", help="Directory on the removable medium."),
+    dest: list[Path] = typer.Argument(
+        ..., metavar="DEST...", help="Directory on the removable medium; several DEST: one volume on each."),
+    max_file_size: Optional[int] = typer.Option(
+        None, "--max-file-size", metavar="SIZE", parser=parse_size, help="No file over SIZE (K/M/G/T): the archive "
+        "and big wheels become numbered parts NAME.part-0001, ... Default: 4G-1 when DEST is on FAT32 (vfat)."),
+    volume_size: Optional[int] = typer.Option(
+        None, "--volume-size", metavar="SIZE", parser=parse_size,
+        help="Volumes of at most SIZE: DEST/<name>-<version>/vol-1/, vol-2/ (copy each to a medium), or vol-N on "
+             "the N-th of several DEST (without --volume-size: each DEST's free space)."),
     platform: Optional[str] = typer.Option(
         None, "--platform", help="Target platform tag for wheels (default: manylinux_2_31_x86_64 for a gpu bento, "
         "the oldest vLLM's llguidance has wheels for, glibc >= 2.31; manylinux_2_28_x86_64 for cpu)."),
@@ -434,12 +443,16 @@ def export(
 
     Anyone can check a signed bundle without sealift, in its directory:
     ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n sealift -s SHA256SUMS.sig < SHA256SUMS
+
+    Two USB disks: `sealift export NAME /media/usb1 /media/usb2 --volume-size 120G`;
+    each volume has VOLUME.json and its own SHA256SUMS (README: Removable media).
     """
     console.set_mode(quiet=quiet, json_output=json_output)
     from sealift import export as export_step
 
     result = export_step.export_bundle(
-        ref, dest, platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
+        ref, dest[0], max_file_size=max_file_size, volume_size=volume_size, more_dests=tuple(dest[1:]),
+        platform=platform, python_version=python_version, wheels_from=wheels_from, no_wheels=no_wheels,
         with_openllm=with_openllm, sign=sign, sbom=sbom, cuda=cuda, proof=not no_proof,
         extra_index_urls=tuple(extra_index_url or ()), find_links=tuple(find_links or ()), have=have,
     )
@@ -448,7 +461,9 @@ def export(
 
 @app.command("install")
 def install(
-    bundle_dir: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle directory written by `sealift export`."),
+    bundle_dir: list[Path] = typer.Argument(
+        ..., metavar="BUNDLE...", help="A bundle directory written by `sealift export`; or each volume's folder "
+        "(vol-N, or the folder holding them) of a bundle exported with --volume-size or several DEST."),
     venv: Optional[Path] = typer.Option(None, "--venv", help="Where to make the runtime venv (default under SEALIFT_HOME)."),
     no_venv: bool = typer.Option(False, "--no-venv", help="Do not create the runtime venv."),
     allowed_signers: Optional[Path] = typer.Option(
@@ -480,12 +495,14 @@ def install(
     pool, hashing each byte it takes, and checks the assembled model against its manifest before
     storing it; made from another store's inventory, or relying on a file missing or changed here,
     it is refused (exit 2, nothing imported): export a full bundle.
+
+    Volumes (VOL1 VOL2 ...): of one bundle, all there, each once (else exit 2), then one install.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift import install as install_step
+    from sealift import volumes
 
-    result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv,
-                                         allowed_signers=allowed_signers, host_check=not skip_host_check)
+    result = volumes.install_any(bundle_dir, venv=venv, make_venv=not no_venv, allowed_signers=allowed_signers,
+                                 host_check=not skip_host_check)
     if not check_after:
         console.emit(result.to_dict(), result.print_human, quiet_line=result.bento_tag)
         return
@@ -497,49 +514,13 @@ def install(
         raise typer.Exit(1)
 
 
-from sealift.cli_inventory import inventory  # noqa: E402  (its own module: cli.py stays small)
+# What a host holds and needs: inventory, sbom, doctor, env (their own module: cli.py stays small).
+from sealift.cli_host import doctor, env, inventory, sbom  # noqa: E402
 
 app.command("inventory")(inventory)
-
-
-@app.command("sbom")
-def sbom(
-    bundle_dir: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle directory (or its sbom.cdx.json)."),
-    json_output: bool = JsonOpt,
-) -> None:
-    """Summarize a bundle's SBOM (sbom.cdx.json, CycloneDX): packages, licenses, and what states no license.
-
-    The SBOM is checked against its SHA256SUMS line first; a changed one is refused (exit 2).
-    """
-    console.set_mode(json_output=json_output)
-    from sealift import sbom as sbom_step
-
-    summary = sbom_step.summarize(bundle_dir)
-    console.emit(summary.to_dict(), summary.print_human)
-
-
-@app.command("doctor")
-def doctor(
-    name: Optional[str] = typer.Argument(None, metavar="NAME", help="A model to check (default: every model in the store)."),
-    quick: bool = typer.Option(False, "--quick", help="Do not re-hash the weights against their manifest."),
-    json_output: bool = JsonOpt,
-) -> None:
-    """Check this host for serving offline: env, store, bento, venv, openllm, GPU, disk; exit 1 on any failure."""
-    console.set_mode(json_output=json_output)
-    from sealift import doctor as doctor_step
-
-    report = doctor_step.run_doctor(name, verify=not quick)
-    console.emit(report.to_dict(), report.print_human)
-    if not report.ok:
-        raise typer.Exit(1)
-
-
-@app.command("env")
-def env(name: Optional[str] = typer.Argument(None, metavar="NAME", help="An installed model (default: all).")) -> None:
-    """Print the environment for serving offline, for `eval "$(sealift env)"`."""
-    from sealift import registry
-
-    sys.stdout.write(registry.env_text(name))
+app.command("sbom")(sbom)
+app.command("doctor")(doctor)
+app.command("env")(env)
 
 
 # --------------------------------------------------------------------------- main

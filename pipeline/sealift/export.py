@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealift import __version__, _bentoml, console, signing
+from sealift import __version__, _bentoml, console, signing, volumes
 from sealift import delta as delta_step
 from sealift import sbom as sbom_step
 from sealift.atomic import fsync_dir, write_atomic
@@ -45,6 +45,7 @@ from sealift.inventory import read_inventory
 from sealift.install_text import bootstrap_commands, install_commands, install_text
 from sealift.manifest import MANIFEST_NAME, FileEntry, Manifest, copy_and_hash, hash_file, sha256sums_text
 from sealift.offline import apply_offline_env
+from sealift.parts import logical_files
 from sealift.openllm import OPENLLM_REQUIREMENTS
 from sealift.tarstream import JOURNAL, Advance, Member, Journal, archive_size, plan_digest, walk, write_archive
 from sealift.units import fmt_bytes
@@ -161,6 +162,9 @@ class ExportResult:
     #: A delta bundle (--have): files left out because the far side holds them (manifest.json's delta.relies).
     relied_files: int = 0
     relied_bytes: int = 0
+    #: Files written in numbered parts (--max-file-size, FAT32), and the volume folders (--volume-size): sealift.volumes.
+    parts: int = 0
+    volumes: list[str] = field(default_factory=list)
 
     @property
     def mb_per_s(self) -> float:
@@ -188,6 +192,10 @@ class ExportResult:
             p(f"  delta: {self.relied_files} files ({fmt_bytes(self.relied_bytes)}) left out, the far side holds them",
               markup=False, soft_wrap=True)
         p(f"  {fmt_bytes(self.total_bytes)} in {self.seconds:.1f} s ({self.mb_per_s:,.0f} MB/s{resumed})", markup=False)
+        if self.parts:
+            p(f"  {self.parts} numbered parts (files over the size limit)", markup=False)
+        for i, vol in enumerate(self.volumes, 1):
+            p(f"  volume {i} of {len(self.volumes)}: {vol}", markup=False, soft_wrap=True)
         if self.signature:
             p(f"  signed: SHA256SUMS.sig by {self.signature['key_type']} key {self.signature['fingerprint']}",
               markup=False, soft_wrap=True)
@@ -199,6 +207,9 @@ class ExportResult:
             text = self.proof.get("summary") or f"skipped ({self.proof.get('skipped')})"
             p(f"  proof: {text}", markup=False, soft_wrap=True)
         p("on the air-gapped host (see INSTALL.txt):", markup=False)
+        if self.volumes:  # sealift.volumes
+            p(f"  sealift install {' '.join(self.volumes)}", markup=False, soft_wrap=True)
+            return
         name = Path(self.bundle).name
         lines = [c for c, _ in bootstrap_commands(name, self.python_version, openllm=bool(self.openllm_wheels))
                  ] if self.sealift_wheel else []
@@ -238,8 +249,12 @@ def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_v
                   wheels_from: Path | None = None, no_wheels: bool = False, with_openllm: bool = False,
                   sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None, proof: bool = True,
                   extra_index_urls: tuple[str, ...] = (), find_links: tuple[str, ...] = (),
-                  have: Path | None = None) -> ExportResult:
+                  have: Path | None = None, max_file_size: int | None = None, volume_size: int | None = None,
+                  more_dests: tuple[Path, ...] = ()) -> ExportResult:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
+
+    `max_file_size`: no file over it (numbered parts; automatic on FAT32); `volume_size` / `more_dests`:
+    volumes (sealift.volumes).
 
     wheels/ holds the bento's wheels plus a sealift wheel and sealift's own
     dependencies (one resolution: one version of each), so sealift installs on
@@ -262,14 +277,16 @@ def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_v
     return export_bento(find_bento(ref), dest, platform=platform, python_version=python_version,
                         wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started,
                         sign=sign, sbom=sbom, cuda=cuda, proof=proof, extra_index_urls=extra_index_urls,
-                        find_links=find_links, have=have)
+                        find_links=find_links, have=have, max_file_size=max_file_size, volume_size=volume_size,
+                        more_dests=more_dests)
 
 
 def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: str | None, wheels_from: Path | None,
                  no_wheels: bool, with_openllm: bool = False, started: float | None = None,
                  sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None,
                  proof: bool = True, extra_index_urls: tuple[str, ...] = (),
-                 find_links: tuple[str, ...] = (), have: Path | None = None) -> ExportResult:
+                 find_links: tuple[str, ...] = (), have: Path | None = None, max_file_size: int | None = None,
+                 volume_size: int | None = None, more_dests: tuple[Path, ...] = ()) -> ExportResult:
     """export_bundle for a bento tag already resolved; python_version None means the bento's own,
     platform None the default for the bento's target (sealift.target).
 
@@ -290,7 +307,11 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     plan = delta_step.plan_delta(inventory, plan_archive(bento)) if inventory is not None else None
     final = dest / f"{bento.name}-{bento.version}{delta_step.DELTA_SUFFIX if plan else ''}"
     partial = final.with_name(final.name + PARTIAL)
-    if final.exists():
+    spanning = volume_size is not None or bool(more_dests)  # volumes (sealift.volumes)
+    if plan is not None and spanning:
+        raise UserError("a delta bundle (--have) cannot span volumes yet",
+                        hint="export the delta without --volume-size and extra DEST: deltas are small")
+    if final.exists() and not spanning:
         if plan is not None:
             delta_step.check_same_inventory(final, plan)
         return _already_exported(final, bento, started, with_openllm=with_openllm, sign=sign)
@@ -313,6 +334,16 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     needs, proven = proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
                                                cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento))
     wheels = plan.split_wheels(wheels) if plan else wheels  # the far side's pool holds the rest
+    limit = volumes.file_limit(dest, max_file_size)
+    if spanning or volumes.needs_split(members, [*wheels, *openllm_wheels], limit):  # parts and volumes
+        if plan is not None:
+            raise UserError(f"a delta bundle (--have) cannot be written in parts yet, and a file of it is over "
+                            f"{fmt_bytes(limit)}" + (" (DEST is FAT32)" if max_file_size is None else ""),
+                            hint="export the delta to a medium without a file-size limit")
+        return volumes.export_split(
+            bento, members, wheels, openllm_wheels, dests=[dest, *(Path(d).expanduser().absolute() for d in more_dests)],
+            max_file=limit, volume_size=volume_size, platform=platform, python_version=python_version,
+            started=started, needs=needs, proven=proven, sign=sign, sbom=bool(wheels) if sbom is None else sbom)
     journal = Journal.load(partial, bento.tag, plan_digest(members), total)
     archive_there = (partial / f"{bento.name}-{bento.version}.tar").is_file()
     done_archive = int(journal.archive.get("offset", 0)) if archive_there else 0
@@ -472,7 +503,7 @@ def _already_exported(final: Path, bento: BentoSource, started: float, *, with_o
     if doc.get("bento", {}).get("tag") != bento.tag or not (final / SUMS).is_file():
         raise UserError(f"{final} already exists and is not a bundle of {bento.tag}",
                         hint="remove it or choose another DEST")
-    files = doc.get("files", [])
+    files = [{"path": k, "size": v} for k, v in logical_files(doc).items()]  # numbered parts: as their file
     wheels = [f for f in files if f["path"].startswith(WHEELS + "/")]
     openllm = [f for f in files if f["path"].startswith(WHEELS_OPENLLM + "/")]
     if with_openllm and not openllm:

@@ -36,6 +36,7 @@ from sealift.bundle import PARTIAL, WHEELS, bundle_bytes, member_path, read_bund
 from sealift.errors import Failure, UserError
 from sealift.manifest import MANIFEST_NAME, Manifest, code_problems
 from sealift.offline import apply_offline_env
+from sealift.parts import Spans, logical_files, spans_of
 from sealift.tarstream import CHUNK, Advance, write_all
 from sealift.units import fmt_bytes
 from sealift.venv import create_venv
@@ -44,37 +45,45 @@ from sealift.verify import check_bundle
 __all__ = ["ImportOutcome", "InstallResult", "extract", "import_archive", "install_bundle"]
 
 
-def _copy_range(src_fd: int, offset: int, size: int, dst: Path, mode: int) -> None:
-    """Copy `size` bytes at `offset` of src_fd into a new file dst (in the kernel when it can)."""
+def _copy_range(ranges: list[tuple[int, int, int]], dst: Path, mode: int) -> None:
+    """Copy the (src_fd, offset, size) ranges, in order, into a new file dst (in the kernel when it can).
+
+    One range for a member of a one-file archive; one per part it spans in a split one (sealift.parts).
+    """
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o755 | 0o600)
     try:
-        left, pos = size, offset
-        try:
-            while left:
-                n = os.copy_file_range(src_fd, fd, min(left, 1 << 30), pos)
-                if n <= 0:
-                    raise OSError(errno.EIO, "short copy")
-                left -= n
-                pos += n
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            while left:
-                chunk = os.pread(src_fd, min(left, CHUNK), pos)
-                if not chunk:
-                    raise OSError(errno.EIO, "archive ended early") from None
-                write_all(fd, chunk)
-                left -= len(chunk)
-                pos += len(chunk)
+        for src_fd, offset, size in ranges:
+            left, pos = size, offset
+            try:
+                while left:
+                    n = os.copy_file_range(src_fd, fd, min(left, 1 << 30), pos)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "short copy")
+                    left -= n
+                    pos += n
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                while left:
+                    chunk = os.pread(src_fd, min(left, CHUNK), pos)
+                    if not chunk:
+                        raise OSError(errno.EIO, "archive ended early") from None
+                    write_all(fd, chunk)
+                    left -= len(chunk)
+                    pos += len(chunk)
     finally:
         os.close(fd)
 
 
-def extract(archive: Path, members: list[tarfile.TarInfo], root: Path, advance: Advance) -> None:
-    """Extract the (already checked) members under root; no member is written through a link out of root."""
+def extract(archive: Path | Spans, members: list[tarfile.TarInfo], root: Path, advance: Advance) -> None:
+    """Extract the (already checked) members under root; no member is written through a link out of root.
+
+    archive may be numbered parts (a Spans): each member is copied from the part(s) holding its bytes.
+    """
     real_root = os.path.realpath(root)
     dirs: list[tuple[Path, tarfile.TarInfo]] = []
-    with open(archive, "rb") as f:
+    spans = archive if isinstance(archive, Spans) else Spans([archive])
+    with spans.open() as f:
         for m in members:
             rel = member_path(m.name)
             target = root / rel if rel else root
@@ -88,7 +97,7 @@ def extract(archive: Path, members: list[tarfile.TarInfo], root: Path, advance: 
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             if m.isreg():
-                _copy_range(f.fileno(), m.offset_data, m.size, target, m.mode)
+                _copy_range([(f.fd(i), off, n) for i, off, n in spans.pieces(m.offset_data, m.size)], target, m.mode)
                 os.utime(target, (m.mtime, m.mtime), follow_symlinks=False)
                 advance(m.size)
             elif m.issym():
@@ -140,7 +149,7 @@ class ImportOutcome:
     extracted_bytes: int
 
 
-def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str,
+def import_archive(archive: Path | Spans, members: list[tarfile.TarInfo], bento_tag: str,
                    model_tags: list[str], digests: dict[str, str] | None = None,
                    fill: Callable[[Path, Callable[[str], bool]], None] | None = None) -> ImportOutcome:
     """Put the archive's bento and models into this process's Bento store, as `bentoml import` would.
@@ -225,22 +234,31 @@ def import_archive(archive: Path, members: list[tarfile.TarInfo], bento_tag: str
     )
 
 
-def persist_wheels(bundle: Path, files: list[str], dest: Path, advance: Advance) -> int:
-    """Copy the bundle's (verified) wheels into the shared wheel directory; returns how many were new."""
+def persist_wheels(bundle: Path, files: list[str], dest: Path, advance: Advance,
+                   doc: dict[str, Any] | None = None) -> int:
+    """Copy the bundle's (verified) wheels into the shared wheel directory; returns how many were new.
+
+    A wheel in numbered parts (manifest.json `parts`, sealift.parts) is joined there from its parts.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     new = 0
     for rel in files:
-        src = bundle / rel
+        src = spans_of(bundle, rel, doc or {})
         dst = dest / Path(rel).name
-        size = src.stat().st_size
+        size = src.size
         if dst.is_file() and dst.stat().st_size == size:
             advance(size)
             continue
         tmp = dst.with_name(dst.name + PARTIAL)
+        tmp.unlink(missing_ok=True)
         try:
-            os.link(src, tmp)
+            if len(src.files) > 1:
+                with src.open() as f:
+                    _copy_range([(f.fd(i), 0, n) for i, n in enumerate(src.sizes)], tmp, 0o644)
+            else:  # the file itself, not a symlink to it (install over volumes reads through symlinks)
+                os.link(os.path.realpath(src.files[0]), tmp)
         except OSError:
-            shutil.copyfile(src, tmp)
+            shutil.copyfile(src.files[0], tmp)
         os.replace(tmp, dst)
         advance(size)
         new += 1
@@ -337,15 +355,16 @@ def install_bundle(bundle_dir: Path, *, venv: Path | None = None, make_venv: boo
     outcome = import_archive(archive, members, bento_tag, model_tags, digests, fill=filler)
     timings["import"] = time.monotonic() - t
 
-    wheel_files = sorted(p for p in sums if p.startswith(WHEELS + "/"))
+    sizes = logical_files(doc)  # a wheel in numbered parts counts once, by its own name (sealift.parts)
+    wheel_files = sorted(p for p in sizes if p.startswith(WHEELS + "/"))
     wheels_dir: Path | None = None
     if wheel_files or delta_step.relied_wheels(doc):
         t = time.monotonic()
         wheels_dir = paths.kept_wheels_dir()
-        sizes = {f["path"]: int(f["size"]) for f in doc["files"]}
         with console.byte_progress(sum(sizes[w] for w in wheel_files), "wheels") as adv:
-            persist_wheels(bundle, wheel_files, wheels_dir, adv)
-        record_wheels(wheels_dir, {Path(w).name: sums[w] for w in wheel_files})  # for `sealift inventory`
+            persist_wheels(bundle, wheel_files, wheels_dir, adv, doc)
+        whole = {rel: s.get("sha256") for rel, s in (doc.get("parts") or {}).items()}  # a wheel in parts: its own
+        record_wheels(wheels_dir, {Path(w).name: sums.get(w) or whole[w] for w in wheel_files})  # `sealift inventory`
         timings["wheels"] = time.monotonic() - t
 
     venv_path: Path | None = None

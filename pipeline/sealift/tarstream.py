@@ -149,8 +149,8 @@ class _Sink:
 
     BUFFERS = 3
 
-    def __init__(self, fd: int, offset: int) -> None:
-        self.fd = fd
+    def __init__(self, write: Callable[[memoryview | bytes], None], offset: int) -> None:
+        self.write = write
         self.offset = offset
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealift-tar")
         self.checker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealift-check")
@@ -175,7 +175,7 @@ class _Sink:
         return buf
 
     def put(self, view: memoryview | bytes) -> None:
-        self.pending.append(self.pool.submit(write_all, self.fd, view))
+        self.pending.append(self.pool.submit(self.write, view))
         self.offset += len(view)
         while len(self.pending) > self.BUFFERS - 1:
             self.pending.popleft().result()
@@ -258,29 +258,63 @@ def _verified_prefix(path: Path, journal: Journal, advance: Advance) -> tuple[in
     return offset, h
 
 
+class _OneFile:
+    """The archive as one file (the default output of write_archive; sealift.parts.SplitOut writes parts)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def resume(self, journal: Journal, advance: Advance) -> tuple[int, Any]:
+        return _verified_prefix(self.path, journal, advance)
+
+    def open(self, start: int) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.ftruncate(self.fd, start)
+        os.lseek(self.fd, start, os.SEEK_SET)
+
+    def write(self, view: memoryview | bytes) -> None:
+        write_all(self.fd, view)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def state(self, h: Any) -> dict[str, Any]:
+        """What the journal records at a checkpoint besides the offset."""
+        return {"sha256": h.copy().hexdigest()}
+
+    def result(self, h: Any, total: int) -> FileEntry:
+        return FileEntry(self.path.name, total, h.hexdigest())
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def write_archive(members: list[Member], path: Path, journal: Journal, advance: Advance,
-                  verify_advance: Advance | None = None) -> tuple[FileEntry, int]:
+                  verify_advance: Advance | None = None, *, out: Any = None) -> tuple[Any, int]:
     """Write (or finish) the tar at `path` from `members`; fsynced; returns its size and sha256.
 
     Resumes at the journal's last checkpoint when the bytes before it are still
     intact (the second value: where writing started). Raises Failure when a
-    model file does not match its manifest.
+    model file does not match its manifest. `out` writes the stream elsewhere
+    (sealift.parts.SplitOut: numbered parts, each hashed; the first value is then their FileEntry list).
     """
     total = archive_size(members)
-    start, h = _verified_prefix(path, journal, verify_advance or advance)
+    out = _OneFile(path) if out is None else out
+    start, h = out.resume(journal, verify_advance or advance)
     every = _checkpoint_every()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    sink = _Sink(fd, start)
+    sink = _Sink(out.write, start)
     try:
-        os.ftruncate(fd, start)
-        os.lseek(fd, start, os.SEEK_SET)
+        out.open(start)
         last_checkpoint = start
 
         def checkpoint() -> None:
             nonlocal last_checkpoint
             sink.drain()
-            os.fsync(fd)
-            journal.archive.update(offset=sink.offset, sha256=h.copy().hexdigest(), done=False)
+            out.sync()
+            journal.archive.update(offset=sink.offset, done=False, **out.state(h))
             journal.save()
             last_checkpoint = sink.offset
 
@@ -314,13 +348,13 @@ def write_archive(members: list[Member], path: Path, journal: Journal, advance: 
         if pos != total or sink.offset != total:
             raise Failure(f"internal error: wrote {sink.offset} bytes of a {total}-byte archive")
         sink.drain()
-        os.fsync(fd)
+        out.sync()
     finally:
         sink.close()
-        os.close(fd)
-    journal.archive.update(offset=total, sha256=h.hexdigest(), done=True)
+        out.close()
+    journal.archive.update(offset=total, done=True, **out.state(h))
     journal.save()
-    return FileEntry(path.name, total, h.hexdigest()), start
+    return out.result(h, total), start
 
 
 def _stream_file(m: Member, skip: int, h: Any, sink: _Sink, advance: Advance, after_chunk: Callable[[], None]) -> None:

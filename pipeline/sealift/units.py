@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["fmt_bytes", "fmt_params"]
+import re
+
+__all__ = ["fmt_bytes", "fmt_params", "parse_size"]
 
 
 def fmt_bytes(n: int | float | None) -> str:
@@ -26,3 +28,17 @@ def fmt_params(n: int | None) -> str:
             return f"{n / div:.1f}{unit}"
     return str(n)
 
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'64K' -> 65536, '4G' -> 4 GiB, '120GB' / '1.5GiB' too (binary units; B and iB optional); ValueError else."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (like 64K, 512M, 4G)")
+    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive size")
+    return value

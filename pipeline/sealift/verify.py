@@ -12,6 +12,7 @@ range copy; these checks only decide what it may extract.
 
 from __future__ import annotations
 
+import contextlib
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from sealift import console
 from sealift.bundle import MANIFEST_JSON, SUMS, BundleProblem, bundle_bytes, member_path, read_bundle, safe_relpath
 from sealift.errors import UserError
 from sealift.manifest import hash_file, map_parallel
+from sealift.parts import Spans, archive_parts, spans_of
 from sealift.tarstream import Advance
 
 __all__ = ["check_archive", "check_bundle", "verify_bundle"]
@@ -29,7 +31,7 @@ _FILTER_ROOT = "/sealift-extract-root"
 
 
 def check_bundle(bundle: Path, *, sums_bytes: bytes | None = None
-                 ) -> tuple[dict[str, Any], dict[str, str], Path, list[tarfile.TarInfo]]:
+                 ) -> tuple[dict[str, Any], dict[str, str], Path | Spans, list[tarfile.TarInfo]]:
     """Everything install checks before it touches any store; needs no Bento store (tests call it directly).
 
     manifest.json and SHA256SUMS readable and agreeing, every file's size and
@@ -44,9 +46,10 @@ def check_bundle(bundle: Path, *, sums_bytes: bytes | None = None
         more = f" (and {len(problems) - 1} more: {others})" if len(problems) > 1 else ""
         raise UserError(f"bundle {bundle} failed verification: {problems[0]}{more}; nothing was imported",
                         hint="copy the bundle from the source again, or run `sealift export` again")
-    archive = bundle / doc["archive"]
-    if not safe_relpath(doc["archive"]) or doc["archive"] not in sums:
+    names = [doc["archive"], *archive_parts(doc)] if archive_parts(doc) else [doc["archive"]]
+    if any(not safe_relpath(n) for n in names) or any(n not in sums for n in names[1 if len(names) > 1 else 0:]):
         raise UserError(f"{bundle / MANIFEST_JSON}: archive {doc['archive']!r} is not one of the verified files")
+    archive: Path | Spans = spans_of(bundle, doc["archive"], doc) if len(names) > 1 else bundle / doc["archive"]
     members = check_archive(archive)
     _check_layout(archive, members, doc)
     return doc, sums, archive, members
@@ -68,6 +71,12 @@ def verify_bundle(bundle: Path, doc: dict[str, Any], sums: dict[str, str], advan
             problems.append(BundleProblem(path, f"listed in {SUMS} but not in {MANIFEST_JSON}"))
         elif sums[path] != listed[path]["sha256"]:
             problems.append(BundleProblem(path, f"{SUMS} and {MANIFEST_JSON} disagree about its sha256"))
+    for rel, split in (doc.get("parts") or {}).items():  # numbered parts (sealift.parts): each one verified
+        names = list(split.get("parts") or [])
+        if not safe_relpath(rel) or not names or any(n not in sums or n not in listed for n in names):
+            problems.append(BundleProblem(rel, f"its parts are not all listed in {SUMS} and {MANIFEST_JSON}"))
+        elif sum(int(listed[n]["size"]) for n in names) != int(split.get("size", -1)):
+            problems.append(BundleProblem(rel, "its parts do not add up to its size"))
     if problems:
         return problems
     todo: list[tuple[str, int | None]] = []
@@ -100,7 +109,7 @@ def verify_bundle(bundle: Path, doc: dict[str, Any], sums: dict[str, str], advan
     return sorted(problems, key=lambda p: p.path)
 
 
-def check_archive(path: Path) -> list[tarfile.TarInfo]:
+def check_archive(path: Path | Spans) -> list[tarfile.TarInfo]:
     """Every member of an uncompressed tar, refusing any that could write outside the extraction root.
 
     Refused by tarfile.data_filter's rules: names or links that leave the root,
@@ -109,16 +118,19 @@ def check_archive(path: Path) -> list[tarfile.TarInfo]:
     earlier regular file, anything but files, directories and links, and data
     past the end of the file (a truncated archive).
     """
+    raw = path.open() if isinstance(path, Spans) else None  # numbered parts: read as one (sealift.parts)
     try:
-        tf = tarfile.open(path, "r:")
+        tf = tarfile.open(path, "r:") if raw is None else tarfile.open(fileobj=raw, mode="r:")
     except (tarfile.TarError, OSError) as exc:
+        if raw is not None:
+            raw.close()
         raise UserError(f"{path} is not an uncompressed tar archive ({exc}); nothing was imported") from None
-    with tf:
+    with tf, raw or contextlib.nullcontext():
         try:
             members = tf.getmembers()
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise UserError(f"{path} is damaged ({exc}); nothing was imported", hint="copy the bundle again") from None
-    size = path.stat().st_size
+    size = path.size if isinstance(path, Spans) else path.stat().st_size
     files: set[str] = set()
     for m in members:
         try:
@@ -143,7 +155,7 @@ def check_archive(path: Path) -> list[tarfile.TarInfo]:
     return members
 
 
-def _check_layout(archive: Path, members: list[tarfile.TarInfo], doc: dict[str, Any]) -> None:
+def _check_layout(archive: Path | Spans, members: list[tarfile.TarInfo], doc: dict[str, Any]) -> None:
     """The archive holds a bento.yaml at its root and each model the manifest names."""
     names = {member_path(m.name) for m in members if m.isreg()}
     missing = [] if "bento.yaml" in names else ["bento.yaml"]
