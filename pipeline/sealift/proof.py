@@ -158,8 +158,8 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
     uv_env.update(UV_OFFLINE="1", UV_NO_INDEX="1", UV_PYTHON_DOWNLOADS="never", PIP_NO_INDEX="1")
     uv_env.pop("VIRTUAL_ENV", None)
     uv = [sys.executable, "-m", "uv"]
-    with tempfile.TemporaryDirectory(prefix="sealift-proof-") as tmp:
-        root = Path(tmp)
+    root = Path(tempfile.mkdtemp(prefix="sealift-proof-"))
+    try:
         links = root / "wheels"
         links.mkdir()
         for w in wheels:  # the bundle's wheels and nothing else
@@ -202,7 +202,23 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
                            env={**run_env, "VLLM_TARGET_DEVICE": "cpu"}, step="vLLM's `serve` argument parser")
             proof.vllm_lines = json.loads(out.strip().splitlines()[-1])["lines"]
             proof.seconds["vllm_parse"] = round(time.monotonic() - t, 2)
+    finally:
+        _remove_in_background(root)
     return proof
+
+
+def _remove_in_background(root: Path) -> None:
+    """Remove the proof's scratch directory without waiting for it.
+
+    A GPU stack unpacks to ~9 GB of files; deleting them took 255 s on a disk mounted with `discard`
+    (measured by scripts/bench_export.py --gpu), longer than building the venv. `rm -rf` in its own
+    session goes on while the export writes the bundle, and after sealift exits.
+    """
+    try:
+        subprocess.Popen(["rm", "-rf", "--", str(root)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def python_available(version: str) -> bool:
