@@ -274,9 +274,9 @@ def _write_bentofile(ctx: Path, *, name: str, labels: dict[str, str], requiremen
         if item not in exclude:
             exclude.append(item)
     spec["exclude"] = exclude
-    envs = {e["name"]: e for e in (spec.get("envs") or [])}
-    envs.update({k: {"name": k, "value": v} for k, v in OFFLINE_ENV.items()})
-    spec["envs"] = list(envs.values())
+    # OFFLINE_ENV comes from the service's own `envs` (service.py), which bentoml appends to these in
+    # bento.yaml: listed here too, each would appear twice. The recipe's and the user's others stay.
+    spec["envs"] = [e for e in (spec.get("envs") or []) if e["name"] not in OFFLINE_ENV]
     python = dict(spec.get("python") or {})
     python.pop("requirements_txt", None)
     python["packages"] = requirements

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sealift.offline import apply_offline_env, install_network_guard
+from sealift.offline import OFFLINE_ENV, apply_offline_env, install_network_guard
 
 apply_offline_env()  # before anything imports huggingface_hub / transformers
 if os.environ.get("SEALIFT_NET_GUARD", "1") != "0":
@@ -35,10 +35,9 @@ BENTO = BentoConfig.load(Path(__file__).resolve().parent)
 CONFIG = ServeConfig.from_env(BENTO)
 BACKEND = select_backend(CONFIG.backend, check=False)
 
-# No `envs` here: the build writes OFFLINE_ENV into the bentofile (sealift.build), and bentoml would
-# list service envs a second time in bento.yaml. The process sets them itself above.
 COMMON = {
     "name": service_name(BENTO),
+    "envs": [{"name": k, "value": v} for k, v in OFFLINE_ENV.items()],
     "traffic": {"timeout": 3600},
 }
 
