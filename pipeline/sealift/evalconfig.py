@@ -130,7 +130,8 @@ def _lm_eval(served: str, base: str, tokenizer: str, context: int | None) -> str
         return ",".join(f"{k}={v}" for k, v in values.items())
 
     chat_args = args("chat/completions")
-    completion_args = args("completions")
+    # token ids, not text: the server scores exactly the tokens lm-eval counted (no second tokenization)
+    completion_args = args("completions", tokenized_requests=True)
     env = " ".join(f"{k}={v}" for k, v in EVAL_ENV.items())
     doc = {
         "served_model_name": served,
@@ -148,8 +149,7 @@ def _lm_eval(served: str, base: str, tokenizer: str, context: int | None) -> str
         "loglikelihood": {
             "model": "local-completions",
             "model_args": completion_args,
-            "needs": "/v1/completions with echo and logprobs (vLLM serves them; sealift's transformers backend "
-                     "does not yet)",
+            "needs": "/v1/completions with echo and logprobs (both sealift backends serve them)",
             "command": f"{env} OPENAI_API_KEY=${{{KEY_ENV}:-EMPTY}} lm_eval --model local-completions "
                        f"--model_args {shlex.quote(completion_args)} --tasks TASKS",
         },
