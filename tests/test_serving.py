@@ -390,12 +390,6 @@ def test_too_long_prompt_is_400(served: Served) -> None:
         client.completions.create(model=served.name, prompt=PROMPT, max_tokens=100_000)
 
 
-def test_n_above_one_is_400(served: Served) -> None:
-    with pytest.raises(openai.BadRequestError) as exc:
-        served.client().chat.completions.create(model=served.name, messages=MESSAGES, max_tokens=4, n=2)
-    assert exc.value.param == "n"
-
-
 def test_unknown_model_is_404(served: Served) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         served.client().chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=4)

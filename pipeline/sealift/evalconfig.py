@@ -88,8 +88,8 @@ def _opencompass(served: str, base: str, tokenizer: str, context: int | None) ->
 # in the store, so OpenAISDK never looks on the hub nor downloads tiktoken's encoding.
 # Add your datasets below (local files), then:  {env} opencompass THIS_FILE
 # OpenCompass 0.5.4 also needs pyarrow<20 beside its numpy pin.
-import os
-
+# No top-level `import os`: OpenCompass dumps every top-level name of this file into its work
+# dir and reads the dump back, and a module there is a syntax error.
 from opencompass.models import OpenAISDK
 
 api_meta_template = dict(round=[
@@ -103,7 +103,7 @@ models = [
         type=OpenAISDK,
         path={served!r},
         openai_api_base={base!r},
-        key=os.environ.get({KEY_ENV!r}, "EMPTY"),
+        key=__import__("os").environ.get({KEY_ENV!r}, "EMPTY"),
         tokenizer_path={tokenizer!r},
         meta_template=api_meta_template,
         max_seq_len={context or 4096},
@@ -115,7 +115,23 @@ models = [
     ),
 ]
 
-datasets = []  # e.g. with read_base(): from opencompass.configs.datasets.xxx import xxx_datasets
+# A local jsonl of {{"question": ..., "answer": ...}} rows, scored as OpenCompass scores its custom QA datasets:
+#
+# from opencompass.datasets import CustomDataset
+# from opencompass.openicl.icl_evaluator import AccEvaluator
+# from opencompass.openicl.icl_inferencer import GenInferencer
+# from opencompass.openicl.icl_prompt_template import PromptTemplate
+# from opencompass.openicl.icl_retriever import ZeroRetriever
+#
+# datasets = [dict(
+#     abbr="local_qa", type=CustomDataset, path="/data/local_qa.jsonl",
+#     reader_cfg=dict(input_columns=["question"], output_column="answer"),
+#     infer_cfg=dict(
+#         prompt_template=dict(type=PromptTemplate, template=dict(round=[dict(role="HUMAN", prompt="{{question}}")])),
+#         retriever=dict(type=ZeroRetriever), inferencer=dict(type=GenInferencer)),
+#     eval_cfg=dict(evaluator=dict(type=AccEvaluator), pred_role="BOT"),
+# )]
+datasets = []
 '''
 
 
@@ -130,7 +146,8 @@ def _lm_eval(served: str, base: str, tokenizer: str, context: int | None) -> str
         return ",".join(f"{k}={v}" for k, v in values.items())
 
     chat_args = args("chat/completions")
-    completion_args = args("completions")
+    # token ids, not text: the server scores exactly the tokens lm-eval counted (no second tokenization)
+    completion_args = args("completions", tokenized_requests=True)
     env = " ".join(f"{k}={v}" for k, v in EVAL_ENV.items())
     doc = {
         "served_model_name": served,
@@ -148,8 +165,7 @@ def _lm_eval(served: str, base: str, tokenizer: str, context: int | None) -> str
         "loglikelihood": {
             "model": "local-completions",
             "model_args": completion_args,
-            "needs": "/v1/completions with echo and logprobs (vLLM serves them; sealift's transformers backend "
-                     "does not yet)",
+            "needs": "/v1/completions with echo and logprobs (both sealift backends serve them)",
             "command": f"{env} OPENAI_API_KEY=${{{KEY_ENV}:-EMPTY}} lm_eval --model local-completions "
                        f"--model_args {shlex.quote(completion_args)} --tasks TASKS",
         },

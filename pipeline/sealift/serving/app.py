@@ -27,7 +27,8 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sealift.serving import protocol as p
-from sealift.serving.backend import Backend, BackendError, Chunk, GenerationRequest, PromptError, SamplingParams
+from sealift.serving.backend import Backend, BackendError, GenerationRequest, PromptError, SamplingParams
+from sealift.serving.choices import Choice, ChoiceShaper, choice_requests, merge_choices
 from sealift.serving.config import ServeConfig
 from sealift.serving.errors import (
     APIError,
@@ -154,7 +155,9 @@ class OpenAIServer:
         """SamplingParams for a request, refusing one that does not fit the context (400)."""
         context = self.backend.context_length
         wanted = req.requested_max_tokens()
-        if prompt_tokens >= context or (wanted is not None and prompt_tokens + wanted > context):
+        # a prompt only scored (echo, max_tokens 0) may fill the context; one to continue must leave room
+        too_long = prompt_tokens > context if wanted == 0 else prompt_tokens >= context
+        if too_long or (wanted is not None and prompt_tokens + wanted > context):
             asked = f"{prompt_tokens + (wanted or 0)} tokens ({prompt_tokens} in the prompt, {wanted or 0} to complete)"
             raise APIError(
                 400,
@@ -174,6 +177,7 @@ class OpenAIServer:
             top_k=defaults.top_k,
             seed=req.seed,
             stop=req.stop_sequences(),
+            logprobs=req.logprobs_k(),
         )
 
     # ------------------------------------------------------------------ routes
@@ -218,16 +222,27 @@ class OpenAIServer:
 
     async def _answer(self, request: Request, req: p.ChatCompletionRequest | p.CompletionRequest,
                       prompt_ids: list[int], *, chat: bool) -> Response:
-        """Generate for a checked request: a stream of events, or the whole response."""
-        gen = GenerationRequest(prompt_ids, self.sampling(req, len(prompt_ids)))
+        """Generate for a checked request (its n choices side by side): a stream of events, or the whole response."""
+        echo = not chat and bool(getattr(req, "echo", False))
+        params = self.sampling(req, len(prompt_ids))
+        gens = choice_requests(prompt_ids, params, req.n or 1, score_prompt=echo and req.logprobs_k() is not None)
         rid, created, name = p.new_id("chatcmpl" if chat else "cmpl"), p.now(), self.config.served_model_name
+        prompt_text = ""
+        if echo:
+            prompt = req.single_prompt()  # type: ignore[union-attr]
+            prompt_text = prompt if isinstance(prompt, str) else self.backend.decode(prompt_ids)
+        shaper = ChoiceShaper(self.backend.token_text, prompt_ids, req.logprobs_k(), echo=echo, prompt_text=prompt_text)
         if req.stream:
             events = self._chat_events if chat else self._completion_events
-            return _event_stream(events(gen, rid, created, name, req.include_usage()))
-        text, finish, completion_tokens = await self._collect(gen, request)
-        use = p.usage(len(prompt_ids), completion_tokens)
-        respond = p.chat_response if chat else p.completion_response
-        return JSONResponse(respond(rid, created, name, text, finish, use))
+            return _event_stream(events(gens, shaper, rid, created, name, req.include_usage()))
+        results = await self._collect(gens, request)
+        use = p.usage(len(prompt_ids), sum(c.completion_tokens for c in results))
+        if chat:
+            choices = [p.chat_choice(i, c.text, c.finish, shaper.chat(c)) for i, c in enumerate(results)]
+            return JSONResponse(p.chat_response(rid, created, name, choices, use))
+        choices = [p.completion_choice(i, shaper.text(c), c.finish, shaper.completion(c))
+                   for i, c in enumerate(results)]
+        return JSONResponse(p.completion_response(rid, created, name, choices, use))
 
     async def readyz(self, request: Request) -> Response:
         if self.backend.ready:
@@ -252,16 +267,17 @@ class OpenAIServer:
 
     # ------------------------------------------------------------------ generation
 
-    async def _collect(self, gen: GenerationRequest, request: Request) -> tuple[str, str, int]:
-        """The whole completion; a client that hangs up first cancels it (its place in the queue too)."""
+    async def _collect(self, gens: list[GenerationRequest], request: Request) -> list[Choice]:
+        """Every choice, whole; a client that hangs up first cancels them (their places in the queue too)."""
 
-        async def collect() -> tuple[str, str, int]:
-            pieces: list[str] = []
-            last = Chunk("")
-            async with contextlib.aclosing(self.backend.generate(gen)) as chunks:
-                async for last in chunks:
-                    pieces.append(last.text)
-            return "".join(pieces), last.finish_reason or "length", last.completion_tokens
+        async def collect() -> list[Choice]:
+            results = [Choice() for _ in gens]
+            async with contextlib.aclosing(merge_choices(self.backend, gens)) as pieces:
+                async for i, piece in pieces:
+                    if isinstance(piece, BackendError):
+                        raise piece
+                    results[i].add(piece)
+            return results
 
         work = asyncio.ensure_future(collect())
         hangup = asyncio.ensure_future(_wait_for_disconnect(request))
@@ -281,48 +297,55 @@ class OpenAIServer:
             raise server_error(str(exc)) from None
 
     async def _chat_events(
-        self, gen: GenerationRequest, rid: str, created: int, name: str, include_usage: bool
+        self, gens: list[GenerationRequest], shaper: ChoiceShaper, rid: str, created: int, name: str,
+        include_usage: bool,
     ) -> AsyncIterator[bytes]:
-        def chunk(delta: dict[str, Any] | None, finish: str | None = None, use: dict[str, int] | None = None) -> bytes:
-            return p.sse(p.chat_chunk(rid, created, name, delta, finish, include_usage=include_usage, use=use))
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, *, index: int = 0,
+                  logprobs: dict[str, Any] | None = None, use: dict[str, int] | None = None) -> bytes:
+            return p.sse(p.chat_chunk(rid, created, name, delta, finish, index=index, logprobs=logprobs,
+                                      include_usage=include_usage, use=use))
 
-        yield chunk({"role": "assistant", "content": ""})
-        async for piece in self._generate_events(gen):
-            if isinstance(piece, bytes):  # an error event
-                yield piece
-                return
-            if piece.text:
-                yield chunk({"content": piece.text})
-            if piece.finish_reason is not None:
-                yield chunk({}, piece.finish_reason)
-                if include_usage:
-                    yield chunk(None, use=p.usage(len(gen.prompt_ids), piece.completion_tokens))
+        for i in range(len(gens)):
+            yield chunk({"role": "assistant", "content": ""}, index=i)
+        tokens = 0
+        async with contextlib.aclosing(merge_choices(self.backend, gens)) as pieces:
+            async for i, piece in pieces:
+                if isinstance(piece, BackendError):  # a failure mid-stream: one OpenAI error event (the status is sent)
+                    yield p.sse(server_error(str(piece)).body())
+                    return
+                if piece.text or piece.logprobs:
+                    yield chunk({"content": piece.text}, index=i, logprobs=shaper.chat_piece(piece))
+                if piece.finish_reason is not None:
+                    tokens += piece.completion_tokens
+                    yield chunk({}, piece.finish_reason, index=i)
+        if include_usage:
+            yield chunk(None, use=p.usage(len(shaper.prompt_ids), tokens))
         yield p.SSE_DONE
 
     async def _completion_events(
-        self, gen: GenerationRequest, rid: str, created: int, name: str, include_usage: bool
+        self, gens: list[GenerationRequest], shaper: ChoiceShaper, rid: str, created: int, name: str,
+        include_usage: bool,
     ) -> AsyncIterator[bytes]:
-        def chunk(text: str | None, finish: str | None = None, use: dict[str, int] | None = None) -> bytes:
-            return p.sse(p.completion_chunk(rid, created, name, text, finish, include_usage=include_usage, use=use))
+        def chunk(text: str | None, finish: str | None = None, *, index: int = 0,
+                  logprobs: dict[str, Any] | None = None, use: dict[str, int] | None = None) -> bytes:
+            return p.sse(p.completion_chunk(rid, created, name, text, finish, index=index, logprobs=logprobs,
+                                            include_usage=include_usage, use=use))
 
-        async for piece in self._generate_events(gen):
-            if isinstance(piece, bytes):
-                yield piece
-                return
-            if piece.text or piece.finish_reason is not None:
-                yield chunk(piece.text, piece.finish_reason)
-            if piece.finish_reason is not None and include_usage:
-                yield chunk(None, use=p.usage(len(gen.prompt_ids), piece.completion_tokens))
+        tokens = 0
+        streams = [shaper.stream() for _ in gens]
+        async with contextlib.aclosing(merge_choices(self.backend, gens)) as pieces:
+            async for i, piece in pieces:
+                if isinstance(piece, BackendError):
+                    yield p.sse(server_error(str(piece)).body())
+                    return
+                text, logprobs = streams[i].piece(piece)
+                if text or logprobs or piece.finish_reason is not None:
+                    yield chunk(text, piece.finish_reason, index=i, logprobs=logprobs)
+                if piece.finish_reason is not None:
+                    tokens += piece.completion_tokens
+        if include_usage:
+            yield chunk(None, use=p.usage(len(shaper.prompt_ids), tokens))
         yield p.SSE_DONE
-
-    async def _generate_events(self, gen: GenerationRequest) -> AsyncIterator[Chunk | bytes]:
-        """Chunks from the backend; a failure mid-stream becomes one OpenAI error event (the status is sent)."""
-        try:
-            async with contextlib.aclosing(self.backend.generate(gen)) as chunks:
-                async for piece in chunks:
-                    yield piece
-        except BackendError as exc:
-            yield p.sse(server_error(str(exc)).body())
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -30,6 +30,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     min_tokens: int = 0  # no end-of-sequence before this many tokens (vLLM's min_tokens / ignore_eos)
+    #: logprobs of each generated token: None for none, k for the chosen token and the k most likely
+    #: (log-softmax of the raw logits, before repetition penalty, temperature and top-p, as vLLM's default)
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -39,17 +42,45 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """A prompt and how to continue it; `prompt_logprobs` k scores the prompt too (echo with logprobs).
+
+    `params.max_tokens` 0 (with prompt_logprobs) scores the prompt and generates nothing.
+    """
+
     prompt_ids: list[int]
     params: SamplingParams
+    prompt_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position: the token there, its logprob, and the most likely tokens there, best first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """New text; the last chunk of a generation has finish_reason ("stop" or "length") set."""
+    """New text; the last chunk of a generation has finish_reason ("stop" or "length") set.
+
+    `logprobs` holds one entry per token generated since the previous chunk (when asked for);
+    `prompt_logprobs`, on the first chunk only, one per prompt token (None for the first).
+    """
 
     text: str
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+    def merged(self, later: Chunk) -> Chunk:
+        """This chunk followed by `later`, as one."""
+        return Chunk(
+            self.text + later.text, later.finish_reason, later.completion_tokens, self.logprobs + later.logprobs,
+            self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs,
+        )
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,12 @@ class Backend(Protocol):
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Tokenize a completion prompt as the model expects (its BOS token if it uses one)."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids back to text, special tokens left out (an echoed prompt given as ids)."""
+
+    def token_text(self, token: int) -> str:
+        """One token as text, special tokens included (the `token` of a logprob entry)."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         """Stream the completion. Closing the iterator early cancels the generation."""

@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sealift.serving.backend import BackendError, Chunk, OutputText, SamplingParams
+from sealift.serving.backend import BackendError, Chunk, OutputText, SamplingParams, TokenLogprob
+from sealift.serving.logprobs import prompt_logprobs, token_logprobs
 
 __all__ = ["Batcher", "default_max_batch", "probe", "unsupported_generation_config"]
 
@@ -114,6 +115,8 @@ class _Row:
     pending: str = ""
     posted: float = 0.0
     finish: str | None = field(default=None)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not handed out yet
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # until the first chunk carries them
 
     @property
     def params(self) -> SamplingParams:
@@ -163,8 +166,9 @@ class Batcher:
 
     # ------------------------------------------------------------------ the model
 
-    def prefill(self, prompt_ids: Sequence[int]) -> tuple[Any, Any]:
-        """(last-position logits [1, vocab] as float32, a DynamicCache holding the prompt) for one prompt."""
+    def prefill(self, prompt_ids: Sequence[int], *, every: bool = False) -> tuple[Any, Any]:
+        """(logits as float32, a DynamicCache holding the prompt) for one prompt: the last position's
+        [1, vocab], or with `every` all of them [len, vocab] (to score the prompt)."""
         from transformers import DynamicCache
 
         torch = self.torch
@@ -172,9 +176,10 @@ class Batcher:
         cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, return_dict=True,
-            **{self._cache_kw: cache}, **self._keep,
+            **{self._cache_kw: cache}, **({} if every else self._keep),
         )
-        return out.logits[:, -1].to(copy=True, dtype=torch.float32), cache  # the cache is filled in place
+        logits = out.logits[0] if every else out.logits[:, -1]
+        return logits.to(copy=True, dtype=torch.float32), cache  # the cache is filled in place
 
     def join(self, cache: Any, length: int) -> None:
         """Append a prefilled cache of `length` tokens to the batch as its last row, left-padding the shorter side."""
@@ -232,11 +237,23 @@ class Batcher:
         prompt = list(job.request.prompt_ids)
         row = _Row(job, OutputText(self.decode, params.stop), list(prompt), len(prompt),
                    self._processors(params), self._generator(params))
+        score = job.request.prompt_logprobs
         with self.torch.inference_mode():
-            logits, cache = self.prefill(prompt)
+            logits, cache = self.prefill(prompt, every=score is not None)
+            if score is not None:  # echo with logprobs: every prompt position's logits came back
+                row.prompt_logprobs = tuple(prompt_logprobs(self.torch, logits, prompt, score))
+                logits = logits[-1:]
+            if params.max_tokens == 0:  # scoring only
+                row.finish = "length"
+                self._end(row)
+                return
+            raw = logits.clone() if params.logprobs is not None else None
             if params.min_tokens and self.eos_list:
                 logits[:, self.eos_list] = float("-inf")
-        self._advance(row, self._pick(row, logits, None))
+            token = self._pick(row, logits, None)
+            if raw is not None:
+                row.logprobs += token_logprobs(self.torch, raw, [token], params.logprobs)
+        self._advance(row, token)
         if row.finish is not None:
             self._end(row)
             return
@@ -257,13 +274,21 @@ class Batcher:
             logits = self.decode_step([r.ids[-1] for r in rows], [r.length for r in rows])
             for r in rows:
                 r.length += 1
+            scored = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+            raw = logits[scored] if scored else None  # a copy: logprobs are of the raw logits, before any mask
             early = [i for i, r in enumerate(rows) if r.generated < r.params.min_tokens]
             if early and self.eos_list:  # no end of sequence before min_tokens (generate's MinNewTokens...)
                 torch = self.torch
                 logits[torch.tensor(early).view(-1, 1), torch.tensor(self.eos_list)] = float("-inf")
             plain = logits.argmax(dim=-1).tolist() if any(r.processors is None for r in rows) else None
-            for i, r in enumerate(rows):
-                self._advance(r, self._pick(r, logits[i : i + 1], plain[i] if plain else None))
+            picked = [self._pick(r, logits[i : i + 1], plain[i] if plain else None) for i, r in enumerate(rows)]
+            if scored:
+                k = max(rows[i].params.logprobs or 0 for i in scored)
+                chosen = [picked[i] for i in scored]
+                for i, lp in zip(scored, token_logprobs(self.torch, raw, chosen, k), strict=True):
+                    rows[i].logprobs.append(lp)
+            for r, token in zip(rows, picked, strict=True):
+                self._advance(r, token)
         done = [r for r in rows if r.finish is not None]
         if done:
             for r in done:
@@ -336,14 +361,21 @@ class Batcher:
         elif row.pending:
             now = time.monotonic()
             if now - row.posted >= self.interval:
-                row.job.post(Chunk(row.pending))
+                row.job.post(self._chunk(row, row.pending))
                 row.pending, row.posted = "", now
+
+    @staticmethod
+    def _chunk(row: _Row, text: str, **kwargs: Any) -> Chunk:
+        """A chunk of `text` carrying the row's logprobs not handed out yet (and the prompt's, the first time)."""
+        chunk = Chunk(text, logprobs=tuple(row.logprobs), prompt_logprobs=row.prompt_logprobs, **kwargs)
+        row.logprobs, row.prompt_logprobs = [], None
+        return chunk
 
     def _end(self, row: _Row) -> None:
         if row.job.cancelled.is_set():
             return
         tail = row.pending + row.out.finish()
-        row.job.post(Chunk(tail, finish_reason=row.finish, completion_tokens=row.generated))
+        row.job.post(self._chunk(row, tail, finish_reason=row.finish, completion_tokens=row.generated))
 
 
 def probe(model: Any) -> str | None:

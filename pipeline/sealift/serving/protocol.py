@@ -16,10 +16,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sealift.serving.errors import APIError, bad_request
+from sealift.serving.logprobs import MAX_LOGPROBS
 
 # Bigger than any real context; a max_tokens past the context is refused later with the exact numbers.
 MAX_TOKENS_LIMIT = 1 << 24
 MAX_STOP_SEQUENCES = 16
+#: The most choices (`n`) one request may ask for: each is a sequence in the batch.
+MAX_N = 16
 
 
 class _Request(BaseModel):
@@ -86,8 +89,8 @@ class _Sampling(_Request):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     def check_supported(self) -> None:
-        if (self.n or 1) != 1:
-            raise bad_request("n: only n=1 is supported", param="n")
+        if (self.n or 1) > MAX_N:
+            raise bad_request(f"n: at most {MAX_N} choices per request, got {self.n}", param="n")
 
 
 class ChatCompletionRequest(_Sampling):
@@ -101,8 +104,17 @@ class ChatCompletionRequest(_Sampling):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs:
-            raise bad_request("logprobs are not supported by this server", param="logprobs")
+        if self.top_logprobs is not None:
+            if not self.logprobs:
+                raise bad_request("top_logprobs: when using `top_logprobs`, `logprobs` must be set to true",
+                                  param="top_logprobs")
+            if not 0 <= self.top_logprobs <= MAX_LOGPROBS:
+                raise bad_request(f"top_logprobs: must be between 0 and {MAX_LOGPROBS}, got {self.top_logprobs}",
+                                  param="top_logprobs")
+
+    def logprobs_k(self) -> int | None:
+        """Alternatives per generated token: None for no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def template_messages(self) -> list[dict[str, str]]:
         """Messages as chat templates expect them: role and text content."""
@@ -115,7 +127,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(default=16, ge=0, le=MAX_TOKENS_LIMIT)  # 0 with echo: score the prompt
     echo: bool | None = False
     logprobs: int | None = None
     best_of: int | None = None
@@ -124,12 +136,15 @@ class CompletionRequest(_Sampling):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
+
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise bad_request("echo is not supported by this server", param="echo")
-        if self.logprobs is not None:
-            raise bad_request("logprobs are not supported by this server", param="logprobs")
+        if self.max_tokens == 0 and not self.echo:
+            raise bad_request("max_tokens: 0 is allowed only with echo (to score the prompt)", param="max_tokens")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise bad_request(f"logprobs: must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}", param="logprobs")
         if self.best_of not in (None, 1):
             raise bad_request("best_of: only 1 is supported", param="best_of")
         if self.suffix:
@@ -204,22 +219,31 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_response(rid: str, created: int, model: str, text: str, finish: str, use: dict[str, int]) -> dict[str, Any]:
+def chat_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        ],
-        "usage": use,
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": logprobs,
+        "finish_reason": finish,
     }
+
+
+def completion_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def chat_response(
+    rid: str, created: int, model: str, choices: list[dict[str, Any]], use: dict[str, int]
+) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices,
+            "usage": use}
+
+
+def completion_response(
+    rid: str, created: int, model: str, choices: list[dict[str, Any]], use: dict[str, int]
+) -> dict[str, Any]:
+    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices,
+            "usage": use}
 
 
 def chat_chunk(
@@ -229,25 +253,14 @@ def chat_chunk(
     delta: dict[str, Any] | None,
     finish: str | None = None,
     *,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
     include_usage: bool = False,
     use: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One chat.completion.chunk; delta None means the usage-only final chunk (choices: [])."""
-    choice = None if delta is None else {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    choice = None if delta is None else {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
     return _stream_chunk(rid, created, model, "chat.completion.chunk", choice, include_usage, use)
-
-
-def completion_response(
-    rid: str, created: int, model: str, text: str, finish: str, use: dict[str, int]
-) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        "usage": use,
-    }
 
 
 def completion_chunk(
@@ -257,11 +270,13 @@ def completion_chunk(
     text: str | None,
     finish: str | None = None,
     *,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
     include_usage: bool = False,
     use: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One streamed text_completion; text None means the usage-only final chunk (choices: [])."""
-    choice = None if text is None else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    choice = None if text is None else {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
     return _stream_chunk(rid, created, model, "text_completion", choice, include_usage, use)
 
 

@@ -275,6 +275,10 @@ class TransformersBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return self._decode(ids)
 
+    def token_text(self, token: int) -> str:
+        """One token as text, special tokens included (what vLLM's tokenizer.decode(token_id) gives)."""
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
     def _python_decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -309,7 +313,7 @@ class TransformersBackend:
                         yield item
                         item = nxt
                         break
-                    item = Chunk(item.text + nxt.text, nxt.finish_reason, nxt.completion_tokens)
+                    item = item.merged(nxt)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -384,11 +388,25 @@ class TransformersBackend:
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
+        from sealift.serving.logprobs import prompt_logprobs, token_logprobs
+
         params = job.request.params
         out = OutputText(self.decode, params.stop)
         eos_ids = self._eos_ids
         interval = STREAM_INTERVAL_S
-        state: dict[str, Any] = {"prompt_seen": False, "tokens": 0, "eos": False, "pending": "", "posted": 0.0}
+        state: dict[str, Any] = {"prompt_seen": False, "tokens": 0, "eos": False, "pending": "", "posted": 0.0,
+                                 "logits": None, "lps": [], "prompt_lps": None}
+        device = self.model.device
+        input_ids = torch.tensor([job.request.prompt_ids], dtype=torch.long, device=device)
+        if job.request.prompt_logprobs is not None:  # echo with logprobs: one forward pass over the prompt
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, use_cache=False, return_dict=True).logits[0].float()
+                state["prompt_lps"] = tuple(
+                    prompt_logprobs(torch, logits, job.request.prompt_ids, job.request.prompt_logprobs))
+        if params.max_tokens == 0:
+            job.post(Chunk("", finish_reason="length", prompt_logprobs=state["prompt_lps"]))
+            return
+        want = params.logprobs
 
         class Streamer(BaseStreamer):
             """Gets each new token from generate: detokenises it and hands the text to the client.
@@ -406,18 +424,20 @@ class TransformersBackend:
                     return
                 ids = value.reshape(-1).tolist()
                 state["tokens"] += len(ids)
+                if want is not None and state["logits"] is not None:  # the raw logits this token was picked from
+                    state["lps"] += token_logprobs(torch, state["logits"], ids, want)
                 if not eos_ids.isdisjoint(ids):
                     state["eos"] = True
                 state["pending"] += out.add(ids)
                 now = time.monotonic()
                 if state["pending"] and now - state["posted"] >= interval:
-                    job.post(Chunk(state["pending"]))
-                    state["pending"], state["posted"] = "", now
+                    job.post(Chunk(state["pending"], logprobs=tuple(state["lps"]),
+                                   prompt_logprobs=state.pop("prompt_lps", None)))
+                    state["pending"], state["posted"], state["lps"] = "", now, []
 
             def end(self) -> None:
                 pass
 
-        device = self.model.device
         # made once, on the model's device: this runs after every token (one sequence per generate)
         go, halt = torch.zeros(1, dtype=torch.bool, device=device), torch.ones(1, dtype=torch.bool, device=device)
 
@@ -427,7 +447,6 @@ class TransformersBackend:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return halt if (job.cancelled.is_set() or out.stopped) else go
 
-        input_ids = torch.tensor([job.request.prompt_ids], dtype=torch.long, device=device)
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
@@ -445,10 +464,22 @@ class TransformersBackend:
                 torch.manual_seed(params.seed)
         if self.model.generation_config.pad_token_id is None and self._eos_ids:
             kwargs["pad_token_id"] = min(self._eos_ids)
-        with torch.inference_mode():
-            self.model.generate(**kwargs)
+        hook = None
+        if want is not None:  # logprobs come from the raw logits of each forward pass, before any processor
+
+            def keep_logits(module: Any, args: Any, output: Any) -> None:
+                state["logits"] = output.logits[:, -1].float()
+
+            hook = self.model.register_forward_hook(keep_logits)
+        try:
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
         if job.cancelled.is_set():
             return
         tail = state["pending"] + out.finish()
         finish = "stop" if (out.stopped or state["eos"]) else "length"
-        job.post(Chunk(tail, finish_reason=finish, completion_tokens=state["tokens"]))
+        job.post(Chunk(tail, finish_reason=finish, completion_tokens=state["tokens"], logprobs=tuple(state["lps"]),
+                       prompt_logprobs=state.pop("prompt_lps", None)))
