@@ -60,8 +60,9 @@ TOP_K = 5
 #: Tokens generated per short prompt. Each is one decode step that reads every weight once (memory-bound:
 #: 28 GB a token for a 7B model in float32), so this, times the prompts, is most of the recording's cost.
 MAX_NEW_TOKENS = 8
-#: Tokens generated after the long prompt: what it tests is the prefill at long positions, not the decode.
-LONG_NEW_TOKENS = 4
+#: Tokens generated after the long prompt (its prompt fills the context up to them). 16, as before: for a
+#: model whose context is at most LONG_PROMPT_MAX + 16 the long prompt is the one earlier recordings hold.
+LONG_NEW_TOKENS = 16
 #: The long prompt fills the context up to LONG_NEW_TOKENS, but is never longer than this many tokens: its
 #: prefill costs 2 x params x tokens FLOPs (7 TFLOP for a 7B model at 512 tokens, 29 at 2048).
 LONG_PROMPT_MAX = 512
