@@ -20,8 +20,25 @@ in the memory available here is skipped with one line (a 70B model needs
 280 GB): record it later, on a host where it fits, with `sealift golden NAME`,
 which writes the file into the model's newest bento.
 
-Cost: loading the model plus (len(PROMPTS) + 1) short generations and one
-prefill of at most LONG_PROMPT_MAX tokens.
+Cost (what the build waits for). The recording reads every weight once per
+generated token (decode is memory-bound) and does 2 x params x tokens FLOPs for
+the long prompt's prefill: 4 prompts x MAX_NEW_TOKENS (8) + LONG_NEW_TOKENS
+(16) = 48 passes over the float32 weights, a prefill of at most
+LONG_PROMPT_MAX (512) tokens, the load (bf16 on disk becomes float32), and the
+child's start (importing torch and transformers). Torch uses every core
+(recording_threads). The build prints the seconds and their split (start,
+imports, load, short, long). Measured with scripts/bench_golden.py on a
+complete 0.53B-parameter (1.07 GB bf16) Llama on a shared 2-core AVX2 host
+under load 6-8 (noisy): recording 50 s in-process (load 10 s) plus 20-34 s of
+child start, against 222 s with the old settings (16 new tokens a prompt, a
+2,048-token long prompt): 4.7x less (measured with 4 long-prompt tokens; 16
+add ~6 s). A 7B model, estimated: on a 16-core AVX-512 build host (~1 TFLOP/s
+float32 GEMM, ~40 GB/s) about 60 s (prefill 7 s, 48 x 28 GB at ~0.7 s, load
+~15 s, start ~3 s), against ~105 s before; on this 2-core host (6 GFLOP/s,
+4.4 GB/s measured) about 25 minutes, which is why `--no-golden` and
+`sealift golden NAME` (later, on a bigger host) exist. bfloat16 was not taken:
+on a CPU without AVX512_BF16/AMX (this one) it was 2-2.5x slower than float32,
+and a float32 recording is what the CPU server's exact mode compares against.
 """
 
 from __future__ import annotations
