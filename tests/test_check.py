@@ -79,6 +79,15 @@ def test_build_records_golden_outputs_in_the_bento(cpu_bento):
     assert chat["prompt"].startswith("<|im_start|>user\n") and chat["messages"][0]["role"] == "user"
 
 
+def test_build_reports_what_the_recording_cost(cpu_bento):
+    """The build's JSON carries the recording's seconds and its phases (the golden file does not)."""
+    golden = cpu_bento.build["golden"]
+    assert golden["seconds"] > 0
+    assert {"start", "imports", "load", "short", "long"} <= set(golden["phases"])
+    assert sum(golden["phases"].values()) <= golden["seconds"] + 0.5
+    assert "seconds" not in golden_of(cpu_bento.bento_dir)
+
+
 def test_golden_outputs_are_what_transformers_generates(cpu_bento, tiny_llama):
     """The recording is plain greedy `generate` of the source model (not something sealift made up)."""
     import torch

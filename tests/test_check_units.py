@@ -198,3 +198,47 @@ def test_the_vllm_path_token_ids_from_a_vllm_shaped_server():
     assert chat_path == "/v1/chat/completions" and chat_body["messages"] == REC["messages"]
     assert chat_body["temperature"] == 0 and chat_body["max_tokens"] == 5 and chat_body["return_token_ids"] is True
     assert raw_path == "/v1/completions" and raw_body["prompt"] == "The capital"
+
+
+def test_recording_uses_every_core_unless_told(monkeypatch):
+    """The build's recording is the only work while it runs: all usable cores, SEALIFT_TORCH_THREADS overrides."""
+    import os
+
+    from sealift.golden import recording_threads
+
+    monkeypatch.delenv("SEALIFT_TORCH_THREADS", raising=False)
+    assert recording_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SEALIFT_TORCH_THREADS", "3")
+    assert recording_threads() == 3
+    monkeypatch.setenv("SEALIFT_TORCH_THREADS", "zero")
+    assert recording_threads() == len(os.sched_getaffinity(0))
+
+
+def test_recording_lengths_and_phases_on_a_tiny_model(tiny_llama):
+    """record() honours its lengths (short prompts, long prompt, its new tokens) and reports its phases;
+    the file itself holds no clock."""
+    from sealift.golden import LONG_NEW_TOKENS, MAX_NEW_TOKENS, PROMPTS, record
+
+    phases: dict[str, float] = {}
+    doc = record(tiny_llama, phases=phases, max_new_tokens=3, long_new_tokens=2, long_prompt_max=40)
+    assert set(phases) == {"imports", "load", "short", "long"} and all(v >= 0 for v in phases.values())
+    short = [p for p in doc["prompts"] if p["id"] != "raw-long"]
+    long = next(p for p in doc["prompts"] if p["id"] == "raw-long")
+    assert len(short) == len(PROMPTS) and all(p["max_tokens"] == 3 and len(p["steps"]) <= 3 for p in short)
+    assert long["max_tokens"] == 2 and len(long["prompt_token_ids"]) == 40 and not long["near_context_limit"]
+    assert "seconds" not in json.dumps(doc) and "phases" not in doc
+    # the defaults: the long prompt near the tiny model's 256-token context, LONG_NEW_TOKENS after it
+    doc = record(tiny_llama)
+    long = next(p for p in doc["prompts"] if p["id"] == "raw-long")
+    assert long["max_tokens"] == LONG_NEW_TOKENS and long["near_context_limit"]
+    assert len(long["prompt_token_ids"]) + LONG_NEW_TOKENS == doc["context_length"] == 256
+    assert all(p["max_tokens"] == MAX_NEW_TOKENS for p in doc["prompts"] if p["id"] != "raw-long")
+
+
+def test_old_recordings_with_longer_outputs_still_compare():
+    """A recording made with the old lengths (16 tokens a prompt) is read as before: max_tokens is per prompt."""
+    old = recording([1, 2, 3, 4, 8] * 3 + [1], [3.0] * 16, [[5, 6]] * 16)
+    text = old["text"]
+    assert old["max_tokens"] == 16
+    assert compare(old, Answer(text, "length", prompt_tokens=3), exact=True).verdict == "match"
+    assert not compare(old, Answer(text[:-5] + " London", "length", prompt_tokens=3), exact=True).ok

@@ -104,8 +104,11 @@ class BuildResult:
             f"  bentoml serve {self.bento_tag}",
         ]
         if self.golden.get("status") == "recorded":
+            phases = self.golden.get("phases") or {}
+            split = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
             lines.insert(1, f"golden outputs: {self.golden['prompts']} prompts recorded in {self.golden['seconds']:.1f} s "
-                            "(src/sealift_golden.json; `sealift check` replays them)")
+                            + (f"({split}) " if split else "")
+                            + "(src/sealift_golden.json; `sealift check` replays them)")
         for line in lines:
             console.out.print(line, markup=False, soft_wrap=True)
 

@@ -20,8 +20,25 @@ in the memory available here is skipped with one line (a 70B model needs
 280 GB): record it later, on a host where it fits, with `sealift golden NAME`,
 which writes the file into the model's newest bento.
 
-Cost: loading the model plus (len(PROMPTS) + 1) short generations and one
-prefill of at most LONG_PROMPT_MAX tokens.
+Cost (what the build waits for). The recording reads every weight once per
+generated token (decode is memory-bound) and does 2 x params x tokens FLOPs for
+the long prompt's prefill: 4 prompts x MAX_NEW_TOKENS (8) + LONG_NEW_TOKENS
+(16) = 48 passes over the float32 weights, a prefill of at most
+LONG_PROMPT_MAX (512) tokens, the load (bf16 on disk becomes float32), and the
+child's start (importing torch and transformers). Torch uses every core
+(recording_threads). The build prints the seconds and their split (start,
+imports, load, short, long). Measured with scripts/bench_golden.py on a
+complete 0.53B-parameter (1.07 GB bf16) Llama on a shared 2-core AVX2 host
+under load 6-8 (noisy): recording 50 s in-process (load 10 s) plus 20-34 s of
+child start, against 222 s with the old settings (16 new tokens a prompt, a
+2,048-token long prompt): 4.7x less (measured with 4 long-prompt tokens; 16
+add ~6 s). A 7B model, estimated: on a 16-core AVX-512 build host (~1 TFLOP/s
+float32 GEMM, ~40 GB/s) about 60 s (prefill 7 s, 48 x 28 GB at ~0.7 s, load
+~15 s, start ~3 s), against ~105 s before; on this 2-core host (6 GFLOP/s,
+4.4 GB/s measured) about 25 minutes, which is why `--no-golden` and
+`sealift golden NAME` (later, on a bigger host) exist. bfloat16 was not taken:
+on a CPU without AVX512_BF16/AMX (this one) it was 2-2.5x slower than float32,
+and a float32 recording is what the CPU server's exact mode compares against.
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +66,7 @@ __all__ = [
     "record",
     "record_into",
     "record_later",
+    "recording_threads",
 ]
 
 #: The recording, in the bento's src/ (beside service.py and sealift_bento.json).
@@ -56,11 +74,15 @@ GOLDEN_FILE = "sealift_golden.json"
 FORMAT = 1
 #: Candidates kept per generated step.
 TOP_K = 5
-#: Tokens generated per prompt.
-MAX_NEW_TOKENS = 16
-#: The long prompt fills the context up to MAX_NEW_TOKENS, but is never longer than this many tokens:
-#: a float32 prefill of 32k tokens on a CPU would take minutes for a 7B model.
-LONG_PROMPT_MAX = 2048
+#: Tokens generated per short prompt. Each is one decode step that reads every weight once (memory-bound:
+#: 28 GB a token for a 7B model in float32), so this, times the prompts, is most of the recording's cost.
+MAX_NEW_TOKENS = 8
+#: Tokens generated after the long prompt (its prompt fills the context up to them). 16, as before: for a
+#: model whose context is at most LONG_PROMPT_MAX + 16 the long prompt is the one earlier recordings hold.
+LONG_NEW_TOKENS = 16
+#: The long prompt fills the context up to LONG_NEW_TOKENS, but is never longer than this many tokens: its
+#: prefill costs 2 x params x tokens FLOPs (7 TFLOP for a 7B model at 512 tokens, 29 at 2048).
+LONG_PROMPT_MAX = 512
 #: Memory the recording needs beyond the float32 weights: torch, transformers, activations.
 OVERHEAD_BYTES = 768 * 1024**2
 #: Seconds the child may take before the build gives up on it (and carries on without a recording).
@@ -107,6 +129,8 @@ class GoldenOutcome:
     seconds: float = 0.0
     prompts: int = 0
     path: str | None = None
+    #: Seconds per phase in the child (start, load, generate), when recorded.
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +188,7 @@ def record_into(ctx: Path, model: Any, *, timeout: float = TIMEOUT_S) -> GoldenO
     }
     out = ctx / GOLDEN_FILE
     tmp = ctx / f".{GOLDEN_FILE}.partial"
+    launched = time.time()
     try:
         proc = subprocess.run(
             [sys.executable, "-c", "from sealift.golden import _child_main; _child_main()",
@@ -173,15 +198,39 @@ def record_into(ctx: Path, model: Any, *, timeout: float = TIMEOUT_S) -> GoldenO
         )
     except subprocess.TimeoutExpired:
         tmp.unlink(missing_ok=True)
+        _phases_path(tmp).unlink(missing_ok=True)
         return GoldenOutcome("failed", f"the recording took over {timeout:.0f} s", time.monotonic() - started)
     if proc.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
+        _phases_path(tmp).unlink(missing_ok=True)
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         return GoldenOutcome("failed", (lines or [f"exit code {proc.returncode}"])[-1][:300],
                              time.monotonic() - started)
     os.replace(tmp, out)
     doc = json.loads(out.read_text())
-    return GoldenOutcome("recorded", "", round(time.monotonic() - started, 2), len(doc["prompts"]), str(out))
+    phases = _read_phases(tmp, launched)
+    return GoldenOutcome("recorded", "", round(time.monotonic() - started, 2), len(doc["prompts"]), str(out),
+                         phases)
+
+
+def _phases_path(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name + ".phases")
+
+
+def _read_phases(tmp: Path, launched: float) -> dict[str, float]:
+    """The child's phase timings (kept out of the golden file, which holds no clock); {} if it wrote none.
+
+    "start" is the interpreter's start (launch to the child's first line, wall clock)."""
+    path = _phases_path(tmp)
+    try:
+        raw = json.loads(path.read_text())
+        path.unlink()
+    except (OSError, ValueError):
+        return {}
+    phases = {k: round(float(v), 2) for k, v in raw.items() if k != "t0"}
+    if "t0" in raw:
+        phases = {"start": round(max(0.0, float(raw["t0"]) - launched), 2), **phases}
+    return phases
 
 
 def _die_with_parent() -> None:
@@ -207,9 +256,12 @@ def _child_env() -> dict[str, str]:
 
 def _child_main() -> None:
     """The recording process: argv[-2] the request (JSON), argv[-1] where to write the recording."""
+    t0 = time.time()
     request, out = json.loads(sys.argv[-2]), Path(sys.argv[-1])
-    doc = record(Path(request.pop("model_dir")), **request)
+    phases: dict[str, float] = {}
+    doc = record(Path(request.pop("model_dir")), phases=phases, **request)
     out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    _phases_path(out).write_text(json.dumps({"t0": t0, **phases}))
 
 
 def load_golden(bento_src: Path) -> dict[str, Any] | None:
@@ -223,24 +275,53 @@ def load_golden(bento_src: Path) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the recording (child process)
 
 
+def recording_threads() -> int:
+    """Intra-op threads for the recording: SEALIFT_TORCH_THREADS, else every usable core.
+
+    Unlike the server (which keeps a core for its event loop), the recording is
+    the only work the build does while it runs; on a 2-core host one thread
+    would double every phase."""
+    raw = os.environ.get("SEALIFT_TORCH_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def record(
-    model_dir: Path, *, trust_remote_code: bool = False, model_tag: str = "", manifest_digest: str = ""
+    model_dir: Path, *, trust_remote_code: bool = False, model_tag: str = "", manifest_digest: str = "",
+    max_new_tokens: int = MAX_NEW_TOKENS, long_new_tokens: int = LONG_NEW_TOKENS,
+    long_prompt_max: int = LONG_PROMPT_MAX, phases: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run PROMPTS greedily in float32 on CPU and return the recording (see the module docstring).
 
     Prompts are built as sealift's transformers backend builds them (chat: the
     template's text, tokenized without special tokens; raw: tokenized with
     them) and generation stops where the server's would (the first of the
-    model's and the tokenizer's end-of-sequence tokens).
+    model's and the tokenizer's end-of-sequence tokens). `phases`, if given,
+    gets the seconds spent importing, loading, on the short prompts and on the
+    long one (the benchmark and the build summary read it; the file holds no clock).
     """
+    clock = time.monotonic()
+    spent = phases if phases is not None else {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        spent[name] = round(spent.get(name, 0.0) + now - clock, 3)
+        clock = now
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sealift import __version__
-    from sealift.serving.transformers_backend import context_length_of, default_torch_threads
+    from sealift.serving.transformers_backend import context_length_of
 
+    lap("imports")
     torch.manual_seed(0)
-    torch.set_num_threads(default_torch_threads())  # as the server: a spare core (all cores thrash when busy)
+    torch.set_num_threads(recording_threads())
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **kwargs)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, **kwargs).to("cpu").eval()
@@ -250,7 +331,7 @@ def record(
     eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
     if tokenizer.eos_token_id is not None:
         eos_ids.add(int(tokenizer.eos_token_id))
-
+    lap("load")
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
@@ -268,9 +349,10 @@ def record(
         else:
             ids = list(tokenizer(content)["input_ids"])
             entry = {"id": pid, "kind": "raw", "prompt": content, "send": "text"}
-        prompts.append({**entry, **_generate(model, tokenizer, ids, MAX_NEW_TOKENS, eos_ids, decode)})
+        prompts.append({**entry, **_generate(model, tokenizer, ids, max_new_tokens, eos_ids, decode)})
+    lap("short")
 
-    long_len = min(context, LONG_PROMPT_MAX + MAX_NEW_TOKENS) - MAX_NEW_TOKENS
+    long_len = min(context, long_prompt_max + long_new_tokens) - long_new_tokens
     filler = list(tokenizer(LONG_FILLER)["input_ids"])
     ids = filler
     while len(ids) < long_len:
@@ -278,9 +360,10 @@ def record(
     ids = ids[:long_len]
     prompts.append({
         "id": "raw-long", "kind": "raw", "prompt": decode(ids), "send": "token_ids",
-        "near_context_limit": long_len + MAX_NEW_TOKENS >= context,
-        **_generate(model, tokenizer, ids, MAX_NEW_TOKENS, eos_ids, decode),
+        "near_context_limit": long_len + long_new_tokens >= context,
+        **_generate(model, tokenizer, ids, long_new_tokens, eos_ids, decode),
     })
+    lap("long")
 
     return {
         "format": FORMAT,
