@@ -17,7 +17,6 @@ import json
 import shlex
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
