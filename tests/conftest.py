@@ -79,27 +79,6 @@ class Env:
         return run
 
 
-#: The longest files first: `make test` hands whole files to its workers in this order (--dist loadfile),
-#: so none of these starts last and leaves the other cores idle while it runs alone.
-LONGEST_FIRST = (
-    "tests/reliability/test_kill9.py",
-    "tests/test_wheel_path.py",
-    "tests/test_checkpoints.py",
-    "tests/test_media.py",
-    "tests/test_bundle_bootstrap.py",
-    "tests/test_delta.py",
-    "tests/test_gpu_bundle.py",
-    "tests/test_eval_tools.py",
-    "tests/reliability/test_network_guard.py",
-    "tests/test_signing.py",
-)
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: a file keeps its order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def uv_cache(tmp_path_factory: pytest.TempPathFactory):
     """uv's cache for this run only, removed at its end. Every bundle install unpacks its wheels into uv's

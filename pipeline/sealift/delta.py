@@ -236,8 +236,8 @@ class Filler:
             raise UserError(f"{self.bundle}: model {tag} has manifest digest {man.digest()}, manifest.json says "
                             f"{want}; nothing was imported", hint="do not install this bundle; export it again")
         entries = man.by_path()
-        wrong = [p for p in sorted(relied) if p not in entries or
-                 entries[p].sha256 != next(r.sha256 for r, _ in self.items if r.path == f"{rel}/{p}")]
+        taken = {r.path: r.sha256 for r, _ in self.items}
+        wrong = [p for p in sorted(relied) if p not in entries or entries[p].sha256 != taken.get(f"{rel}/{p}")]
         carried = Manifest([e for p, e in entries.items() if p not in relied])
         with console.byte_progress(carried.total_bytes, f"checking {tag}") as adv:
             problems = verify_dir(root, carried, adv, ignore=(MANIFEST_NAME, "model.yaml", *relied))
