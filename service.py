@@ -1,1 +1,1 @@
-pipeline/sealift/_bento/service.py
+pipeline/sealift/bento/recipe/service.py

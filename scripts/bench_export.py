@@ -132,7 +132,7 @@ def cache_files(cache: Path, names: list[str]) -> list[Path]:
 
 def dedupe(bundle: Path, cache: Path) -> int:
     """Hard-link each cache wheel to the bundle's copy of the same bytes (the bundle then costs no space)."""
-    from sealift.manifest import hash_file
+    from sealift.model.manifest import hash_file
 
     sums = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
     names = bundle_wheels(bundle)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time the golden recording (sealift.golden.record) against plain `generate` of the same prompts, in one run.
+"""Time the golden recording (sealift.bento.golden.record) against plain `generate` of the same prompts, in one run.
 
     python scripts/bench_golden.py [--size-gb 1] [--workdir /tmp] [--keep] [--old]
 
@@ -12,7 +12,7 @@ make_tiny_model), then measures, in this process, with torch on every core:
   prefill       one forward of the long prompt (LONG_PROMPT_MAX tokens), float32: GFLOP/s
   decode        seconds a generated token (generate 9 tokens minus generate 1, short prompt): GB/s of weights
   baseline      plain greedy `model.generate` of the recording's prompts and lengths (same dtype, no scores)
-  record        sealift.golden.record with today's settings (and, with --old, the old 16/16/2048 ones)
+  record        sealift.bento.golden.record with today's settings (and, with --old, the old 16/16/2048 ones)
 
 and prints seconds, the ratios record / baseline (what the top-k logprob
 extraction and detokenising add) and an estimate for a 7B model from the
@@ -102,7 +102,7 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sealift import golden
+    from sealift.bento import golden
 
     work = Path(tempfile.mkdtemp(prefix="bench-golden-", dir=args.workdir))
     try:

@@ -76,7 +76,7 @@ def free_port() -> int:
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    from sealift.offline import offline_env
+    from sealift.core.offline import offline_env
 
     env = offline_env({k: v for k, v in os.environ.items() if not k.startswith("SEALIFT_")})
     env["PYTHONUNBUFFERED"] = "1"
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if 1 not in levels:
         levels = [1, *levels]  # the single stream is every ratio's baseline
 
-    from sealift.offline import apply_offline_env
+    from sealift.core.offline import apply_offline_env
 
     apply_offline_env()
     # `timeout` and kill send SIGTERM: unwind through the finally that stops the server.

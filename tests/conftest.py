@@ -164,7 +164,7 @@ class BuiltBento:
 def cpu_bento(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> BuiltBento:
     """One cpu bento shared by the build/start tests (do not modify). Built with no package
     index (UV_OFFLINE, PIP_NO_INDEX) and under the network guard, which logs any attempt."""
-    from sealift.offline import guard_dir
+    from sealift.core.offline import guard_dir
 
     env = Env(tmp_path_factory.mktemp("bento-host"))
     env.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
@@ -198,7 +198,7 @@ class InstalledBundle:
 
     @property
     def guard_log(self) -> Path:
-        """The network guard's log of the install (read with sealift.offline.read_guard_log)."""
+        """The network guard's log of the install (read with sealift.core.offline.read_guard_log)."""
         return self.host.root / "install-net.jsonl"
 
 
@@ -206,7 +206,7 @@ class InstalledBundle:
 def installed_bundle(cpu_bento: BuiltBento, wheel_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> InstalledBundle:
     """Shared by test_install/test_openllm (do not modify). The install runs in a network namespace
     with only loopback where one can be made, else under the network guard, and never with an index."""
-    from sealift.offline import guarded_env, netns_prefix
+    from sealift.core.offline import guarded_env, netns_prefix
 
     usb = tmp_path_factory.mktemp("usb-with-wheels")
     export = cpu_bento.host.sealift("export", "tiny", usb, "--with-openllm", "--json", check=True, timeout=1800,
@@ -240,7 +240,7 @@ class BareHost:
     guard_log: Path
 
     def environ(self, **extra: str) -> dict[str, str]:
-        from sealift.offline import guarded_env
+        from sealift.core.offline import guarded_env
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_")) and k != "VIRTUAL_ENV"}
         # python3.X on PATH is the interpreter running the tests (its venv makes venvs from the base Python)
@@ -250,7 +250,7 @@ class BareHost:
 
     def bash(self, script: str, *, timeout: float = 900, **extra: str) -> Run:
         """Run a bash script in the bundle's directory, in a loopback-only namespace where one can be made."""
-        from sealift.offline import netns_prefix
+        from sealift.core.offline import netns_prefix
 
         p = subprocess.run([*(netns_prefix() or []), "bash", "-euo", "pipefail", "-c", script],
                            env=self.environ(**extra), cwd=self.bundle.parent, capture_output=True, text=True,

@@ -24,7 +24,7 @@ import pytest
 import torch
 from test_serving import ROOT, base_env, free_port, serving
 
-from sealift.errors import UserError
+from sealift.core.errors import UserError
 from sealift.serving.backend import Chunk, GenerationRequest, SamplingParams
 from sealift.serving.batching import Batcher, default_max_batch, probe
 from sealift.serving.config import BentoConfig, ServeConfig, max_batch_from_env

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sealift.offline import OFFLINE_ENV, read_guard_log
+from sealift.core.offline import OFFLINE_ENV, read_guard_log
 
 from conftest import ROOT
 
@@ -117,7 +117,7 @@ def test_the_vllm_extra_installs_the_vllm_a_gpu_bento_pins():
     """`pip install sealift[vllm]` on a GPU host gets the vLLM the export proof was made for, not the newest."""
     import tomllib
 
-    from sealift.build import DEFAULT_VLLM_VERSION
+    from sealift.bento.build import DEFAULT_VLLM_VERSION
 
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
     assert extra == [f"vllm=={DEFAULT_VLLM_VERSION}"]
@@ -145,7 +145,7 @@ def test_build_errors_are_one_line_exit_2(cpu_bento, args, words):
 def test_requirements_follow_what_the_service_imports(tmp_path):
     """Every third-party import reachable from service.py (through sealift/, relative imports and
     imports inside functions included) becomes a requirement; stdlib and unreachable files do not."""
-    from sealift.codescan import third_party_modules
+    from sealift.core.codescan import third_party_modules
 
     (tmp_path / "service.py").write_text("import os\nimport bentoml\nfrom sealift.serving import app\n")
     serving = tmp_path / "sealift" / "serving"

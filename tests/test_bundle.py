@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from sealift import bundle, tarstream, wheelhouse
-from sealift import export as export_step
-from sealift.errors import Failure, UserError
+from sealift.bundle import format as bundle, tarstream, wheelhouse
+from sealift.bundle import export as export_step
+from sealift.core.errors import Failure, UserError
 
 from conftest import Env, make_model
 

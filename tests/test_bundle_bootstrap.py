@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from sealift import __version__, bundle, install_text, paths, wheelhouse
-from sealift import export as export_step
-from sealift.offline import read_guard_log
-from sealift.openllm import OPENLLM_REQUIREMENTS
+from sealift.core.version import __version__
+from sealift.bundle import format as bundle, install_text, wheelhouse
+from sealift.core import paths
+from sealift.bundle import export as export_step
+from sealift.core.offline import read_guard_log
+from sealift.host.openllm import OPENLLM_REQUIREMENTS
 
 from conftest import Env
 

@@ -1,6 +1,6 @@
 """The acceptance rule of `sealift check` on synthetic recordings, and the golden-output memory plan.
 
-No server, no model: `compare` is pure. The recording below is what sealift.golden writes for one
+No server, no model: `compare` is pure. The recording below is what sealift.bento.golden writes for one
 prompt: per generated step the token, its cumulative text, the top-1/top-2 margin and the top-k.
 """
 
@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from sealift.check import MARGIN_NATS, Answer, compare
-from sealift.golden import OVERHEAD_BYTES, plan_recording
+from sealift.host.check import MARGIN_NATS, Answer, compare
+from sealift.bento.golden import OVERHEAD_BYTES, plan_recording
 
 EOS = 0
 # token id -> text piece; the recording's texts are the cumulative decodes
@@ -149,7 +149,7 @@ def test_the_vllm_path_token_ids_from_a_vllm_shaped_server():
     import http.server
     import threading
 
-    from sealift.check import ask, server_card
+    from sealift.host.check import ask, server_card
 
     seen = []
 
@@ -204,7 +204,7 @@ def test_recording_uses_every_core_unless_told(monkeypatch):
     """The build's recording is the only work while it runs: all usable cores, SEALIFT_TORCH_THREADS overrides."""
     import os
 
-    from sealift.golden import recording_threads
+    from sealift.bento.golden import recording_threads
 
     monkeypatch.delenv("SEALIFT_TORCH_THREADS", raising=False)
     assert recording_threads() == len(os.sched_getaffinity(0))
@@ -217,7 +217,7 @@ def test_recording_uses_every_core_unless_told(monkeypatch):
 def test_recording_lengths_and_phases_on_a_tiny_model(tiny_llama):
     """record() honours its lengths (short prompts, long prompt, its new tokens) and reports its phases;
     the file itself holds no clock."""
-    from sealift.golden import LONG_NEW_TOKENS, MAX_NEW_TOKENS, PROMPTS, record
+    from sealift.bento.golden import LONG_NEW_TOKENS, MAX_NEW_TOKENS, PROMPTS, record
 
     phases: dict[str, float] = {}
     doc = record(tiny_llama, phases=phases, max_new_tokens=3, long_new_tokens=2, long_prompt_max=40)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sealift import model_card, model_deps
-from sealift.errors import UserError
-from sealift.weights_select import matches, plan_leave_out
+from sealift.model import model_card, model_deps
+from sealift.core.errors import UserError
+from sealift.model.weights_select import matches, plan_leave_out
 
 
 def _safetensors(path: Path, tensors: dict[str, int]) -> None:

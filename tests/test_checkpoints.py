@@ -292,7 +292,7 @@ def test_unknown_import_refused_at_build_with_the_fix(host: Env, dep_model: Path
 def test_a_missing_package_travels_as_a_wheel_and_serves_offline(dep_model: Path, installed_bundle, tmp_path: Path):
     """Build with --requirement, export from a wheel folder (the cpu stack's wheels + the tiny wheel), install
     and serve in a loopback-only namespace: the model's code imports the package from the bundle's wheel."""
-    from sealift.offline import guarded_env, netns_prefix, read_guard_log
+    from sealift.core.offline import guarded_env, netns_prefix, read_guard_log
 
     build_host = Env(tmp_path / "build")
     build_host.sealift("import", dep_model, "--name", "dep", "--trust-remote-code", "--json", check=True)

@@ -215,7 +215,7 @@ def test_a_killed_delta_install_leaves_nothing_half_made_and_runs_again(flow, tm
     import time
 
     from conftest import ROOT, SEALIFT
-    from sealift.manifest import MANIFEST_NAME, Manifest, verify_dir
+    from sealift.model.manifest import MANIFEST_NAME, Manifest, verify_dir
 
     host = host_before(flow, tmp_path)
     models = host.bentoml_home / "models" / "tq"
@@ -250,7 +250,7 @@ def test_a_bad_inventory_is_refused_before_anything_is_written(flow, tmp_path):
 
 
 def test_inventory_lists_kept_wheels_recorded_or_hashed(flow, tmp_path, monkeypatch):
-    from sealift import inventory
+    from sealift.host import inventory
 
     host = host_before(flow, tmp_path)
     pool = host.sealift_home / "wheels"
@@ -267,9 +267,9 @@ def test_inventory_lists_kept_wheels_recorded_or_hashed(flow, tmp_path, monkeypa
 
 
 def test_wheels_the_pool_holds_are_left_out_and_checked_at_install(tmp_path, monkeypatch):
-    from sealift import delta
-    from sealift.errors import UserError
-    from sealift.inventory import Inventory
+    from sealift.bundle import delta
+    from sealift.core.errors import UserError
+    from sealift.host.inventory import Inventory
 
     monkeypatch.setenv("SEALIFT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))

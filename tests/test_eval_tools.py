@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sealift.offline import netns_prefix
+from sealift.core.offline import netns_prefix
 
 MC_ROWS = [
     ("The capital of France is", ["Paris", "London", "Rome"], 0),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sealift import __version__
-from sealift.build import DEFAULT_VLLM_VERSION
+from sealift.core.version import __version__
+from sealift.bento.build import DEFAULT_VLLM_VERSION
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ import pytest
 
 from conftest import Env
 
-from sealift import target
-from sealift.errors import UserError
+from sealift.bundle import target, wheelhouse
+from sealift.core.errors import UserError
 
 
 # --------------------------------------------------------------------------- helpers
@@ -141,13 +141,13 @@ def test_platform_tags_and_cuda_lines():
     assert target.CUDA_LINES["13.0"].min_driver == "580.65.06"
     assert target.CUDA_LINES["12.8"].min_driver == "525.60.13"
     assert target.CUDA_LINES["12.8"].torch_index.endswith("/cu128")
-    src = target.wheel_sources("gpu", cuda="12.8", wheels_from=None)
+    src = wheelhouse.wheel_sources("gpu", cuda="12.8", wheels_from=None)
     assert not src.host_config and src.extra_index_urls == ("https://download.pytorch.org/whl/cu128",)
-    assert not target.wheel_sources("gpu", cuda=None, wheels_from=None).host_config  # never the host's pip config
+    assert not wheelhouse.wheel_sources("gpu", cuda=None, wheels_from=None).host_config  # never the host's pip config
     with pytest.raises(UserError):
-        target.wheel_sources("cpu", cuda="12.8", wheels_from=None)
+        wheelhouse.wheel_sources("cpu", cuda="12.8", wheels_from=None)
     with pytest.raises(UserError):
-        target.wheel_sources("gpu", cuda="11.8", wheels_from=None)
+        wheelhouse.wheel_sources("gpu", cuda="11.8", wheels_from=None)
 
 
 def test_export_help_names_the_default_platforms_and_the_cuda_lines():
@@ -200,8 +200,8 @@ def test_kv_cache_is_counted_in_what_a_model_needs():
 
 def _crafted_gpu_bundle(where: Path) -> Path:
     """A bundle directory with only manifest.json and SHA256SUMS: install's host check reads nothing more."""
-    from sealift.manifest import FileEntry, sha256sums_text
-    from sealift.tarstream import BUNDLE_FORMAT
+    from sealift.model.manifest import FileEntry, sha256sums_text
+    from sealift.bundle.tarstream import BUNDLE_FORMAT
 
     where.mkdir(parents=True)
     doc = {"format": BUNDLE_FORMAT, "bento": {"tag": "tiny:v1", "name": "tiny", "version": "v1"},
@@ -251,7 +251,7 @@ def test_doctor_holds_an_installed_bundles_needs_against_the_host(host, tmp_path
 def test_max_num_seqs_and_the_http_cap_are_separate_settings():
     from sealift.serving.config import BentoConfig, ServeConfig
     from sealift.serving.vllm_backend import vllm_command
-    from sealift.start import option_env
+    from sealift.host.start import option_env
 
     bento = BentoConfig(model_tag="tiny:v1", served_model_name="tiny")
     cap_only = vllm_command("/m", ServeConfig.from_env(bento, {"SEALIFT_MAX_CONCURRENCY": "8"}), executable=["vllm"])

@@ -189,7 +189,7 @@ def test_link_hardlinks_and_still_hashes(host: Env, tiny_qwen_sharded: Path, mod
         if r["mode"] == "hardlink":
             assert (stored / f.name).stat().st_ino == f.stat().st_ino
         assert (stored / f.name).read_bytes() == f.read_bytes()
-    from sealift.manifest import FileEntry, Manifest, hash_file
+    from sealift.model.manifest import FileEntry, Manifest, hash_file
 
     expected = Manifest([FileEntry(f.name, f.stat().st_size, hash_file(f)) for f in src.iterdir()])
     assert r["manifest_digest"] == expected.digest()  # linking still hashed every byte

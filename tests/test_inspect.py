@@ -1,4 +1,4 @@
-"""sealift.inspection on real tiny models: what it reads, and every refusal (in-process: no store involved)."""
+"""sealift.model.inspection on real tiny models: what it reads, and every refusal (in-process: no store involved)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from sealift.errors import UserError
-from sealift.codescan import auto_map_modules, scan_code
-from sealift.inspection import inspect_model
-from sealift.safetensors_header import HeaderError, read_safetensors_header
+from sealift.core.errors import UserError
+from sealift.core.codescan import auto_map_modules, scan_code
+from sealift.model.inspection import inspect_model
+from sealift.core.safetensors_header import HeaderError, read_safetensors_header
 
 
 def _numel_and_bytes(model_dir: Path) -> tuple[int, int]:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from sealift import install, verify
-from sealift.errors import UserError
+from sealift.host import install, verify
+from sealift.core.errors import UserError
 
 from conftest import Env
 
@@ -257,7 +257,7 @@ def free_port() -> int:
 
 def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundle):
     """Export with wheels -> install on an empty host, no network, no index -> the venv's bentoml serves it."""
-    from sealift.offline import guarded_env, read_guard_log
+    from sealift.core.offline import guarded_env, read_guard_log
 
     result = installed_bundle.install
     host = installed_bundle.host

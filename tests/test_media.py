@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from sealift import parts, tarstream, volumes
-from sealift.install import extract
-from sealift.units import parse_size
-from sealift.verify import check_archive
+from sealift.bundle import parts, tarstream, volumes
+from sealift.host.install import extract
+from sealift.core.units import parse_size
+from sealift.host.verify import check_archive
 
 from conftest import Env, make_model
 
@@ -377,7 +377,7 @@ def test_a_split_bundle_is_signed_and_installs_under_a_signing_policy(cpu_bento,
 def test_a_big_wheel_is_split_once_and_joined_once_into_the_kept_wheels(tmp_path):
     import zipfile
 
-    from sealift.install import persist_wheels
+    from sealift.host.install import persist_wheels
 
     wheel = tmp_path / "src" / "big_pkg-1.0-py3-none-any.whl"
     wheel.parent.mkdir()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sealift.offline import guarded_env, netns_prefix, read_guard_log
+from sealift.core.offline import guarded_env, netns_prefix, read_guard_log
 
 from conftest import ROOT
 

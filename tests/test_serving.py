@@ -34,7 +34,7 @@ import openai
 import pytest
 from conftest import Env
 
-from sealift.offline import guarded_env, offline_env, read_guard_log
+from sealift.core.offline import guarded_env, offline_env, read_guard_log
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

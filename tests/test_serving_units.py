@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sealift.errors import UserError
+from sealift.core.errors import UserError
 from sealift.serving.backend import OutputText
 from sealift.serving.config import BentoConfig, ServeConfig, select_backend, service_name
 from sealift.serving.errors import APIError

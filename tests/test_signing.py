@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from sealift import signing
-from sealift.errors import UserError
+from sealift.bundle import signing
+from sealift.core.errors import UserError
 
 from conftest import ROOT, SEALIFT, Env
 from test_install import archive_of, reseal, store_is_empty

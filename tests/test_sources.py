@@ -45,11 +45,11 @@ def make_hf_cache(hub: Path, repo_id: str, model_dir: Path, commit: str, ref: st
 
 
 def resolve(host: Env, src: str, **kw) -> subprocess.CompletedProcess:
-    """sealift.sources.resolve in a subprocess with the host's caches; prints the Source as JSON."""
+    """sealift.model.sources.resolve in a subprocess with the host's caches; prints the Source as JSON."""
     code = (
         "import json, sys\n"
-        "from sealift.sources import resolve\n"
-        "from sealift.errors import UserError\n"
+        "from sealift.model.sources import resolve\n"
+        "from sealift.core.errors import UserError\n"
         "try:\n"
         f"    s = resolve({src!r}, revision={kw.get('revision')!r}, hub={kw.get('hub', 'auto')!r}, download=False)\n"
         "except UserError as e:\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sealift.start import descendants
+from sealift.host.start import descendants
 
 from conftest import SEALIFT, ROOT
 
@@ -167,8 +167,8 @@ def test_the_runtime_venv_install_made_serves_its_bento(tmp_path, monkeypatch):
     import json
     import sys
 
-    from sealift import registry
-    from sealift.start import server_python
+    from sealift.host import registry
+    from sealift.host.start import server_python
 
     monkeypatch.setenv("SEALIFT_HOME", str(tmp_path))
     venv = tmp_path / "venvs" / "tiny-v1"

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Env
-from sealift import manifest as M
-from sealift.manifest import FileEntry, Manifest, Problem
+from sealift.model import manifest as M
+from sealift.model.manifest import FileEntry, Manifest, Problem
 
 
 def _sha(data: bytes) -> str:

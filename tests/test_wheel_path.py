@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sealift import __version__
+from sealift.core.version import __version__
 
 from conftest import ROOT, Env
 from test_start import free_port, ready
@@ -206,7 +206,7 @@ def test_whole_path_from_the_wheel(wheel_user, tiny_llama, wheel_cache, tmp_path
 
 def test_an_installed_sealift_carries_its_own_wheel(wheel_user, tmp_path):
     """Export from a wheel install needs sealift's wheel for the bundle: rebuilt from the installed files."""
-    code = ("from sealift.wheelhouse import sealift_wheel; print(sealift_wheel())")
+    code = ("from sealift.bundle.wheelhouse import sealift_wheel; print(sealift_wheel())")
     p = subprocess.run([str(wheel_user.venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                        cwd=wheel_user.cwd, env={**_clean(dict(os.environ)), "SEALIFT_WHEEL_CACHE": str(tmp_path)})
     assert p.returncode == 0, p.stderr

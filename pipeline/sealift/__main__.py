@@ -1,3 +1,5 @@
+"""`python -m sealift`: the same command line as the `sealift` script."""
+
 import sys
 
 from sealift.cli import main

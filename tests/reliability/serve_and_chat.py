@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from net_probe import snmp  # noqa: E402
 
-from sealift.start import descendants  # noqa: E402
+from sealift.host.start import descendants  # noqa: E402
 
 
 def cmdline(pid: int) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Env  # the root tests/conftest.py (pytest puts tests/ on sys.path)
-from sealift.offline import OFFLINE_ENV
+from sealift.core.offline import OFFLINE_ENV
 
 
 def rows(run) -> dict[str, dict]:
@@ -134,7 +134,7 @@ def test_gpu_rows_for_split_models_and_vllm_free_share(tmp_path, monkeypatch):
     """In-process (no store involved): multi-GPU advice and vLLM's free-memory rule, on fake GPUs."""
     from types import SimpleNamespace
 
-    from sealift import doctor
+    from sealift.host import doctor
 
     model = SimpleNamespace(name="big", tag="big:1", gpu_memory_bytes=120 * 2**30)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -164,7 +164,7 @@ def test_installed_venv_rows(tmp_path, monkeypatch):
     """In-process, on a fake SEALIFT_HOME: an unfinished, a broken and an absent runtime venv."""
     import json
 
-    from sealift import doctor, venv as venv_module
+    from sealift.host import doctor, venv as venv_module
 
     home = tmp_path / "sealift"
     venv = home / "venvs" / "tiny-v1"

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, SEALIFT
-from sealift.start import descendants
+from sealift.host.start import descendants
 
 MAX_CONCURRENCY = 4
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SEALIFT, Env, make_model
-from sealift.manifest import MANIFEST_NAME, Manifest, verify_dir
+from sealift.model.manifest import MANIFEST_NAME, Manifest, verify_dir
 
 SEED = int(os.environ.get("SEALIFT_KILL_SEED", "20261122"))
 CHECKPOINT = 16 * 1024 * 1024  # export checkpoints often, so kills also exercise resuming

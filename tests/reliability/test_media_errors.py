@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Env
-from sealift import console, verify
-from sealift.errors import UserError
+from sealift.core import console
+from sealift.host import verify
+from sealift.core.errors import UserError
 
 SEED = int(os.environ.get("SEALIFT_MEDIA_SEED", "5"))
 SUMS_MASKS = (0x01, 0x0A, 0x20, 0x80, 0xFF)  # 0x0A turns the second space of "<hex>  <path>" into "*"

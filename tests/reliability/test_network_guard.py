@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sealift import offline
+from sealift.core import offline
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

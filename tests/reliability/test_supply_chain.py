@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from conftest import SEALIFT, Env
-from sealift.manifest import code_problems
+from sealift.model.manifest import code_problems
 
 CODE = ("configuration_tiny.py", "modeling_tiny.py", "tiny_layers.py")
 

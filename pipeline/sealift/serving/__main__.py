@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from sealift.offline import apply_offline_env
+from sealift.core.offline import apply_offline_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from sealift.serving.app import create_app
-    from sealift.errors import UserError
+    from sealift.core.errors import UserError
     from sealift.serving.config import ServeConfig, max_batch_from_env
     from sealift.serving.transformers_backend import TransformersBackend
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sealift.errors import UserError
+from sealift.core.errors import UserError
 
 BENTO_CONFIG_FILE = "sealift_bento.json"
 BACKENDS = ("auto", "vllm", "transformers")
@@ -40,7 +40,7 @@ class BentoConfig:
     trust_remote_code: bool = False
     manifest_digest: str | None = None
     sealift_version: str | None = None
-    #: vLLM's --quantization when vLLM would not find it in config.json (sealift.model_card); None: vLLM detects it.
+    #: vLLM's --quantization when vLLM would not find it in config.json (sealift.model.model_card); None: vLLM detects it.
     quantization: str | None = None
     #: True when read from SEALIFT_MODEL (no sealift_bento.json): trust then comes from the store's metadata.
     development: bool = False

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealift.hfconfig import CONTEXT_KEYS as _CONTEXT_KEYS
+from sealift.core.hfconfig import CONTEXT_KEYS as _CONTEXT_KEYS
 from sealift.serving.backend import (
     BackendError,
     Chunk,

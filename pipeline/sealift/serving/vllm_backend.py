@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from sealift.offline import OFFLINE_ENV
+from sealift.core.offline import OFFLINE_ENV
 from sealift.serving.config import ServeConfig
 
 VLLM_HOST = "127.0.0.1"

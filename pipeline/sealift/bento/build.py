@@ -1,0 +1,385 @@
+"""Build step: a Bento that holds one stored model, its tokenizer, sealift's code and the service.
+
+    build_bento("qwen7b", target="gpu")   -> BuildResult (bento tag "qwen7b:<version>")
+
+(Which bento carries a model is a store lookup: sealift.model.store.find_bento.)
+
+The build context is a private temporary directory under $BENTOML_HOME/tmp (the
+same filesystem as the store, so bentoml's copy into the store is cheap) holding
+copies of service.py, bentofile.yaml (rewritten with this build's name, labels,
+envs and requirements), both from the package's `_bento/` recipe, and the
+installed `sealift/` package itself, plus `sealift_bento.json`, which tells
+service.py which model to declare (`bentoml.models.BentoModel(model_tag)`) and
+with what defaults. The weights are not copied: the bento references the model
+by tag, and `bentoml export` packs it with the bento.
+
+No step needs the network, and why:
+- `lock_packages: false`. Locking runs `uv pip compile` against an index; an
+  air-gap build host may have none, and the bundle step resolves and downloads
+  the wheels for the target platform itself, from the same requirements.
+- bentoml 1.4.39 still looks up `uv` at build time (and would `pip install uv`
+  if it were missing); sealift depends on uv, so it is found on PATH or as a
+  package and never installed. With lock_packages false uv is not run at all.
+  UV_OFFLINE=1 (from OFFLINE_ENV) is set anyway.
+- bentoml adds its own requirement line; BENTOML_NO_LOCAL_URL=1 makes that
+  `bentoml==<installed version>` rather than a `file://` URL of the build host,
+  and BENTOML_BUNDLE_LOCAL_BUILD=false stops it building an sdist of an
+  editable bentoml (which would run a build backend).
+- No git requirements (bentoml would clone them), no `models:` that name a hub
+  (HuggingFaceModel needs the network at build and serve), no docker build.
+- Loading service.py at build time imports the serving code; OFFLINE_ENV is set
+  first so transformers and huggingface_hub stay offline, and analytics are off
+  (BENTOML_DO_NOT_TRACK).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sealift.core.version import __version__
+from sealift.model import _bentoml
+from sealift.core import console, paths
+from sealift.core.atomic import fsync_dir, fsync_tree, sweep_dead, write_atomic
+from sealift.core.codescan import third_party_modules
+from sealift.core.errors import UserError
+from sealift.bento.golden import GOLDEN_FILE
+from sealift.core.offline import OFFLINE_ENV, apply_offline_env
+from sealift.serving.config import BACKENDS, BENTO_CONFIG_FILE, TARGETS
+from sealift.model.store import LABEL_BACKEND, LABEL_MANIFEST, LABEL_MODEL, LABEL_TARGET, LABEL_VERSION
+from sealift.core.units import fmt_bytes
+
+__all__ = ["BuildResult", "build_bento", "requirements_for"]
+
+#: vLLM for `--target gpu` when the build host has none installed. Install the
+#: vLLM to ship on the build host to choose another: its version is pinned instead.
+DEFAULT_VLLM_VERSION = "0.32.0"
+
+#: Distributions the CPU (transformers) backend needs at serve time whatever
+#: sealift/serving imports: the model loader, its tokenizer and weight formats,
+#: the chat template engine and torch (CPU build).
+CPU_BASE = ("transformers", "tokenizers", "safetensors", "torch", "jinja2", "huggingface-hub")
+
+#: The recipe files the service needs, copied from the installed package's _bento/.
+SOURCES = ("service.py", "bentofile.yaml")
+#: The package folder in the bento (`import sealift` from the bento's src/).
+PACKAGE = "sealift"
+
+#: Build directories under $BENTOML_HOME/tmp: sealift-build-<pid>-<random>/{context,store}.
+BUILD_PREFIX = "sealift-build-"
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class BuildResult:
+    """What `sealift build` made."""
+
+    bento_tag: str
+    model_tag: str
+    name: str
+    target: str
+    backend: str
+    size_bytes: int
+    model_size_bytes: int
+    path: str
+    requirements: list[str] = field(default_factory=list)
+    golden: dict[str, Any] = field(default_factory=dict)  # sealift.bento.golden.GoldenOutcome.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def print_human(self) -> None:
+        lines = [
+            f"built {self.bento_tag}  (model {self.model_tag}, target {self.target}, "
+            f"backend {self.backend}, {fmt_bytes(self.size_bytes)} with the model)",
+            "serve it with any of:",
+            f"  sealift start {self.name}",
+            f"  openllm serve {self.name}    (on the host where `sealift install` put it)",
+            f"  bentoml serve {self.bento_tag}",
+        ]
+        if self.golden.get("status") == "recorded":
+            phases = self.golden.get("phases") or {}
+            split = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+            lines.insert(1, f"golden outputs: {self.golden['prompts']} prompts recorded in {self.golden['seconds']:.1f} s "
+                            + (f"({split}) " if split else "")
+                            + "(src/sealift_golden.json; `sealift check` replays them)")
+        for line in lines:
+            console.out.print(line, markup=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", requirements: list[str] | tuple[str, ...] = (),
+                ignore_imports: list[str] | tuple[str, ...] = (), golden: bool = True) -> BuildResult:
+    """Build a bento for the stored model `ref` (NAME or NAME:VERSION) and save it in the store.
+
+    `target` chooses the python requirements: "cpu" pins the build host's
+    transformers/torch stack, "gpu" adds vllm and leaves torch/transformers to
+    vllm's pins. `backend` is the default the service starts with.
+    The model's own packages join the requirements (`requirements`: the
+    user's extra pip requirements; `ignore_imports`: imports to leave out),
+    see sealift.model.model_deps; a quantization the target cannot run is refused.
+    `golden` records golden outputs into the bento (sealift.bento.golden) where the model fits.
+    """
+    _check_options(target, backend)
+    # Before bentoml is imported: analytics off, hub offline, no local URLs.
+    apply_offline_env()
+    os.environ["BENTOML_NO_LOCAL_URL"] = "1"
+    os.environ["BENTOML_BUNDLE_LOCAL_BUILD"] = "false"
+
+    from sealift.model import store
+
+    model = store.describe(ref)
+    model_packages, vllm_quantization = _model_checks(model, target, requirements, ignore_imports)
+    _check_sources(paths.bento_sources())
+    config = {
+        "model_tag": str(model.tag),
+        "served_model_name": model.name,
+        "backend": backend,
+        "target": target,
+        "trust_remote_code": bool(model.trust_remote_code),
+        "manifest_digest": model.manifest_digest,
+        "sealift_version": __version__,
+        **({"quantization": vllm_quantization} if vllm_quantization and target == "gpu" else {}),
+    }
+    labels = {
+        LABEL_MODEL: str(model.tag),
+        LABEL_MANIFEST: str(model.manifest_digest),
+        LABEL_TARGET: target,
+        LABEL_BACKEND: backend,
+        LABEL_VERSION: __version__,
+        # openllm 0.6.30 reads these two from bento.yaml labels: `aliases` (comma
+        # separated; each becomes bentos/<name>/<alias>, so `openllm serve NAME:gpu`
+        # works) and `platforms` (comma separated; default linux).
+        "aliases": target,
+        "platforms": "linux",
+    }
+    console.info(f"building a bento for {model.tag} (target {target}, backend {backend})")
+    tmp_parent = paths.bentoml_home() / "tmp"
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    sweep_dead(tmp_parent, BUILD_PREFIX)
+    with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=tmp_parent) as tmp:
+        ctx = Path(tmp) / "context"
+        ctx.mkdir()
+        _make_context(ctx, config)
+        from sealift.model.model_deps import requirement_lines
+
+        outcome = _record_golden(ctx, model, golden)
+        lines = requirement_lines(model_packages, target, requirements_for(target, ctx))
+        bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=lines)
+        bento = _run_build(bentofile, ctx, Path(tmp) / "store")
+    return BuildResult(
+        bento_tag=str(bento.tag),
+        model_tag=str(model.tag),
+        name=model.name,
+        target=target,
+        backend=backend,
+        size_bytes=bento.file_size + model.size,
+        model_size_bytes=model.size,
+        path=str(bento.path),
+        requirements=_read_requirements(Path(bento.path)),
+        golden=outcome.to_dict(),
+    )
+
+
+def _model_checks(model: Any, target: str, requirements: Any, ignore_imports: Any) -> tuple[Any, str | None]:
+    """(the model's packages, vLLM's --quantization or None); UserError (exit 2) before anything is built
+    for a quantization the target cannot run or an import with no package (issue 15)."""
+    from sealift.model import model_card, model_deps
+    from sealift.model.checkpoint import CheckpointFacts
+
+    facts = CheckpointFacts.from_record(model.checkpoint)
+    quant = facts.quantization or ({"method": model.quantization} if model.quantization else None)
+    model_card.check_target(quant, target, model=model.name)
+    packages = model_deps.resolve(facts.runtime_imports, requirements=requirements, ignore=ignore_imports,
+                                  model=model.name)
+    for skipped in packages.skipped:
+        console.info(f"left out of the requirements: {skipped}")
+    return packages, model_card.vllm_quantization(quant)
+
+
+def _record_golden(ctx: Path, model: Any, wanted: bool) -> Any:
+    """The build's hook into sealift.bento.golden: record into ctx, or say in one line why not."""
+    from sealift.bento import golden
+
+    if not wanted:
+        return golden.GoldenOutcome("off", "--no-golden")
+    console.info(f"recording golden outputs of {model.tag} (float32, CPU)")
+    outcome = golden.record_into(ctx, model)
+    if outcome.status != "recorded":
+        console.warn(f"golden outputs {outcome.status}: {outcome.reason}")
+    return outcome
+
+
+def _check_options(target: str, backend: str) -> None:
+    if target not in TARGETS:
+        raise UserError(f"unknown --target {target!r}", hint="use cpu or gpu")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend {backend!r}", hint="use auto, vllm or transformers")
+    if target == "cpu" and backend == "vllm":
+        raise UserError("--backend vllm needs --target gpu (a cpu bento has no vllm)", hint="use --target gpu")
+
+
+def _check_sources(recipe: Path) -> None:
+    missing = [name for name in SOURCES if not (recipe / name).is_file()]
+    if missing:
+        raise UserError(
+            f"sealift's service recipe is missing from {recipe}: {', '.join(missing)}",
+            hint="reinstall sealift (pip install --force-reinstall sealift); the package ships _bento/",
+        )
+
+
+def _make_context(ctx: Path, config: dict[str, Any]) -> None:
+    """Lay out the bento's src: service.py and bentofile.yaml from the package's _bento/ recipe, the
+    installed sealift package (no caches, no recipe), and sealift_bento.json.
+
+    The same files whether sealift runs from a checkout or from its wheel, so both build the same bento.
+    """
+    recipe = paths.bento_sources()
+    shutil.copy2(recipe / "service.py", ctx / "service.py")
+    shutil.copy2(recipe / "bentofile.yaml", ctx / "bentofile.yaml")
+    shutil.copytree(
+        paths.package_dir(),
+        ctx / PACKAGE,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "_bento"),
+    )
+    (ctx / BENTO_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_bentofile(ctx: Path, *, name: str, labels: dict[str, str], requirements: list[str]) -> Path:
+    """Rewrite the bentofile in ctx: this build's name, labels, envs, requirements; no locking.
+
+    Keys of the source bentofile.yaml (service, description, docker, ...) are
+    kept; its labels and envs are merged under ours; its python packages are
+    folded into `requirements` by `requirements_for`.
+    """
+    import yaml
+
+    path = ctx / "bentofile.yaml"
+    spec = yaml.safe_load(path.read_text()) or {}
+    spec["name"] = name
+    spec["labels"] = {**(spec.get("labels") or {}), **labels}
+    include = list(spec.get("include") or [])
+    golden_file = [GOLDEN_FILE] if (ctx / GOLDEN_FILE).is_file() else []
+    for item in ("service.py", BENTO_CONFIG_FILE, *golden_file, f"{PACKAGE}/"):
+        if item not in include:
+            include.append(item)
+    spec["include"] = include
+    exclude = list(spec.get("exclude") or [])
+    for item in ("__pycache__/", "*.pyc"):
+        if item not in exclude:
+            exclude.append(item)
+    spec["exclude"] = exclude
+    # OFFLINE_ENV comes from the service's own `envs` (service.py), which bentoml appends to these in
+    # bento.yaml: listed here too, each would appear twice. The recipe's and the user's others stay.
+    spec["envs"] = [e for e in (spec.get("envs") or []) if e["name"] not in OFFLINE_ENV]
+    python = dict(spec.get("python") or {})
+    python.pop("requirements_txt", None)
+    python["packages"] = requirements
+    python["lock_packages"] = False
+    spec["python"] = python
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _run_build(bentofile: Path, ctx: Path, staging: Path):
+    """bentoml's Python build API (same process: the store is this process's BENTOML_HOME), published atomically.
+
+    bentoml 1.4.39 saves a bento by making bentos/NAME/VERSION/ and copying into
+    it, so a build killed mid-copy leaves a half bento that `bentoml list` shows
+    and `sealift export` would pick. It saves into a private store in `staging`
+    instead (same filesystem) and the finished directory is renamed into place.
+    """
+    staged = _bentoml.build_bentofile(bentofile, ctx, staging)
+    return _publish_bento(staged)
+
+
+def _publish_bento(staged: Any) -> Any:
+    """fsync the staged bento, rename it to bentos/NAME/VERSION (atomic), point `latest` at it; the stored Bento."""
+    src = Path(staged.path)
+    fsync_tree(src)
+    final = _bentoml.bentos_dir() / staged.tag.name / staged.tag.version
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, final)  # bentos/NAME/VERSION appears complete or not at all
+    write_atomic(final.parent / "latest", staged.tag.version.encode())
+    fsync_dir(final.parent)
+    return _bentoml.bento_store().get(staged.tag)
+
+
+def _read_requirements(bento_path: Path) -> list[str]:
+    reqs = bento_path / "env" / "python" / "requirements.txt"
+    if not reqs.exists():
+        return []
+    return [line.strip() for line in reqs.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+# --------------------------------------------------------------------------- requirements
+
+
+def requirements_for(target: str, root: Path) -> list[str]:
+    """The bento's python requirements (bentoml adds its own `bentoml==X` line).
+
+    The distributions are CPU_BASE plus every third-party module that
+    service.py and the sealift modules it imports (transitively, including
+    imports inside functions) import, plus the source bentofile's own packages.
+    cpu: each pinned to the version installed here (the stack this host ran).
+    gpu: vllm pinned, the rest by name only, so vllm's pins decide torch and
+    transformers (the build host's CPU torch must not leak into a GPU bento).
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    names = {canonicalize_name(n) for n in CPU_BASE}
+    names |= {canonicalize_name(d) for d in _imported_distributions(root)}
+    specifiers: dict[str, str] = {}  # the source bentofile's bounds, kept for gpu ("pydantic>=2")
+    for line in _bentofile_packages(root):
+        req = Requirement(line)
+        names.add(canonicalize_name(req.name))
+        specifiers[canonicalize_name(req.name)] = str(req.specifier)
+    names -= {"bentoml", "vllm", "sealift"}
+    if target == "cpu":
+        return sorted(f"{n}=={_installed_public_version(n)}" for n in names)
+    return [f"vllm=={_vllm_version()}", *sorted(n + specifiers.get(n, "") for n in names)]
+
+
+def _installed_public_version(dist: str) -> str:
+    """The installed version without a local part: torch 2.13.0+cpu -> 2.13.0."""
+    from packaging.version import Version
+
+    try:
+        return Version(importlib.metadata.version(dist)).public
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"{dist} is not installed here, so a cpu bento cannot pin it",
+                        hint=f"pip install {dist} (the version to ship)") from None
+
+
+def _vllm_version() -> str:
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return DEFAULT_VLLM_VERSION
+
+
+def _bentofile_packages(root: Path) -> list[str]:
+    import yaml
+
+    spec = yaml.safe_load((root / "bentofile.yaml").read_text()) or {}
+    return [p for p in ((spec.get("python") or {}).get("packages") or []) if p and not p.startswith("-")]
+
+
+def _imported_distributions(root: Path) -> set[str]:
+    """Installed distributions that service.py and the sealift modules it reaches import, at any depth."""
+    dists = importlib.metadata.packages_distributions()
+    found: set[str] = set()
+    for module in third_party_modules(root, "service.py", PACKAGE):
+        found.update(dists.get(module, []))
+    return found

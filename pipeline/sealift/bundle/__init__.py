@@ -1,0 +1,1 @@
+"""The bundle format and everything that writes it (`sealift export`): archive, parts, volumes, deltas, wheels, target, proof, signing, SBOM, INSTALL.txt, the inventory format. May import model, serving and core."""

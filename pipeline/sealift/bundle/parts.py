@@ -1,0 +1,397 @@
+"""Numbered parts: a bundle file too big for the medium, written as NAME.part-0001, NAME.part-0002, ...
+
+    plan_pieces(files, max_file=, capacity=) -> {rel: [Piece, ...]}   where each byte goes (volume, part)
+    SplitOut(paths, sizes)        write_archive's output as parts, each hashed as it is written (one pass)
+    copy_split(src, targets)      a wheel into parts, read once, each part and the whole hashed
+    Spans(files)                  parts read as one stream: open() for tarfile, pieces() for range copies
+    fat_limit(dest)               4 GiB - 1 when dest is on FAT32 (vfat/msdos), from /proc/self/mountinfo
+
+A part is a plain file listed in SHA256SUMS like any other, so `sha256sum -c` checks it; manifest.json's
+`parts` maps each split file to its parts in order (sealift.bundle.format). Nothing ever joins parts into a
+second copy: install reads the archive across its parts (Spans) and copies each member's byte range
+from the part(s) holding it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sealift.core import console
+from sealift.core.errors import UserError
+from sealift.model.manifest import FileEntry
+from sealift.bundle.tarstream import CHUNK, Advance, Journal, write_all
+
+__all__ = ["FAT_LIMIT", "PART_SEP", "Piece", "SplitOut", "Spans", "copy_split", "fat_limit", "fs_type",
+           "archive_parts", "logical_files", "part_name", "plan_pieces", "spans_of"]
+
+PART_SEP = ".part-"
+#: The largest file FAT32 holds.
+FAT_LIMIT = 4 * 1024**3 - 1
+FAT_TYPES = frozenset({"vfat", "msdos", "fat", "umsdos"})
+
+
+def part_name(rel: str, index: int) -> str:
+    """The index-th part (1-based) of rel: `x.tar` -> `x.tar.part-0001`."""
+    return f"{rel}{PART_SEP}{index:04d}"
+
+
+# --------------------------------------------------------------------------- the medium's filesystem
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\040 etc."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def fs_type(path: Path, mountinfo: str | None = None) -> tuple[str, str]:
+    """(mount point, filesystem type) of the mount holding path; ("", "") when /proc/self/mountinfo is unreadable."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return "", ""
+    full = Path(path).absolute()
+    probe = full
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    target = os.path.join(os.path.realpath(probe), os.path.relpath(full, probe)).rstrip("/.") or "/"
+    best = ("", "")
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        fstype = line.split(" - ", 1)[1].split()[0]
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):  # the last, deepest mount wins (mounts stack)
+            best = (point, fstype)
+    return best
+
+
+def fat_limit(dest: Path, mountinfo: str | None = None) -> int | None:
+    """FAT_LIMIT when dest lies on FAT32 (vfat, msdos), else None (no limit known)."""
+    point, fstype = fs_type(dest, mountinfo)
+    return FAT_LIMIT if fstype in FAT_TYPES else None
+
+
+# --------------------------------------------------------------------------- where each byte goes
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One file of the bundle as written: volume (0-based), its path in the bundle, its size."""
+
+    volume: int
+    rel: str
+    size: int
+
+
+def plan_pieces(files: list[tuple[str, int]], *, max_file: int | None = None,
+                capacity: Callable[[int], int | None] | None = None) -> dict[str, list[Piece]]:
+    """Lay files (rel, size), in order, onto volumes of capacity(i) bytes (None: unbounded), no file over max_file.
+
+    A file that fits whole (in the volume's room and under max_file) stays whole; one under max_file that
+    does not fit the room but fits an empty volume, and is small beside it, moves to the next volume whole;
+    anything else is cut into parts that fill each volume's room. {rel: pieces in order}.
+    """
+    big = float("inf")
+    cap = (lambda i: capacity(i) if capacity(i) is not None else big) if capacity else (lambda i: big)
+    limit = max_file or big
+    vol, room = 0, cap(0)
+    out: dict[str, list[Piece]] = {}
+    for rel, size in files:
+        if size <= limit and size <= room:
+            out[rel] = [Piece(vol, rel, size)]
+            room -= size
+            continue
+        if size <= limit and size <= cap(vol + 1) / 8:
+            vol, room = vol + 1, cap(vol + 1) - size
+            out[rel] = [Piece(vol, rel, size)]
+            continue
+        pieces: list[tuple[int, int]] = []
+        left = size
+        while left:
+            if room <= 0:
+                vol, room = vol + 1, cap(vol + 1)
+            n = int(min(left, limit, room))
+            pieces.append((vol, n))
+            left -= n
+            room -= n
+        if len(pieces) == 1:
+            out[rel] = [Piece(pieces[0][0], rel, size)]
+        else:
+            out[rel] = [Piece(v, part_name(rel, i), n) for i, (v, n) in enumerate(pieces, 1)]
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class PartHasher:
+    """A sha256 per part, fed the stream in order (write_archive's hasher when it writes parts)."""
+
+    def __init__(self, sizes: list[int], done: list[str] | None = None, current: Any = None, pos: int = 0) -> None:
+        self.sizes = sizes
+        self.done = list(done or [])
+        self.current = current or hashlib.sha256()
+        self.pos = pos
+
+    def update(self, data: memoryview | bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.sizes[len(self.done)] - self.pos)
+            self.current.update(view[:take])
+            self.pos += take
+            view = view[take:]
+            if self.pos == self.sizes[len(self.done)]:
+                self.done.append(self.current.hexdigest())
+                self.current, self.pos = hashlib.sha256(), 0
+
+
+def _locate(sizes: list[int], offset: int) -> tuple[int, int]:
+    """(part index, offset in it) of a stream offset; (len(sizes), 0) at the very end."""
+    for i, size in enumerate(sizes):
+        if offset < size:
+            return i, offset
+        offset -= size
+    return len(sizes), 0
+
+
+def _hash_head(path: Path, n: int, advance: Advance) -> Any:
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    with open(path, "rb", buffering=0) as f:
+        while n:
+            got = f.readinto(memoryview(buf)[: min(CHUNK, n)])
+            if not got:
+                raise EOFError(path)
+            h.update(memoryview(buf)[:got])
+            n -= got
+            advance(got)
+    return h
+
+
+class SplitOut:
+    """tarstream.write_archive's output as parts (paths, sizes in order, possibly on several volumes).
+
+    Each part is hashed as the stream passes (PartHasher), fsynced and closed when full; the journal
+    records the finished parts' sha256 and the running hash of the current one, so a resumed export
+    re-reads (never rewrites) what is there and goes on.
+    """
+
+    def __init__(self, paths: list[Path], sizes: list[int], rels: list[str]) -> None:
+        self.paths, self.sizes, self.rels = paths, sizes, rels
+        self.index, self.pos, self.fd = 0, 0, -1
+
+    def resume(self, journal: Journal, advance: Advance) -> tuple[int, PartHasher]:
+        arch = journal.archive
+        offset = int(arch.get("offset", 0))
+        done = list(arch.get("parts") or [])
+        index, pos = _locate(self.sizes, offset)
+        if offset <= 0 or len(done) != index:
+            return 0, PartHasher(self.sizes)
+        try:
+            for i in range(index):
+                if self.paths[i].stat().st_size != self.sizes[i] or \
+                        _hash_head(self.paths[i], self.sizes[i], advance).hexdigest() != done[i]:
+                    raise ValueError(self.rels[i])
+            current = _hash_head(self.paths[index], pos, advance) if pos else hashlib.sha256()
+            if pos and current.hexdigest() != arch.get("sha256"):
+                raise ValueError(self.rels[index])
+        except (OSError, EOFError, ValueError):
+            console.warn("the parts written before the interruption changed; writing the archive again")
+            return 0, PartHasher(self.sizes)
+        return offset, PartHasher(self.sizes, done, current, pos)
+
+    def open(self, start: int) -> None:
+        self.index, self.pos = _locate(self.sizes, start)
+        for path in self.paths[self.index + 1:]:
+            path.unlink(missing_ok=True)
+        if self.index < len(self.paths):
+            self._open_current(truncate_to=self.pos)
+
+    def _open_current(self, truncate_to: int = 0) -> None:
+        path = self.paths[self.index]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.ftruncate(self.fd, truncate_to)
+        os.lseek(self.fd, truncate_to, os.SEEK_SET)
+
+    def write(self, data: memoryview | bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.fd < 0:
+                self._open_current()
+            take = min(len(view), self.sizes[self.index] - self.pos)
+            write_all(self.fd, view[:take])
+            self.pos += take
+            view = view[take:]
+            if self.pos == self.sizes[self.index]:
+                os.fsync(self.fd)
+                os.close(self.fd)
+                self.fd, self.index, self.pos = -1, self.index + 1, 0
+
+    def sync(self) -> None:
+        if self.fd >= 0:
+            os.fsync(self.fd)
+
+    def state(self, h: PartHasher) -> dict[str, Any]:
+        return {"parts": list(h.done), "sha256": h.current.copy().hexdigest()}
+
+    def result(self, h: PartHasher, total: int) -> list[FileEntry]:
+        if len(h.done) != len(self.sizes) or sum(self.sizes) != total:
+            raise RuntimeError(f"internal error: {len(h.done)} of {len(self.sizes)} parts hashed")
+        return [FileEntry(rel, size, digest) for rel, size, digest in zip(self.rels, self.sizes, h.done)]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def copy_split(src: Path, targets: list[tuple[Path, str, int]], advance: Advance) -> tuple[list[FileEntry], str]:
+    """Copy src into targets (path, rel, size) in order, reading it once: (an entry per part, sha256 of src)."""
+    whole = hashlib.sha256()
+    entries = []
+    buf = bytearray(CHUNK)
+    with open(src, "rb", buffering=0) as fin:
+        for path, rel, size in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            h = hashlib.sha256()
+            with open(path, "wb", buffering=0) as fout:
+                left = size
+                while left:
+                    n = fin.readinto(memoryview(buf)[: min(CHUNK, left)])
+                    if not n:
+                        raise UserError(f"{src} shrank while it was being copied", hint="export again")
+                    view = memoryview(buf)[:n]
+                    write_all(fout.fileno(), view)
+                    h.update(view)
+                    whole.update(view)
+                    left -= n
+                    advance(n)
+                os.fsync(fout.fileno())
+            entries.append(FileEntry(rel, size, h.hexdigest()))
+        if fin.read(1):
+            raise UserError(f"{src} grew while it was being copied", hint="export again")
+    return entries, whole.hexdigest()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Spans:
+    """Files read as one stream (a split archive or wheel; one file works too). str() names it for messages."""
+
+    def __init__(self, files: list[Path], label: str | None = None) -> None:
+        self.files = [Path(f) for f in files]
+        self.label = label or str(self.files[0])
+        self.sizes = [f.stat().st_size for f in self.files]
+        self.starts = [0]
+        for size in self.sizes:
+            self.starts.append(self.starts[-1] + size)
+
+    @property
+    def size(self) -> int:
+        return self.starts[-1]
+
+    def __str__(self) -> str:
+        return self.label if len(self.files) == 1 else f"{self.label} ({len(self.files)} parts)"
+
+    def pieces(self, offset: int, size: int) -> list[tuple[int, int, int]]:
+        """The (file index, offset in it, length) that hold stream bytes [offset, offset + size)."""
+        out = []
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        while size > 0:
+            if i >= len(self.files):
+                raise OSError(errno.EIO, f"{self}: read past its end")
+            off = offset - self.starts[i]
+            n = min(size, self.sizes[i] - off)
+            if n > 0:
+                out.append((i, off, n))
+                offset += n
+                size -= n
+            i += 1
+        return out
+
+    def open(self) -> SpanReader:
+        return SpanReader(self)
+
+
+class SpanReader(io.RawIOBase):
+    """A seekable, read-only file over a Spans (what tarfile.open(fileobj=...) and zipfile need)."""
+
+    def __init__(self, spans: Spans) -> None:
+        super().__init__()
+        self.spans = spans
+        self.pos = 0
+        self.fds: dict[int, int] = {}
+
+    def fd(self, index: int) -> int:
+        if index not in self.fds:
+            self.fds[index] = os.open(self.spans.files[index], os.O_RDONLY)
+        return self.fds[index]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.spans.size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        want = min(len(view), max(0, self.spans.size - self.pos))
+        got = 0
+        for index, off, n in self.spans.pieces(self.pos, want) if want else []:
+            data = os.pread(self.fd(index), n, off)
+            view[got:got + len(data)] = data
+            got += len(data)
+            if len(data) < n:
+                break
+        self.pos += got
+        return got
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        super().close()
+
+
+def archive_parts(doc: dict[str, Any]) -> list[str]:
+    """The archive's parts in order ([] when it is one file)."""
+    return list(((doc.get("parts") or {}).get(doc.get("archive")) or {}).get("parts") or [])
+
+
+def logical_files(doc: dict[str, Any]) -> dict[str, int]:
+    """Every file of the bundle as it was before splitting (path -> size): parts folded into their file."""
+    split = doc.get("parts") or {}
+    in_parts = {p for s in split.values() for p in s["parts"]}
+    out = {f["path"]: int(f["size"]) for f in doc.get("files", []) if f["path"] not in in_parts}
+    out.update({rel: int(s["size"]) for rel, s in split.items()})
+    return out
+
+
+def spans_of(bundle: Path, rel: str, doc: dict[str, Any]) -> Spans:
+    """The file rel of a bundle: its parts (manifest.json `parts`) read as one, or the file itself."""
+    split = (doc.get("parts") or {}).get(rel)
+    files = [bundle / p for p in split["parts"]] if split else [bundle / rel]
+    return Spans(files, label=str(bundle / rel))

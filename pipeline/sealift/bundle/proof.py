@@ -1,0 +1,260 @@
+"""The export's proof: the bundle's own wheels make a runtime that imports and parses, before the medium leaves.
+
+    prove(wheels, requirements, target=, python_version=, bento_src=, model_path=) -> Proof
+
+In a temporary directory, with no index, no network and no configuration:
+
+1. `uv venv` with the target's Python, then `uv pip install --offline --no-index
+   --find-links <the bundle's wheels> -r <the bento's requirements>`: a wheel
+   missing from the set fails here, as it would on the air-gapped host;
+2. import the serving stack in that venv: torch, transformers, bentoml; for a
+   gpu bundle also torchvision and vllm, and `torch.version.cuda` must be set
+   (a CPU torch under a CUDA torchvision dies at `import torchvision`);
+3. gpu: the exact `vllm serve` command lines the bento runs (built by the
+   bento's own copy of sealift.serving.vllm_backend, once with the defaults and
+   once with every engine knob set) go through vLLM's own `serve` argument
+   parser and `validate_parsed_serve_args`. vLLM cannot build that parser on a
+   host without a GPU until a platform is set; its CpuPlatform stands in for
+   the parse (nothing is loaded, no device is touched).
+
+A failure is a UserError (exit 2) naming the step and the last lines vLLM, uv
+or Python printed. Nothing here loads weights, and nothing stays behind: the
+venv and uv's cache for it are in the temporary directory (a GPU stack needs
+~9 GB there while the proof runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sealift.core import console
+from sealift.core.errors import UserError
+from sealift.core.offline import offline_env
+
+__all__ = ["Proof", "needs_and_proof", "prove"]
+
+#: What the runtime must import, per bento target.
+IMPORTS = {"cpu": ("torch", "transformers", "bentoml"),
+           "gpu": ("torch", "transformers", "bentoml", "torchvision", "vllm")}
+
+#: The engine knobs set for the second parse: every flag the bento can pass reaches vLLM's parser.
+KNOBS = {"SEALIFT_TENSOR_PARALLEL_SIZE": "2", "SEALIFT_MAX_MODEL_LEN": "4096",
+         "SEALIFT_GPU_MEMORY_UTILIZATION": "0.85", "SEALIFT_DTYPE": "bfloat16", "SEALIFT_QUANTIZATION": "fp8",
+         "SEALIFT_MAX_NUM_SEQS": "64", "SEALIFT_MAX_CONCURRENCY": "32"}
+
+IMPORT_SCRIPT = r"""
+import importlib, json, sys
+out = {}
+for name in sys.argv[1:]:
+    mod = importlib.import_module(name)
+    out[name] = getattr(mod, "__version__", "?")
+import torch
+out["torch.version.cuda"] = torch.version.cuda
+print(json.dumps(out))
+"""
+
+PARSE_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])  # the bento's src: its own sealift builds the command
+from sealift.serving.config import BentoConfig, ServeConfig
+from sealift.serving.vllm_backend import vllm_command
+
+bento = BentoConfig.load(sys.argv[1], {})
+knobs = json.loads(sys.argv[3])
+lines = [vllm_command(sys.argv[2], ServeConfig.from_env(bento, {}), executable=["vllm"]),
+         vllm_command(sys.argv[2], ServeConfig.from_env(bento, knobs), executable=["vllm"])]
+
+import vllm.platforms as platforms
+from vllm.platforms.cpu import CpuPlatform
+platforms._current_platform = CpuPlatform()  # no GPU here: the parser needs a platform, nothing is loaded
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+except ImportError:  # vLLM before 0.11
+    from vllm.utils import FlexibleArgumentParser
+# Where `vllm serve` itself takes them from (vllm/entrypoints/cli/serve.py): vllm.entrypoints.launchers.cli_args
+# since 0.29, vllm.entrypoints.openai.cli_args before.
+try:
+    from vllm.entrypoints.cli.serve import make_arg_parser, validate_parsed_serve_args
+except ImportError:
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    except ImportError:
+        from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
+
+for cmd in lines:
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+    args = parser.parse_args(cmd[2:])  # after `vllm serve`; an unknown flag exits 2 with argparse's message
+    if getattr(args, "model_tag", None) is not None:
+        args.model = args.model_tag
+    validate_parsed_serve_args(args)
+print(json.dumps({"lines": lines}))
+"""
+
+
+@dataclass
+class Proof:
+    """What the proof did and found; `seconds` for each step."""
+
+    target: str
+    python: str
+    versions: dict[str, Any] = field(default_factory=dict)
+    torch_cuda: str | None = None
+    vllm_lines: list[list[str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(self.seconds.values()), 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_seconds": self.total_seconds}
+
+    def summary(self) -> str:
+        names = ", ".join(f"{k} {v}" for k, v in self.versions.items())
+        cuda = f"; torch CUDA {self.torch_cuda}" if self.target == "gpu" else ""
+        parsed = f"; vLLM parsed {len(self.vllm_lines)} serve command lines" if self.vllm_lines else ""
+        return f"offline venv (Python {self.python}) imports {names}{cuda}{parsed}; {self.total_seconds:.1f} s"
+
+
+def _tail(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[:600]
+
+
+def _python_for(version: str) -> str:
+    """This interpreter if it is the version asked for (uv may not find it on PATH), else the version for uv."""
+    if version == f"{sys.version_info[0]}.{sys.version_info[1]}":
+        return getattr(sys, "_base_executable", None) or sys.executable
+    return version
+
+
+def _run(cmd: list[str], *, env: dict[str, str], step: str, timeout: float = 1800) -> str:
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"the bundle's proof failed: {step} took over {timeout:.0f} s; nothing was written",
+                        hint="run the export again, or skip the proof with --no-proof") from None
+    if p.returncode != 0:
+        raise UserError(f"the bundle's proof failed: {step}: {_tail(p.stderr or p.stdout)}; nothing was written",
+                        hint="fix the wheel set (--wheels-from, --cuda, the index), or skip the proof with --no-proof")
+    return p.stdout
+
+
+def prove(wheels: list[Path], requirements: list[str], *, target: str, python_version: str,
+          bento_src: Path | None = None, model_path: str = "/models/model") -> Proof:
+    """Build the runtime venv from exactly `wheels` (offline), import the stack, parse vLLM's command lines."""
+    proof = Proof(target=target, python=python_version)
+    uv_env = {k: v for k, v in offline_env().items() if not k.startswith(("UV_", "PIP_")) or k == "UV_CACHE_DIR"}
+    uv_env.update(UV_OFFLINE="1", UV_NO_INDEX="1", UV_PYTHON_DOWNLOADS="never", PIP_NO_INDEX="1")
+    uv_env.pop("VIRTUAL_ENV", None)
+    uv = [sys.executable, "-m", "uv"]
+    root = Path(tempfile.mkdtemp(prefix="sealift-proof-"))
+    try:
+        links = root / "wheels"
+        links.mkdir()
+        for w in wheels:  # the bundle's wheels and nothing else
+            os.symlink(Path(w).absolute(), links / Path(w).name)
+        req = root / "requirements.txt"
+        req.write_text("\n".join(requirements) + "\n")
+        venv = root / "venv"
+        python = venv / "bin" / "python"
+        # uv's cache for the proof lives and dies with it: a GPU stack unpacks to ~9 GB, which would otherwise
+        # stay in ~/.cache/uv after every export with a new wheel set
+        uv_env["UV_CACHE_DIR"] = str(root / "uv-cache")
+        t = time.monotonic()
+        with console.spinner(f"proof: making the runtime venv from {len(wheels)} wheels, offline"):
+            _run([*uv, "venv", "--quiet", "--no-config", "--python", _python_for(python_version), str(venv)],
+                 env=uv_env, step=f"uv venv (Python {python_version})")
+            _run([*uv, "pip", "install", "--quiet", "--no-config", "--offline", "--no-index", "--find-links",
+                  str(links), "--python", str(python), "-r", str(req)], env=uv_env,
+                 step="installing the bento's requirements from the bundle's wheels alone")
+        proof.seconds["venv"] = round(time.monotonic() - t, 2)
+
+        run_env = {**offline_env(), "PYTHONNOUSERSITE": "1"}
+        for k in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
+            run_env.pop(k, None)
+        t = time.monotonic()
+        with console.spinner("proof: importing the serving stack"):
+            out = _run([str(python), "-c", IMPORT_SCRIPT, *IMPORTS[target]], env=run_env,
+                       step=f"import {', '.join(IMPORTS[target])}")
+        found = json.loads(out.strip().splitlines()[-1])
+        proof.torch_cuda = found.pop("torch.version.cuda")
+        proof.versions = found
+        proof.seconds["imports"] = round(time.monotonic() - t, 2)
+        if target == "gpu" and not proof.torch_cuda:
+            raise UserError(f"the bundle's proof failed: torch {found.get('torch')} in the runtime venv has no CUDA "
+                            "(torch.version.cuda is None); nothing was written",
+                            hint="export with --cuda 12.8|12.9|13.0 so the wheels carry a CUDA torch")
+        if target == "gpu" and bento_src is not None:
+            t = time.monotonic()
+            with console.spinner("proof: vLLM's serve parser over the bento's command lines"):
+                out = _run([str(python), "-c", PARSE_SCRIPT, str(bento_src), model_path, json.dumps(KNOBS)],
+                           env={**run_env, "VLLM_TARGET_DEVICE": "cpu"}, step="vLLM's `serve` argument parser")
+            proof.vllm_lines = json.loads(out.strip().splitlines()[-1])["lines"]
+            proof.seconds["vllm_parse"] = round(time.monotonic() - t, 2)
+    finally:
+        _remove_in_background(root)
+    return proof
+
+
+def _remove_in_background(root: Path) -> None:
+    """Remove the proof's scratch directory without waiting for it.
+
+    A GPU stack unpacks to ~9 GB of files; deleting them took 255 s on a disk mounted with `discard`
+    (measured by scripts/bench_export.py --gpu), longer than building the venv. `rm -rf` in its own
+    session goes on while the export writes the bundle, and after sealift exits.
+    """
+    try:
+        subprocess.Popen(["rm", "-rf", "--", str(root)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def python_available(version: str) -> bool:
+    """Whether uv can find Python `version` here without downloading one."""
+    return version == f"{sys.version_info[0]}.{sys.version_info[1]}" or shutil.which(f"python{version}") is not None
+
+
+def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str, python_version: str,
+                    cuda: str | None, run_proof: bool, requirements: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Export's hook: check a gpu wheel set, work out what the target needs, and prove the wheels.
+
+    Returns (manifest.json's `target`, the proof as a dict: its findings and a
+    `summary`, or {"skipped": why}). UserError (exit 2) before anything is written
+    when the wheels are wrong for a GPU or the proof fails.
+    """
+    from sealift.bundle import target
+
+    stack = target.check_gpu_wheels(wheels, cuda=cuda) if kind == "gpu" and wheels else None
+    weights = sum(m.manifest.total_bytes for m in bento.models if m.manifest) or None
+    config: dict[str, Any] = {}
+    for model in bento.models[:1]:
+        try:
+            config = json.loads((Path(model.path) / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+    needs = target.target_needs(target=kind, platform=platform, python_version=python_version, stack=stack,
+                                weights_bytes=weights, model_config=config)
+    if not wheels:
+        return needs, {"skipped": "the bundle carries no wheels (--no-wheels)"}
+    if not run_proof:
+        return needs, {"skipped": "--no-proof"}
+    if not python_available(python_version):
+        why = f"Python {python_version} is not on this host (the proof builds the runtime venv with it)"
+        console.warn(f"proof skipped: {why}; run `sealift install` on a test host before the medium leaves")
+        return needs, {"skipped": why}
+    model_name = bento.models[0].name if bento.models else "model"
+    found = prove(wheels, requirements, target=kind, python_version=python_version,
+                  bento_src=Path(bento.path) / "src", model_path=f"/models/{model_name}")
+    return needs, {**found.to_dict(), "summary": found.summary()}
