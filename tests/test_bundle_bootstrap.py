@@ -44,7 +44,7 @@ def test_the_sealift_wheel_is_built_once_per_source_and_holds_the_whole_package(
     source = {p.relative_to(paths.repo_root() / "pipeline").as_posix()
               for p in (paths.repo_root() / "pipeline").rglob("*.py") if "__pycache__" not in p.parts}
     assert source <= names  # every module, the network guard's sitecustomize included
-    assert "sealift/_guard/sitecustomize.py" in names
+    assert "sealift/core/_guard/sitecustomize.py" in names
     assert "sealift = sealift.cli:main" in entry_points
     for dep in ("bentoml", "typer", "uv", "transformers"):
         assert f"Requires-Dist: {dep}" in meta

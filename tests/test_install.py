@@ -274,7 +274,7 @@ def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundl
     port = free_port()
     log = host.root / "serve-net.log"
     env = guarded_env(host.environ(), log_path=log)
-    dump = "import json; from sealift import registry; print(json.dumps(registry.read_env_file()))"
+    dump = "import json; from sealift.host import registry; print(json.dumps(registry.read_env_file()))"
     env.update(json.loads(subprocess.run([sys.executable, "-c", dump], env=host.environ(), capture_output=True,
                                          text=True, check=True, cwd=Path(__file__).resolve().parent.parent).stdout))
     proc = subprocess.Popen([str(py), "-m", "bentoml", "serve", result["bento_tag"], "--host", "127.0.0.1",

@@ -183,3 +183,22 @@ def test_the_public_face() -> None:
         sealift.no_such_step  # noqa: B018
     assert sealift.install_bundle.__module__ == "sealift.host.install"
     assert issubclass(sealift.UserError, sealift.SealiftError)
+
+
+def test_the_readme_python_example_runs(tiny_llama: Path, tmp_path: Path) -> None:
+    """README's "Use it from Python" block, as written, on the tiny model and a folder for the medium."""
+    import re
+    import subprocess
+    import sys
+
+    readme = (PACKAGE.parent.parent / "README.md").read_text()
+    section = readme.split("## Use it from Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 8
+    code = code.replace("/models/Qwen2.5-0.5B-Instruct", str(tiny_llama)).replace("/media/usb", str(tmp_path / "usb"))
+    env = {**__import__("os").environ, "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "SEALIFT_HOME": str(tmp_path / "sealift"), "BENTOML_DO_NOT_TRACK": "True"}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == "present"  # the same store: the bento it built is already there
+    assert list((tmp_path / "usb").glob("qwen-*/SHA256SUMS"))

@@ -91,13 +91,13 @@ def wheel_user(tmp_path_factory: pytest.TempPathFactory) -> WheelUser:
 def test_the_wheel_carries_the_bento_recipe_and_the_guard(wheel_user):
     with zipfile.ZipFile(wheel_user.wheel) as zf:
         names = set(zf.namelist())
-    for name in ("sealift/_bento/service.py", "sealift/_bento/bentofile.yaml", "sealift/_guard/sitecustomize.py",
+    for name in ("sealift/bento/recipe/service.py", "sealift/bento/recipe/bentofile.yaml", "sealift/core/_guard/sitecustomize.py",
                  "sealift/serving/app.py", "sealift/py.typed"):
         assert name in names
     assert not any(n.startswith(("pipeline/", "tests/", "scripts/")) or n == "service.py" for n in names)
     # The recipe in the wheel is the checkout's own file, not a copy that can drift.
-    assert (ROOT / "service.py").resolve() == (ROOT / "pipeline" / "sealift" / "_bento" / "service.py")
-    assert (ROOT / "bentofile.yaml").resolve() == (ROOT / "pipeline" / "sealift" / "_bento" / "bentofile.yaml")
+    assert (ROOT / "service.py").resolve() == (ROOT / "pipeline" / "sealift" / "bento" / "recipe" / "service.py")
+    assert (ROOT / "bentofile.yaml").resolve() == (ROOT / "pipeline" / "sealift" / "bento" / "recipe" / "bentofile.yaml")
 
 
 def test_version_verbose_names_the_stack(wheel_user):

@@ -145,7 +145,7 @@ def test_guard_refuses_before_any_packet_leaves(tmp_path):
 def test_cli_installs_guard_when_asked(tmp_path):
     """SEALIFT_NET_GUARD=1 alone (no PYTHONPATH hook) guards the sealift CLI and what it starts."""
     code = (
-        "import os; from sealift import cli, offline; cli.main(['--version']); "
+        "import os; from sealift import cli; from sealift.core import offline; cli.main(['--version']); "
         "print(offline.network_guard_installed(), str(offline.guard_dir()) in os.environ['PYTHONPATH'].split(os.pathsep))"
     )
     env = unguarded_env(SEALIFT_NET_GUARD="1")
