@@ -250,7 +250,7 @@ def test_a_bad_inventory_is_refused_before_anything_is_written(flow, tmp_path):
 
 
 def test_inventory_lists_kept_wheels_recorded_or_hashed(flow, tmp_path, monkeypatch):
-    from sealift.host import inventory
+    from sealift.host import wheelpool
 
     host = host_before(flow, tmp_path)
     pool = host.sealift_home / "wheels"
@@ -258,7 +258,7 @@ def test_inventory_lists_kept_wheels_recorded_or_hashed(flow, tmp_path, monkeypa
     (pool / "a-1-py3-none-any.whl").write_bytes(b"a" * 1000)
     (pool / "b-1-py3-none-any.whl").write_bytes(b"b" * 500)
     monkeypatch.setenv("SEALIFT_HOME", str(host.sealift_home))
-    inventory.record_wheels(pool, {"a-1-py3-none-any.whl": "0" * 64})  # as install records it: trusted, not re-hashed
+    wheelpool.record(pool, {"a-1-py3-none-any.whl": "0" * 64})  # as install records it: trusted, not re-hashed
     inv = host.sealift("inventory", "--json", check=True).json()
     got = {w["name"]: w["sha256"] for w in inv["wheels"]}
     assert got == {"a-1-py3-none-any.whl": "0" * 64, "b-1-py3-none-any.whl": sha256(pool / "b-1-py3-none-any.whl")}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sealift.host import install, verify
+from sealift.host import unpack, verify
 from sealift.core.errors import UserError
 
 from conftest import Env
@@ -156,6 +156,11 @@ def hostile_archive(original: Path, out: Path, case: str) -> None:
         _add(dst, **HOSTILE[case])
 
 
+def _members(archive: Path) -> list:
+    with unpack.Stream.of_files([archive]) as stream:
+        return unpack.read_members(stream, verify.check_member)
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_check_archive_refuses(case, tmp_path):
     good = tmp_path / "good.tar"
@@ -163,23 +168,51 @@ def test_check_archive_refuses(case, tmp_path):
         _add(tf, "./bento.yaml", data=b"name: x\n")
     bad = tmp_path / "bad.tar"
     hostile_archive(good, bad, case)
-    verify.check_archive(good)
+    _members(good)
     with pytest.raises(UserError, match="refusing member"):
-        verify.check_archive(bad)
+        _members(bad)
 
 
-def test_links_inside_the_archive_are_extracted_and_stay_inside(tmp_path):
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_links_inside_the_archive_are_refused_too(kind, tmp_path):
+    """sealift's exporter writes folders and files only: a link, even one that stays inside, is not its archive."""
     arc = tmp_path / "a.tar"
     with tarfile.open(arc, "w") as tf:
         _add(tf, "./dir/file.txt", data=b"hello")
-        _add(tf, "./dir/sym", kind=tarfile.SYMTYPE, link="file.txt")
-        _add(tf, "./other/hard", kind=tarfile.LNKTYPE, link="./dir/file.txt")
-    members = verify.check_archive(arc)
+        _add(tf, "./dir/link", kind=kind, link="file.txt" if kind == tarfile.SYMTYPE else "./dir/file.txt")
+    with pytest.raises(UserError, match="refusing member './dir/link'"):
+        _members(arc)
+
+
+def test_members_are_written_from_the_bytes_that_were_hashed(tmp_path):
+    arc = tmp_path / "a.tar"
+    with tarfile.open(arc, "w") as tf:
+        _add(tf, "./dir/file.txt", data=b"hello")
+        _add(tf, "./big.bin", data=os.urandom(9 * 1024 * 1024))
     root = tmp_path / "root"
     root.mkdir()
-    install.extract(arc, members, root, lambda n: None)
-    assert (root / "dir" / "sym").read_bytes() == b"hello" and (root / "dir" / "sym").is_symlink()
-    assert os.path.samefile(root / "other" / "hard", root / "dir" / "file.txt")
+    read: list[int] = []
+    with unpack.Stream.of_files([arc]) as stream:
+        members = unpack.read_members(stream, verify.check_member)
+        written = stream.unpack(members, root, lambda rel: True, read.append)
+        assert stream.got == [hashlib.sha256(arc.read_bytes()).hexdigest()]
+    assert sum(read) == arc.stat().st_size  # every byte read once
+    assert written == 5 + 9 * 1024 * 1024
+    assert (root / "dir" / "file.txt").read_bytes() == b"hello"
+    with tarfile.open(arc) as tf:
+        assert (root / "big.bin").read_bytes() == tf.extractfile("./big.bin").read()
+
+
+def test_a_header_that_changes_between_the_two_reads_is_refused(tmp_path, monkeypatch):
+    """A medium that answers the header pass with one layout and the hashed pass with another is caught."""
+    arc = tmp_path / "a.tar"
+    with tarfile.open(arc, "w") as tf:
+        _add(tf, "./bento.yaml", data=b"name: x\n")
+    with unpack.Stream.of_files([arc]) as stream:
+        members = unpack.read_members(stream, verify.check_member)
+        stream.recorded[0] = (stream.recorded[0][0], b"X" + stream.recorded[0][1][1:])  # what was read first
+        with pytest.raises(UserError, match="changed between two reads"):
+            stream.unpack(members, tmp_path / "root", lambda rel: True, lambda n: None)
 
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink-out"])

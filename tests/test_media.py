@@ -8,6 +8,7 @@ subject), real tars, real `sha256sum -c`, a real kill -9 mid-export, and real in
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from sealift.bundle import parts, tarstream, volumes
-from sealift.host.install import extract
 from sealift.core.units import parse_size
-from sealift.host.verify import check_archive
+from sealift.host import unpack, verify
 
 from conftest import Env, make_model
 
@@ -130,21 +130,20 @@ def test_split_archive_is_written_in_one_pass_and_reads_back_as_one(tmp_path):
     assert joined == (tmp_path / "one" / "a.tar").read_bytes() and hashlib.sha256(joined).hexdigest() == reference.sha256
     assert not list((tmp_path / "split").glob("a.tar")) # no whole copy
 
-    spans = parts.Spans([tmp_path / "split" / e.path for e in entries], label="a.tar")
-    members_read = check_archive(spans)
-    with tarfile.open(tmp_path / "one" / "a.tar") as tf:
-        assert [(m.name, m.offset_data, m.size) for m in members_read] == \
-               [(m.name, m.offset_data, m.size) for m in tf.getmembers()]
     out = tmp_path / "x"
     out.mkdir()
-    extract(spans, members_read, out, lambda n: None)
+    read: list[int] = []
+    with unpack.Stream.of_files([tmp_path / "split" / e.path for e in entries], label="a.tar") as stream:
+        members_read = unpack.read_members(stream, verify.check_member)
+        with tarfile.open(tmp_path / "one" / "a.tar") as tf:
+            assert [(m.name, m.offset_data, m.size) for m in members_read] == \
+                   [(m.name, m.offset_data, m.size) for m in tf.getmembers()]
+        stream.unpack(members_read, out, lambda rel: True, read.append)  # members cross part boundaries
+        assert stream.got == [e.sha256 for e in entries]  # each part hashed as it was read, once
+    assert sum(read) == total
     for f in src.rglob("*"):
         if f.is_file():
             assert (out / f.relative_to(src)).read_bytes() == f.read_bytes(), f
-    with spans.open() as raw:  # a member that crosses a part boundary, read through the file-like view
-        big = next(m for m in members_read if m.name.endswith("big.bin"))
-        raw.seek(big.offset_data + 64 * K - 10)
-        assert raw.read(20) == (src / "sub" / "big.bin").read_bytes()[64 * K - 10: 64 * K + 10]
 
 
 def test_an_interrupted_split_archive_resumes_without_rewriting(tmp_path, monkeypatch):
@@ -212,7 +211,8 @@ def test_no_file_exceeds_the_limit_and_sha256sum_checks_every_part(split):
     assert len(names) == split["parts"] and all(f"{n}: OK" in out for n in names)
     assert sum((bundle / n).stat().st_size for n in names) == doc["parts"][split["archive"]]["size"]
     # joined, the parts are the archive an unsplit export writes: what `bentoml import` reads
-    with tarfile.open(fileobj=parts.Spans([bundle / n for n in names]).open()) as tf:
+    joined = b"".join((bundle / n).read_bytes() for n in names)
+    with tarfile.open(fileobj=io.BytesIO(joined)) as tf:
         assert "./bento.yaml" in tf.getnames()
 
 
@@ -374,11 +374,13 @@ def test_a_split_bundle_is_signed_and_installs_under_a_signing_policy(cpu_bento,
     assert run.code == 2 and "--sign" in run.err and not (tmp_path / "vols").exists()
 
 
-def test_a_big_wheel_is_split_once_and_joined_once_into_the_kept_wheels(tmp_path):
+def test_a_big_wheel_is_split_once_and_joined_once_into_the_kept_wheels(tmp_path, monkeypatch):
     import zipfile
 
-    from sealift.host.install import persist_wheels
+    from sealift.host import wheelpool
+    from sealift.host.medium import Folder
 
+    monkeypatch.setenv("SEALIFT_HOME", str(tmp_path / "home"))
     wheel = tmp_path / "src" / "big_pkg-1.0-py3-none-any.whl"
     wheel.parent.mkdir()
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as zf:
@@ -395,8 +397,19 @@ def test_a_big_wheel_is_split_once_and_joined_once_into_the_kept_wheels(tmp_path
     doc = {"parts": {rel: {"size": wheel.stat().st_size, "sha256": whole, "parts": [e.path for e in entries]}},
            "files": [e.to_dict() for e in entries]}
     assert parts.logical_files(doc) == {rel: wheel.stat().st_size}
-    with zipfile.ZipFile(parts.spans_of(bundle, rel, doc).open()) as zf:  # readable in place, as a zip
+    medium = Folder(label=str(bundle), root=bundle)
+    sums = {e.path: e.sha256 for e in entries}
+    w = wheelpool.Wheel(wheel.name, whole, wheel.stat().st_size, rel)
+    taken: list[int] = []
+
+    def stream_of(w):
+        return unpack.Stream(medium, [e.path for e in entries], sums, [e.size for e in entries])
+
+    staged = wheelpool.stage(stream_of, [w], tmp_path / "home" / "tmp" / "s", taken.append, whole=lambda w: True)
+    assert sum(taken) == wheel.stat().st_size  # each part read once, into one joined copy
+    wheelset = wheelpool.publish(staged, "big:v1")
+    assert (wheelset / wheel.name).read_bytes() == wheel.read_bytes()
+    kept = tmp_path / "home" / "wheels"
+    assert os.path.samefile(kept / wheel.name, kept / ".sha256" / whole)
+    with zipfile.ZipFile(kept / wheel.name) as zf:
         assert "big_pkg-1.0.dist-info/METADATA" in zf.namelist()
-    kept = tmp_path / "kept"
-    assert persist_wheels(bundle, [rel], kept, lambda n: None, doc) == 1
-    assert (kept / wheel.name).read_bytes() == wheel.read_bytes()

@@ -48,7 +48,11 @@ _LAZY = {
     "check_model": "sealift.host.check",
 }
 
-__all__ = ["Failure", "NotInStoreError", "SealiftError", "UserError", "__version__", *_LAZY]
+__all__ = [
+    "BuildResult", "CheckReport", "ExportResult", "Failure", "ImportResult", "InstallResult", "NotInStoreError",
+    "SealiftError", "Source", "UserError", "VerifyReport", "__version__", "build_bento", "check_model",
+    "export_bundle", "import_model", "install_bundle", "resolve", "verify_model",
+]
 
 if TYPE_CHECKING:
     from sealift.bento.build import BuildResult, build_bento

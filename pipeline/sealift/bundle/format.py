@@ -54,14 +54,10 @@ sealift.bundle.export writes it, sealift.host.verify checks it, sealift.host.ins
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sealift.core.errors import UserError
-from sealift.model.manifest import FileEntry, sha256sums_text
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -75,8 +71,6 @@ __all__ = [
     "BundleProblem",
     "bundle_bytes",
     "member_path",
-    "read_bundle",
-    "safe_relpath",
 ]
 
 #: The bundle's format; manifest.json says it, and an export journal of another format is not resumed.
@@ -101,52 +95,6 @@ class BundleProblem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.what}"
-
-
-def read_bundle(bundle: Path, *, sums_bytes: bytes | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """manifest.json and SHA256SUMS of a bundle; UserError if either is missing or malformed."""
-    if not bundle.is_dir():
-        raise UserError(f"{bundle} is not a directory", hint="give the bundle directory that `sealift export` wrote")
-    try:
-        doc = json.loads((bundle / MANIFEST_JSON).read_text())
-        if doc.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"format {doc.get('format')!r}, expected {BUNDLE_FORMAT}")
-        files = doc["files"]
-        for f in files:
-            _ = (f["path"], int(f["size"]), f["sha256"])
-        _ = (doc["bento"]["tag"], doc["archive"])
-    except FileNotFoundError:
-        raise UserError(f"{bundle / MANIFEST_JSON} is missing; nothing was imported",
-                        hint="copy the whole bundle directory again") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{bundle / MANIFEST_JSON} is unreadable ({exc}); nothing was imported",
-                        hint="copy the bundle again") from None
-    try:
-        text = (bundle / SUMS).read_text(encoding="utf-8") if sums_bytes is None else sums_bytes.decode("utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{bundle / SUMS} is missing; nothing was imported",
-                        hint="copy the whole bundle again") from None
-    except (OSError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
-        raise UserError(f"{bundle / SUMS} is unreadable ({exc}); nothing was imported", hint="copy the bundle again") from None
-    sums: dict[str, str] = {}
-    for line in text.splitlines():
-        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
-        if not m:
-            raise UserError(f"{bundle / SUMS}: malformed line {line[:80]!r}; nothing was imported",
-                            hint="copy the bundle again")
-        sums[m.group(2)] = m.group(1)
-    # Nothing hashes SHA256SUMS itself: any byte of it that differs from what export writes for these
-    # entries (a `*` for a space, a repeated line, a lost newline) is damage, even where sha256sum -c
-    # would read the same meaning.
-    if text != sha256sums_text(FileEntry(path, 0, digest) for path, digest in sums.items()):
-        raise UserError(f"{bundle / SUMS} is not as `sealift export` wrote it (damaged or edited); nothing was imported",
-                        hint="copy the bundle again")
-    return doc, sums
-
-
-def safe_relpath(path: str) -> bool:
-    parts = path.split("/")
-    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts and "\0" not in path
 
 
 def member_path(name: str) -> str:

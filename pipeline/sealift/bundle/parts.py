@@ -3,21 +3,18 @@
     plan_pieces(files, max_file=, capacity=) -> {rel: [Piece, ...]}   where each byte goes (volume, part)
     SplitOut(paths, sizes)        write_archive's output as parts, each hashed as it is written (one pass)
     copy_split(src, targets)      a wheel into parts, read once, each part and the whole hashed
-    Spans(files)                  parts read as one stream: open() for tarfile, pieces() for range copies
+    logical_files(doc)            every file of a bundle as it was before splitting -> its size
     fat_limit(dest)               4 GiB - 1 when dest is on FAT32 (vfat/msdos), from /proc/self/mountinfo
 
 A part is a plain file listed in SHA256SUMS like any other, so `sha256sum -c` checks it; manifest.json's
 `parts` maps each split file to its parts in order (sealift.bundle.format). Nothing ever joins parts into a
-second copy: install reads the archive across its parts (Spans) and copies each member's byte range
-from the part(s) holding it.
+second copy: install reads the archive across its parts in one hashed pass (sealift.host.unpack) and
+writes each member's bytes from the part(s) holding it.
 """
 
 from __future__ import annotations
 
-import bisect
-import errno
 import hashlib
-import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +26,8 @@ from sealift.core.errors import UserError
 from sealift.model.manifest import FileEntry
 from sealift.bundle.tarstream import CHUNK, Advance, Journal, write_all
 
-__all__ = ["FAT_LIMIT", "PART_SEP", "Piece", "SplitOut", "Spans", "copy_split", "fat_limit", "fs_type",
-           "archive_parts", "logical_files", "part_name", "plan_pieces", "spans_of"]
+__all__ = ["FAT_LIMIT", "PART_SEP", "Piece", "SplitOut", "copy_split", "fat_limit", "fs_type", "logical_files",
+           "part_name", "plan_pieces"]
 
 PART_SEP = ".part-"
 #: The largest file FAT32 holds.
@@ -285,100 +282,7 @@ def copy_split(src: Path, targets: list[tuple[Path, str, int]], advance: Advance
     return entries, whole.hexdigest()
 
 
-# --------------------------------------------------------------------------- reading
-
-
-class Spans:
-    """Files read as one stream (a split archive or wheel; one file works too). str() names it for messages."""
-
-    def __init__(self, files: list[Path], label: str | None = None) -> None:
-        self.files = [Path(f) for f in files]
-        self.label = label or str(self.files[0])
-        self.sizes = [f.stat().st_size for f in self.files]
-        self.starts = [0]
-        for size in self.sizes:
-            self.starts.append(self.starts[-1] + size)
-
-    @property
-    def size(self) -> int:
-        return self.starts[-1]
-
-    def __str__(self) -> str:
-        return self.label if len(self.files) == 1 else f"{self.label} ({len(self.files)} parts)"
-
-    def pieces(self, offset: int, size: int) -> list[tuple[int, int, int]]:
-        """The (file index, offset in it, length) that hold stream bytes [offset, offset + size)."""
-        out = []
-        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
-        while size > 0:
-            if i >= len(self.files):
-                raise OSError(errno.EIO, f"{self}: read past its end")
-            off = offset - self.starts[i]
-            n = min(size, self.sizes[i] - off)
-            if n > 0:
-                out.append((i, off, n))
-                offset += n
-                size -= n
-            i += 1
-        return out
-
-    def open(self) -> SpanReader:
-        return SpanReader(self)
-
-
-class SpanReader(io.RawIOBase):
-    """A seekable, read-only file over a Spans (what tarfile.open(fileobj=...) and zipfile need)."""
-
-    def __init__(self, spans: Spans) -> None:
-        super().__init__()
-        self.spans = spans
-        self.pos = 0
-        self.fds: dict[int, int] = {}
-
-    def fd(self, index: int) -> int:
-        if index not in self.fds:
-            self.fds[index] = os.open(self.spans.files[index], os.O_RDONLY)
-        return self.fds[index]
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.spans.size}[whence]
-        if base + offset < 0:
-            raise OSError(errno.EINVAL, "negative seek position")
-        self.pos = base + offset
-        return self.pos
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        want = min(len(view), max(0, self.spans.size - self.pos))
-        got = 0
-        for index, off, n in self.spans.pieces(self.pos, want) if want else []:
-            data = os.pread(self.fd(index), n, off)
-            view[got:got + len(data)] = data
-            got += len(data)
-            if len(data) < n:
-                break
-        self.pos += got
-        return got
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-        super().close()
-
-
-def archive_parts(doc: dict[str, Any]) -> list[str]:
-    """The archive's parts in order ([] when it is one file)."""
-    return list(((doc.get("parts") or {}).get(doc.get("archive")) or {}).get("parts") or [])
+# --------------------------------------------------------------------------- the lists
 
 
 def logical_files(doc: dict[str, Any]) -> dict[str, int]:
@@ -388,10 +292,3 @@ def logical_files(doc: dict[str, Any]) -> dict[str, int]:
     out = {f["path"]: int(f["size"]) for f in doc.get("files", []) if f["path"] not in in_parts}
     out.update({rel: int(s["size"]) for rel, s in split.items()})
     return out
-
-
-def spans_of(bundle: Path, rel: str, doc: dict[str, Any]) -> Spans:
-    """The file rel of a bundle: its parts (manifest.json `parts`) read as one, or the file itself."""
-    split = (doc.get("parts") or {}).get(rel)
-    files = [bundle / p for p in split["parts"]] if split else [bundle / rel]
-    return Spans(files, label=str(bundle / rel))

@@ -3,7 +3,7 @@
     check_key(key) -> KeyInfo                   export --sign: the key works, before anything is written
     sign_sums(sums, key) -> Signature           export --sign: writes SHA256SUMS.sig beside SHA256SUMS
     policy(flag) -> Policy | None               install: where the allowed signers come from, if anywhere
-    verify_sums(bundle, policy) -> Checked      install: first, before a single weight is hashed
+    verify_sums(label, policy, sums=, sig=) -> Checked   install: first, before a single weight is hashed
 
 SHA256SUMS already covers manifest.json, INSTALL.txt, sbom.cdx.json, the
 wheels and the archive, so one detached signature over it covers the bundle.
@@ -260,52 +260,67 @@ def policy(flag: Path | None = None, *, system: Path = SYSTEM_ALLOWED_SIGNERS) -
     return None
 
 
-def verify_sums(bundle: Path, pol: Policy | None) -> Checked:
-    """Check SHA256SUMS.sig against SHA256SUMS and the policy; UserError (exit 2) for anything that does not hold.
+def verify_sums(label: str, pol: Policy | None, *, sums: bytes, sig: bytes | None) -> Checked:
+    """Check the signature `sig` (SHA256SUMS.sig's bytes; None: there is none) over the SHA256SUMS bytes `sums`
+    against the policy; UserError (exit 2) for anything that does not hold. `label` names the bundle.
 
-    Returns the SHA256SUMS bytes that were checked: install must read those, not
-    the file again. Costs three ssh-keygen runs over a few kB: no weight is read.
+    Both are bytes install read once from the medium: what is checked is what install then uses. The
+    signature reaches ssh-keygen through a pipe, so nothing is written. Costs three ssh-keygen runs over
+    a few kB: no weight is read.
     """
-    sums_path, sig = bundle / "SHA256SUMS", bundle / SIG_NAME
-    if not sig.is_file():
+    if sig is None:
         if pol is not None:
-            raise UserError(f"bundle {bundle} is not signed (no {SIG_NAME}) and the allowed signers "
+            raise UserError(f"bundle {label} is not signed (no {SIG_NAME}) and the allowed signers "
                             f"{pol.describe()} require a signature; nothing was imported",
                             hint="export it again with `sealift export NAME DEST --sign KEY`")
-        return Checked(None, None)
+        return Checked(None, sums)
     if pol is None and not shutil.which("ssh-keygen"):
-        console.warn(f"{sig} was not checked: ssh-keygen is not installed ({NO_SSH_KEYGEN_HINT})")
-        return Checked(None, None)
-    try:
-        data = sums_path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{sums_path} is unreadable ({exc.strerror}); nothing was imported",
-                        hint="copy the whole bundle again") from None
+        console.warn(f"{SIG_NAME} of {label} was not checked: ssh-keygen is not installed ({NO_SSH_KEYGEN_HINT})")
+        return Checked(None, sums)
     # 1. the signature covers these very bytes (any key): a changed SHA256SUMS fails here
-    novalidate = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(sig)], data=data)
+    novalidate = _run_sig(["-Y", "check-novalidate", "-n", NAMESPACE], sig, sums)
     good = _good(novalidate)
     if not good:
-        raise UserError(f"bundle {bundle}: SHA256SUMS does not match its signature {SIG_NAME} "
+        raise UserError(f"bundle {label}: SHA256SUMS does not match its signature {SIG_NAME} "
                         f"({_said(novalidate)}): it was changed after it was signed; nothing was imported",
                         hint="do not install this bundle; get it again from whoever signed it")
     if pol is None:
-        return Checked(Signature(fingerprint=good["fp"], key_type=good["type"]), data)
+        return Checked(Signature(fingerprint=good["fp"], key_type=good["type"]), sums)
     # 2. the key is one the policy lists
-    found = _run(["-Y", "find-principals", "-s", str(sig), "-f", str(pol.path)])
+    found = _run_sig(["-Y", "find-principals", "-f", str(pol.path)], sig, None)
     principals = [ln.strip() for ln in found.stdout.decode(errors="replace").splitlines() if ln.strip()]
     if found.returncode != 0 or not principals:
-        raise UserError(f"bundle {bundle} is signed by {good['type']} key {good['fp']}, which the allowed signers "
+        raise UserError(f"bundle {label} is signed by {good['type']} key {good['fp']}, which the allowed signers "
                         f"{pol.describe()} do not list; nothing was imported",
                         hint="do not install it, or add the signer's public key to the allowed signers")
     # 3. and signed for sealift by that identity, now (namespaces=, valid-after/valid-before)
     said = ""
     for who in principals:
-        ok = _run(["-Y", "verify", "-f", str(pol.path), "-I", who, "-n", NAMESPACE, "-s", str(sig)], data=data)
+        ok = _run_sig(["-Y", "verify", "-f", str(pol.path), "-I", who, "-n", NAMESPACE], sig, sums)
         verified = _good(ok)
         if verified:
             return Checked(Signature(fingerprint=verified["fp"], key_type=verified["type"], identity=who,
-                                     allowed_signers=str(pol.path)), data)
+                                     allowed_signers=str(pol.path)), sums)
         said = _said(ok)
-    raise UserError(f"bundle {bundle}: key {good['fp']} is listed in {pol.describe()} as {', '.join(principals)} "
+    raise UserError(f"bundle {label}: key {good['fp']} is listed in {pol.describe()} as {', '.join(principals)} "
                     f"but not for namespace {NAMESPACE!r} or not at this time ({said}); nothing was imported",
                     hint="check that signer's line in the allowed signers")
+
+
+def _run_sig(args: list[str], sig: bytes, data: bytes | None) -> subprocess.CompletedProcess[bytes]:
+    """ssh-keygen ARGS -s /dev/fd/N, the signature bytes fed through a pipe (`data` on stdin)."""
+    read_end, write_end = os.pipe()
+    try:
+        if len(sig) > 60_000:  # a pipe holds 64 KiB; an SSHSIG is a few hundred bytes
+            raise UserError(f"{SIG_NAME} is {len(sig)} bytes, not a signature; nothing was imported",
+                            hint="do not install this bundle")
+        os.write(write_end, sig)
+        os.close(write_end)
+        write_end = -1
+        return subprocess.run([_ssh_keygen(), *args, "-s", f"/dev/fd/{read_end}"], input=data,
+                              stdin=None if data is not None else subprocess.DEVNULL, capture_output=True,
+                              timeout=300, pass_fds=(read_end,))
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)

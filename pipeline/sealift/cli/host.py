@@ -53,9 +53,9 @@ def install(
     Volumes (VOL1 VOL2 ...): of one bundle, all there, each once (else exit 2), then one install.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift.host import volumes
+    from sealift.host import install as install_step
 
-    result = volumes.install_any(bundle_dir, venv=venv, make_venv=not no_venv, allowed_signers=allowed_signers,
+    result = install_step.install_bundle(bundle_dir, venv=venv, make_venv=not no_venv, allowed_signers=allowed_signers,
                                  host_check=not skip_host_check)
     if not check_after:
         console.emit(result.to_dict(), result.print_human, quiet_line=result.bento_tag)
@@ -169,10 +169,11 @@ def inventory(
     elsewhere).
     """
     console.set_mode(quiet=quiet, json_output=json_output)
+    from sealift.bundle.inventory import write_inventory
     from sealift.host import inventory as inventory_step
 
     inv = inventory_step.take_inventory()
-    written = inventory_step.write_inventory(inv, output) if output is not None else None
+    written = write_inventory(inv, output) if output is not None else None
     console.emit(inv.to_dict(), lambda: inv.print_human(written))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -73,12 +74,32 @@ def list_(json_output: bool = JsonOpt) -> None:
 
 
 def verify(
-    ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model in the store."),
+    ref: str = typer.Argument(..., metavar="NAME[:VERSION] | BUNDLE...", help="A model in the store, or a bundle "
+                              "folder (or the vol-N folders of one)."),
+    more: list[Path] = typer.Argument(None, hidden=True),
+    allowed_signers: Optional[Path] = typer.Option(
+        None, "--allowed-signers", metavar="FILE", help="A bundle: require a signature by a key this file lists "
+        "(default: the policy `sealift install` reads)."),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Re-hash a stored model against its manifest; exit 1 on any mismatch."""
+    """Re-hash a stored model against its manifest, or check a bundle as `sealift install` would without
+    installing it (signature, lists, every byte, every archive member); exit 1 on a model mismatch, 2 for a
+    bundle that does not verify."""
     console.set_mode(quiet=quiet, json_output=json_output)
+    if Path(ref).is_dir():
+        from sealift.bundle import signing
+        from sealift.host import verify as verify_step
+
+        trusted = verify_step.check_bundle([Path(ref), *(more or [])], signing.policy(allowed_signers))
+        who = trusted.signature.describe() if trusted.signature else "unsigned"
+        doc = {"bundle": trusted.medium.recorded(), "bento_tag": trusted.doc["bento"]["tag"], "ok": True,
+               "verified_bytes": trusted.total_bytes, "signature": trusted.signature.to_dict() if trusted.signature
+               else None}
+        console.emit(doc, lambda: console.out.print(
+            f"bundle {doc['bundle']} ({doc['bento_tag']}): every byte matches SHA256SUMS and manifest.json, every "
+            f"archive member is safe ({who})", markup=False, soft_wrap=True))
+        return
     from sealift.model import store
 
     report = store.verify_model(ref)

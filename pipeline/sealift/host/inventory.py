@@ -20,45 +20,19 @@ on any other store (exit 2).
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
 from sealift.model import _bentoml
 from sealift.core import console, paths
-from sealift.core.atomic import write_atomic
 from sealift.model.manifest import MANIFEST_NAME, Manifest, hash_file, walk_files
-from sealift.bundle.inventory import WHEEL_INDEX, Inventory
+from sealift.bundle.inventory import Inventory
+from sealift.host.wheelpool import read_index, record
 from sealift.model.store import store_id
 
-__all__ = ["record_wheels", "take_inventory"]
+__all__ = ["take_inventory"]
 
 _MODEL_YAML = "model.yaml"
-
-
-def _wheel_index_path() -> Path:
-    return paths.sealift_home() / WHEEL_INDEX
-
-
-def _read_wheel_index() -> dict[str, dict[str, Any]]:
-    try:
-        doc = json.loads(_wheel_index_path().read_text())
-        return doc if isinstance(doc, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def record_wheels(pool: Path, digests: dict[str, str]) -> None:
-    """Record the sha256 of wheels just kept in `pool` ({file name: sha256}, from a verified SHA256SUMS)."""
-    index = _read_wheel_index()
-    for name, digest in digests.items():
-        try:
-            st = (pool / name).stat()
-        except OSError:
-            continue
-        index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    _wheel_index_path().parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(_wheel_index_path(), (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _model_entries(warnings: list[str]) -> list[dict[str, Any]]:
@@ -99,7 +73,7 @@ def take_inventory() -> Inventory:
     models = _model_entries(warnings)
     bentos_found = _bentoml.list_bentos()
     pool = paths.kept_wheels_dir()
-    index = _read_wheel_index()
+    index = read_index()
     wheels: list[dict[str, Any]] = []
     to_hash: list[Path] = []
     for w in sorted(pool.glob("*.whl")) if pool.is_dir() else []:
@@ -116,7 +90,7 @@ def take_inventory() -> Inventory:
                   for b in bentos_found]
         fresh = {w.name: hash_file(w, adv) for w in to_hash}
     if fresh:
-        record_wheels(pool, fresh)
+        record(pool, fresh)
         wheels += [{"name": n, "size": (pool / n).stat().st_size, "sha256": d} for n, d in fresh.items()]
     return Inventory(
         store_id=sid, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -1,168 +1,194 @@
-"""Bundle verification: every byte against SHA256SUMS and manifest.json, every archive member safe, before install touches anything.
+"""What install may trust of a bundle: the signature, then the two lists read once, then every file's place and size.
 
-    check_bundle(bundle) -> (manifest, sums, archive, members)   UserError (exit 2) naming the first problem
+    trusted = read_trusted(medium, policy)   signature over SHA256SUMS, manifest.json parsed from the bytes whose
+                                             sha256 SHA256SUMS names, the lists agreeing, every file a regular
+                                             file of the listed size. UserError (exit 2) naming the first problem
+    check_bundle(path)                       all of install's checks, every byte hashed, nothing written
 
-Archive members are checked with the rules of tarfile's `data` filter (PEP 706:
-no absolute or escaping names, no links that leave the archive, no device files
-or FIFOs), plus the bundle's own: names relative to the root with no `..`, a
-hardlink only to an earlier file, no data past the end of the file. bentoml
-1.4.39 checks none of this. Extraction (sealift.host.install) stays sealift's own
-range copy; these checks only decide what it may extract.
+Order matters: nothing unsigned is used as a path, a count or a decision before the signature check
+passes (the SHA256SUMS bytes it covers are the ones parsed), and after it only what the signed lists
+say is used. No weight is hashed here: sealift.host.unpack hashes each byte as install copies it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from sealift.core import console
-from sealift.bundle.format import MANIFEST_JSON, SUMS, BundleProblem, bundle_bytes, member_path, read_bundle, safe_relpath
+from sealift.bundle import signing
+from sealift.bundle.format import MANIFEST_JSON, SUMS, BundleProblem
+from sealift.bundle.lists import parse_manifest, parse_sums
+from sealift.core import console, tarsafe
 from sealift.core.errors import UserError
-from sealift.model.manifest import hash_file, map_parallel
-from sealift.bundle.parts import Spans, archive_parts, spans_of
-from sealift.bundle.tarstream import Advance
+from sealift.host.medium import Medium, Volumes, open_medium
+from sealift.host.unpack import Stream, member_rel, read_members
 
-__all__ = ["check_archive", "check_bundle", "verify_bundle"]
+__all__ = ["Trusted", "archive_members", "check_bundle", "check_layout", "check_member", "read_trusted"]
 
-#: Where data_filter pretends to extract: a name only, nothing is written there.
-_FILTER_ROOT = "/sealift-extract-root"
+#: Where the data filter pretends to extract: a name only (nothing is there), so no link of this host matters.
+_ROOT = "/sealift-extract-root"
 
 
-def check_bundle(bundle: Path, *, sums_bytes: bytes | None = None
-                 ) -> tuple[dict[str, Any], dict[str, str], Path | Spans, list[tarfile.TarInfo]]:
-    """Everything install checks before it touches any store; needs no Bento store (tests call it directly).
+@dataclass
+class Trusted:
+    """A bundle as far as its signature and its lists vouch for it."""
 
-    manifest.json and SHA256SUMS readable and agreeing, every file's size and
-    sha256, then every archive member safe and the layout a sealift bundle's.
-    UserError (exit 2) naming the first problem; else (manifest, sums, archive, members).
-    """
-    doc, sums = read_bundle(bundle, sums_bytes=sums_bytes)  # the SHA256SUMS a signature was checked over
-    with console.byte_progress(bundle_bytes(bundle, doc), "verifying") as adv:
-        problems = verify_bundle(bundle, doc, sums, adv)
+    medium: Medium
+    doc: dict[str, Any]
+    sums: dict[str, str]
+    signature: signing.Signature | None
+    manifest_size: int
+
+    def logical(self) -> dict[str, list[str]]:
+        """Every file as it was before splitting -> the files that hold it, in order (itself, or its parts)."""
+        split = self.doc.get("parts") or {}
+        in_parts = {p for s in split.values() for p in s["parts"]}
+        out = {f["path"]: [f["path"]] for f in self.doc["files"] if f["path"] not in in_parts}
+        out.update({rel: list(s["parts"]) for rel, s in split.items()})
+        return out
+
+    def sizes(self, rels: list[str]) -> list[int]:
+        listed = {f["path"]: int(f["size"]) for f in self.doc["files"]}
+        return [listed[r] for r in rels]
+
+    def stream(self, rel: str) -> Stream:
+        """The file rel (its parts in order) on the medium, opened for one hashed read."""
+        files = self.logical()[rel]
+        label = str(self.medium.where(files[0])) if len(files) == 1 else f"{self.medium.where(files[0])} " \
+            f"({len(files)} parts)"
+        return Stream(self.medium, files, self.sums, self.sizes(files), label=label)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(f["size"]) for f in self.doc["files"]) + self.manifest_size
+
+
+def _fail(medium: Medium, problems: list[BundleProblem]) -> UserError:
+    others = ", ".join(p.path for p in problems[1:4])
+    more = f" (and {len(problems) - 1} more: {others})" if len(problems) > 1 else ""
+    return UserError(f"bundle {medium.label} failed verification: {problems[0]}{more}; nothing was imported",
+                     hint="copy the bundle from the source again, or run `sealift export` again")
+
+
+def read_trusted(medium: Medium, pol: signing.Policy | None) -> Trusted:
+    """The signature, then SHA256SUMS and manifest.json (each read once), their agreement, and every file's size."""
+    sums_bytes = medium.read_small(medium.sums_name)
+    sig = None
+    if isinstance(medium, Volumes):
+        if pol is not None:
+            raise UserError(f"a bundle spanning volumes is never signed, and the allowed signers {pol.describe()} "
+                            "require a signature; nothing was imported",
+                            hint="export it again as one signed bundle (`sealift export NAME DEST --sign KEY`)")
+    elif medium.exists(signing.SIG_NAME):
+        sig = medium.read_small(signing.SIG_NAME, 1 << 20)
+    checked = signing.verify_sums(medium.label, pol, sums=sums_bytes, sig=sig)
+    sums = parse_sums(sums_bytes, str(medium.where(medium.sums_name)))
+    if medium.size(MANIFEST_JSON) is None:
+        raise UserError(f"{medium.where(MANIFEST_JSON)} is missing; nothing was imported",
+                        hint="copy the whole bundle directory again")
+    data = medium.read_small(MANIFEST_JSON)
+    if MANIFEST_JSON not in sums:
+        raise _fail(medium, [BundleProblem(MANIFEST_JSON, f"not listed in {SUMS}")])
+    if hashlib.sha256(data).hexdigest() != sums[MANIFEST_JSON]:
+        raise _fail(medium, [BundleProblem(MANIFEST_JSON, f"corrupted: its sha256 is not the one {SUMS} names")])
+    doc = parse_manifest(data, str(medium.where(MANIFEST_JSON)))
+    if doc.get("signature") and checked.signature is None:
+        raise UserError(f"{medium.where(MANIFEST_JSON)} says the bundle was signed, but {signing.SIG_NAME} is "
+                        "missing or could not be checked; nothing was imported",
+                        hint="copy the whole bundle again (with its .sig), and have ssh-keygen installed")
+    problems = _check_lists(doc, sums)
+    if not problems:
+        problems = _check_sizes(medium, doc, sums)
     if problems:
-        others = ", ".join(p.path for p in problems[1:4])
-        more = f" (and {len(problems) - 1} more: {others})" if len(problems) > 1 else ""
-        raise UserError(f"bundle {bundle} failed verification: {problems[0]}{more}; nothing was imported",
-                        hint="copy the bundle from the source again, or run `sealift export` again")
-    names = [doc["archive"], *archive_parts(doc)] if archive_parts(doc) else [doc["archive"]]
-    if any(not safe_relpath(n) for n in names) or any(n not in sums for n in names[1 if len(names) > 1 else 0:]):
-        raise UserError(f"{bundle / MANIFEST_JSON}: archive {doc['archive']!r} is not one of the verified files")
-    archive: Path | Spans = spans_of(bundle, doc["archive"], doc) if len(names) > 1 else bundle / doc["archive"]
-    members = check_archive(archive)
-    _check_layout(archive, members, doc)
-    return doc, sums, archive, members
+        raise _fail(medium, problems)
+    trusted = Trusted(medium, doc, sums, checked.signature, len(data))
+    archive = trusted.logical().get(doc["archive"])
+    if archive is None:
+        raise UserError(f"{medium.where(MANIFEST_JSON)}: archive {doc['archive']!r} is not one of the verified "
+                        "files; nothing was imported", hint="this is not a bundle written by `sealift export`")
+    return trusted
 
 
-def verify_bundle(bundle: Path, doc: dict[str, Any], sums: dict[str, str], advance: Advance) -> list[BundleProblem]:
-    """Check every file against SHA256SUMS and manifest.json (sizes first, then every byte); [] when intact."""
+def _check_lists(doc: dict[str, Any], sums: dict[str, str]) -> list[BundleProblem]:
+    """SHA256SUMS and manifest.json list the same files with the same sha256; parts are listed files."""
     problems: list[BundleProblem] = []
     listed = {f["path"]: f for f in doc["files"]}
-    for path in sorted(set(sums) | set(listed) | {MANIFEST_JSON}):
-        if not safe_relpath(path):
-            problems.append(BundleProblem(path, "unsafe path in the bundle's lists"))
-        elif path == MANIFEST_JSON:
-            if path not in sums:
-                problems.append(BundleProblem(path, f"not listed in {SUMS}"))
-        elif path not in sums:
+    for path in sorted((set(sums) | set(listed)) - {MANIFEST_JSON}):
+        if path not in sums:
             problems.append(BundleProblem(path, f"listed in {MANIFEST_JSON} but not in {SUMS}"))
         elif path not in listed:
             problems.append(BundleProblem(path, f"listed in {SUMS} but not in {MANIFEST_JSON}"))
         elif sums[path] != listed[path]["sha256"]:
             problems.append(BundleProblem(path, f"{SUMS} and {MANIFEST_JSON} disagree about its sha256"))
-    for rel, split in (doc.get("parts") or {}).items():  # numbered parts (sealift.bundle.parts): each one verified
-        names = list(split.get("parts") or [])
-        if not safe_relpath(rel) or not names or any(n not in sums or n not in listed for n in names):
-            problems.append(BundleProblem(rel, f"its parts are not all listed in {SUMS} and {MANIFEST_JSON}"))
-        elif sum(int(listed[n]["size"]) for n in names) != int(split.get("size", -1)):
+    for rel, split in (doc.get("parts") or {}).items():
+        if sum(int(listed[n]["size"]) for n in split["parts"]) != int(split["size"]):
             problems.append(BundleProblem(rel, "its parts do not add up to its size"))
-    if problems:
-        return problems
-    todo: list[tuple[str, int | None]] = []
-    for path in sorted(sums):
-        p = bundle / path
-        size = listed[path]["size"] if path in listed else None
-        if not p.is_file():
-            problems.append(BundleProblem(path, "missing"))
-        elif size is not None and p.stat().st_size != size:
-            actual = p.stat().st_size
-            what = "truncated" if actual < size else "too long"
-            problems.append(BundleProblem(path, f"{what}: {actual} bytes, expected {size}"))
-        else:
-            todo.append((path, size))
-    if problems:
-        return problems
-
-    def check(item: tuple[str, int | None]) -> BundleProblem | None:
-        path, _ = item
-        try:
-            digest = hash_file(bundle / path, advance)
-        except OSError as exc:
-            return BundleProblem(path, f"unreadable ({exc.strerror})")
-        if digest == sums[path]:
-            return None
-        return BundleProblem(path, f"corrupted: sha256 {digest[:16]}..., {SUMS} says {sums[path][:16]}...")
-
-    todo.sort(key=lambda t: -(t[1] or 0))
-    problems.extend(p for p in map_parallel(check, todo) if p is not None)
-    return sorted(problems, key=lambda p: p.path)
+    return problems
 
 
-def check_archive(path: Path | Spans) -> list[tarfile.TarInfo]:
-    """Every member of an uncompressed tar, refusing any that could write outside the extraction root.
+def _check_sizes(medium: Medium, doc: dict[str, Any], sums: dict[str, str]) -> list[BundleProblem]:
+    """Every listed file is a regular file of the listed size (lstat: no byte read)."""
+    problems = []
+    for f in doc["files"]:
+        size = medium.size(f["path"])
+        if size is None:
+            problems.append(BundleProblem(f["path"], "missing"))
+        elif size != int(f["size"]):
+            what = "truncated" if size < int(f["size"]) else "too long"
+            problems.append(BundleProblem(f["path"], f"{what}: {size} bytes, expected {f['size']}"))
+    return problems
 
-    Refused by tarfile.data_filter's rules: names or links that leave the root,
-    absolute link targets, device files and FIFOs. Refused by the bundle's own:
-    absolute names and `..` anywhere, a hardlink to a member that is not an
-    earlier regular file, anything but files, directories and links, and data
-    past the end of the file (a truncated archive).
+
+def check_member(m: tarfile.TarInfo) -> str | None:
+    """Why member m may not be extracted (tarfile's `data` filter rules, sealift.core.tarsafe), or None."""
+    return tarsafe.member_problem(m, _ROOT)
+
+
+def archive_members(stream: Stream, doc: dict[str, Any], advance: Callable[[int], None]) -> list[tarfile.TarInfo]:
+    """The archive's members, each safe, and the layout a sealift bundle's (bento.yaml, each model's model.yaml).
+
+    They are read before the archive's bytes are hashed; when they fail, the bytes are hashed first, so that
+    a damaged part is named as damaged ("corrupted") rather than as an odd archive.
     """
-    raw = path.open() if isinstance(path, Spans) else None  # numbered parts: read as one (sealift.bundle.parts)
     try:
-        tf = tarfile.open(path, "r:") if raw is None else tarfile.open(fileobj=raw, mode="r:")
-    except (tarfile.TarError, OSError) as exc:
-        if raw is not None:
-            raw.close()
-        raise UserError(f"{path} is not an uncompressed tar archive ({exc}); nothing was imported") from None
-    with tf, raw or contextlib.nullcontext():
-        try:
-            members = tf.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise UserError(f"{path} is damaged ({exc}); nothing was imported", hint="copy the bundle again") from None
-    size = path.size if isinstance(path, Spans) else path.stat().st_size
-    files: set[str] = set()
-    for m in members:
-        try:
-            rel = member_path(m.name)
-            try:
-                tarfile.data_filter(m, _FILTER_ROOT)
-            except tarfile.FilterError as exc:
-                raise ValueError(str(exc).replace(_FILTER_ROOT, "the extraction root")) from None
-            if m.islnk():
-                target = member_path(m.linkname)
-                if target not in files:
-                    raise ValueError(f"a hardlink to {m.linkname}, not a file of the archive")
-            elif m.isreg():
-                if m.offset_data + m.size > size:
-                    raise ValueError("data past the end of the archive (truncated)")
-                files.add(rel)
-            elif not (m.isdir() or m.issym()):
-                raise ValueError(f"an unsupported member type {m.type!r}")
-        except ValueError as exc:
-            raise UserError(f"{path}: refusing member {m.name!r}: {exc}; nothing was imported",
-                            hint="this archive was not written by `sealift export`; do not install it") from None
+        members = read_members(stream, check_member)
+        check_layout(stream.label, members, doc)
+    except UserError:
+        stream.copy(None, advance)  # raises the corruption, if that is what it is
+        raise
     return members
 
 
-def _check_layout(archive: Path | Spans, members: list[tarfile.TarInfo], doc: dict[str, Any]) -> None:
+def check_layout(label: str, members: list[tarfile.TarInfo], doc: dict[str, Any]) -> None:
     """The archive holds a bento.yaml at its root and each model the manifest names."""
-    names = {member_path(m.name) for m in members if m.isreg()}
+    names = {member_rel(m.name) for m in members if m.isreg()}
     missing = [] if "bento.yaml" in names else ["bento.yaml"]
     for model in doc.get("models", []):
         name, version = model["tag"].split(":")
         if f"models/{name}/{version}/model.yaml" not in names:
             missing.append(f"models/{name}/{version}/model.yaml")
     if missing:
-        raise UserError(f"{archive} lacks {', '.join(missing)}; nothing was imported",
+        raise UserError(f"{label} lacks {', '.join(missing)}; nothing was imported",
                         hint="this is not a bundle written by `sealift export`")
+
+
+def check_bundle(path: Path | list[Path], pol: signing.Policy | None = None,
+                 advance: Callable[[int], None] | None = None) -> Trusted:
+    """Everything install checks, every byte hashed once, nothing written (`sealift verify BUNDLE`)."""
+    medium = open_medium(path if isinstance(path, list) else [path])
+    trusted = read_trusted(medium, pol)
+    files = trusted.logical()
+    with console.byte_progress(trusted.total_bytes - trusted.manifest_size, "verifying") as adv:
+        step = advance or adv
+        with trusted.stream(trusted.doc["archive"]) as stream:
+            members = archive_members(stream, trusted.doc, step)
+            stream.unpack(members, Path("/nonexistent"), lambda rel: False, step)
+        for rel in sorted(set(files) - {trusted.doc["archive"]}):
+            with trusted.stream(rel) as stream:
+                stream.copy(None, step)
+    return trusted
+
+
