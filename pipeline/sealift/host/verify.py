@@ -4,8 +4,9 @@
 
 Archive members are checked with the rules of tarfile's `data` filter (PEP 706:
 no absolute or escaping names, no links that leave the archive, no device files
-or FIFOs), plus the bundle's own: names relative to the root with no `..`, a
-hardlink only to an earlier file, no data past the end of the file. bentoml
+or FIFOs; sealift.core.tarsafe applies them where Python lacks the filter, as
+Debian 12's 3.11.2 does), plus the bundle's own: names relative to the root with
+no `..`, a hardlink only to an earlier file, no data past the end of the file. bentoml
 1.4.39 checks none of this. Extraction (sealift.host.install) stays sealift's own
 range copy; these checks only decide what it may extract.
 """
@@ -20,13 +21,14 @@ from typing import Any
 from sealift.core import console
 from sealift.bundle.format import MANIFEST_JSON, SUMS, BundleProblem, bundle_bytes, member_path, read_bundle, safe_relpath
 from sealift.core.errors import UserError
+from sealift.core.tarsafe import member_problem
 from sealift.model.manifest import hash_file, map_parallel
 from sealift.bundle.parts import Spans, archive_parts, spans_of
 from sealift.bundle.tarstream import Advance
 
 __all__ = ["check_archive", "check_bundle", "verify_bundle"]
 
-#: Where data_filter pretends to extract: a name only, nothing is written there.
+#: Where the data filter pretends to extract: a name only, nothing is written there.
 _FILTER_ROOT = "/sealift-extract-root"
 
 
@@ -112,11 +114,13 @@ def verify_bundle(bundle: Path, doc: dict[str, Any], sums: dict[str, str], advan
 def check_archive(path: Path | Spans) -> list[tarfile.TarInfo]:
     """Every member of an uncompressed tar, refusing any that could write outside the extraction root.
 
-    Refused by tarfile.data_filter's rules: names or links that leave the root,
+    Refused by tarfile.data_filter's rules (sealift.core.tarsafe: the same rules
+    on a Python without the filter): names or links that leave the root,
     absolute link targets, device files and FIFOs. Refused by the bundle's own:
-    absolute names and `..` anywhere, a hardlink to a member that is not an
-    earlier regular file, anything but files, directories and links, and data
-    past the end of the file (a truncated archive).
+    absolute names and `..` anywhere, empty names, NUL or line breaks in names,
+    setuid/setgid/sticky files, a hardlink to a member that is not an earlier
+    regular file, anything but files, directories and links, and data past the
+    end of the file (a truncated archive).
     """
     raw = path.open() if isinstance(path, Spans) else None  # numbered parts: read as one (sealift.bundle.parts)
     try:
@@ -134,11 +138,10 @@ def check_archive(path: Path | Spans) -> list[tarfile.TarInfo]:
     files: set[str] = set()
     for m in members:
         try:
+            problem = member_problem(m, _FILTER_ROOT)  # the data filter's rules, and ours, on any Python 3.10+
+            if problem:
+                raise ValueError(problem.replace(_FILTER_ROOT, "the extraction root"))
             rel = member_path(m.name)
-            try:
-                tarfile.data_filter(m, _FILTER_ROOT)
-            except tarfile.FilterError as exc:
-                raise ValueError(str(exc).replace(_FILTER_ROOT, "the extraction root")) from None
             if m.islnk():
                 target = member_path(m.linkname)
                 if target not in files:
