@@ -112,6 +112,30 @@ def _ours(root: Path) -> list[psutil.Process]:
     return found
 
 
+def _stop(server: subprocess.Popen, root: Path) -> list[str]:
+    """Ctrl-C to `sealift start` (as it says), then wait; the command lines of what was still alive 15 s
+    later (killed, so that nothing outlives the test)."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    left = _ours(root)
+    deadline = time.monotonic() + 15
+    while left and time.monotonic() < deadline:  # bentoml's workers take a moment to go
+        time.sleep(0.5)
+        left = _ours(root)
+    names = []
+    for proc in left:
+        try:
+            names.append(" ".join(proc.cmdline()))
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    return names
+
+
 @pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 def test_install_txt_on_debian_12s_python_installs_and_serves(installed_bundle, uv_cache, tmp_path):
     bundle = installed_bundle.bundle
@@ -169,21 +193,9 @@ def test_install_txt_on_debian_12s_python_installs_and_serves(installed_bundle, 
                                                messages=[{"role": "user", "content": "hello"}])
         assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
     finally:
-        server.send_signal(signal.SIGINT)  # Ctrl-C, as `sealift start` says
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        left = _stop(server, root)  # also when the test failed: nothing of it outlives the test
     assert server.returncode in (0, 130, -signal.SIGINT), server_log.read_text()[-4000:]
-    left = _ours(root)
-    deadline = time.monotonic() + 15
-    while left and time.monotonic() < deadline:  # bentoml's workers take a moment to go
-        time.sleep(0.5)
-        left = _ours(root)
-    for proc in left:  # never leave them behind, even when the test fails
-        proc.kill()
-    assert not left, [" ".join(p.info["cmdline"]) for p in left]
+    assert not left, left
     text = server_log.read_text()
     assert f"{SYSTEM_PYTHON}" in text or str(venvs[0]) in text, text[-2000:]
     assert str(ROOT / "pipeline") not in text  # served from the bundle's sealift, not this checkout
