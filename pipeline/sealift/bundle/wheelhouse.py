@@ -21,8 +21,11 @@ import sys
 import tempfile
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+except ModuleNotFoundError:  # Python 3.10: tomli (a dependency there, and bentoml's), else pip's copy
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
 import urllib.error
 import urllib.request
 from dataclasses import dataclass

@@ -26,7 +26,7 @@ from sealift.core.errors import UserError
 from sealift.host.medium import Medium, Volumes, open_medium
 from sealift.host.unpack import Stream, member_rel, read_members
 
-__all__ = ["Trusted", "archive_members", "check_bundle", "check_layout", "check_member", "read_trusted"]
+__all__ = ["Trusted", "archive_members", "check_archive", "check_bundle", "check_layout", "check_member", "read_trusted"]
 
 #: Where the data filter pretends to extract: a name only (nothing is there), so no link of this host matters.
 _ROOT = "/sealift-extract-root"
@@ -160,6 +160,12 @@ def archive_members(stream: Stream, doc: dict[str, Any], advance: Callable[[int]
         stream.copy(None, advance)  # raises the corruption, if that is what it is
         raise
     return members
+
+
+def check_archive(path: Path) -> list[tarfile.TarInfo]:
+    """The members of one tar file on this host, each checked as install checks them (UserError otherwise)."""
+    with Stream.of_files([Path(path)]) as stream:
+        return read_members(stream, check_member)
 
 
 def check_layout(label: str, members: list[tarfile.TarInfo], doc: dict[str, Any]) -> None:
