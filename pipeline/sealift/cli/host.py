@@ -169,10 +169,11 @@ def inventory(
     elsewhere).
     """
     console.set_mode(quiet=quiet, json_output=json_output)
+    from sealift.bundle.inventory import write_inventory
     from sealift.host import inventory as inventory_step
 
     inv = inventory_step.take_inventory()
-    written = inventory_step.write_inventory(inv, output) if output is not None else None
+    written = write_inventory(inv, output) if output is not None else None
     console.emit(inv.to_dict(), lambda: inv.print_human(written))
 
 
