@@ -281,3 +281,20 @@ def test_the_untouched_signed_bundle_installs(signed, key, tmp_path):
     assert run.code == 0, run.err
     assert run.json()["signature"]["identity"] == "release@example.org"
     assert (host.sealift_home / "wheels" / WHEEL).read_bytes() == b"a kept wheel"
+
+
+def test_verify_checks_a_bundle_as_install_would_without_installing(signed, key, tmp_path):
+    host = _host(tmp_path, key[1])
+    run = host.sealift("verify", signed, "--json", HOME=str(host.root / "home"))
+    assert run.code == 0, run.err
+    assert run.json()["ok"] and run.json()["signature"]["identity"] == "release@example.org"
+    assert not (host.bentoml_home / "bentos").exists() or not any((host.bentoml_home / "bentos").iterdir())
+    bundle = tmp_path / "usb" / signed.name
+    shutil.copytree(signed, bundle)
+    with open(archive(bundle), "r+b") as f:  # one flipped byte deep in the archive
+        f.seek(archive(bundle).stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    run = host.sealift("verify", bundle, HOME=str(host.root / "home"))
+    assert run.code == 2 and "corrupted" in run.err and len(run.err.strip().splitlines()) == 1, run.err

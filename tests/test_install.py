@@ -337,3 +337,56 @@ def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundl
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert read_guard_log(log) == []
+
+
+# --------------------------------------------------------------------------- the kept wheel pool
+
+
+def test_the_wheel_pool_keeps_verified_copies_by_sha256_and_never_uses_wrong_bytes(tmp_path, monkeypatch):
+    """A pool file with the right name (or the right sha256 name) and other bytes is reported and replaced;
+    what is kept is a copy of the bytes that hashed right, never a link to the medium."""
+    from sealift.host import wheelpool
+    from sealift.host.medium import Folder
+
+    monkeypatch.setenv("SEALIFT_HOME", str(tmp_path / "home"))
+    medium_dir = tmp_path / "usb" / "wheels"
+    medium_dir.mkdir(parents=True)
+    name = "good_pkg-1.0-py3-none-any.whl"
+    (medium_dir / name).write_bytes(b"the genuine wheel")
+    digest = sha256(medium_dir / name)
+    pool = tmp_path / "home" / "wheels"
+    (pool / ".sha256").mkdir(parents=True)
+    (pool / name).write_bytes(b"a planted wheel!!")  # same name and size, other bytes
+    (pool / ".sha256" / digest).write_bytes(b"rotten blob bytes")
+    medium = Folder(label=str(tmp_path / "usb"), root=tmp_path / "usb")
+    w = wheelpool.Wheel(name, digest, len(b"the genuine wheel"), f"wheels/{name}")
+
+    def stream_of(w):
+        return unpack.Stream(medium, [w.rel], {w.rel: digest}, [w.size])
+
+    staged = wheelpool.stage(stream_of, [w], tmp_path / "home" / "tmp" / "s", lambda n: None)
+    wheelset = wheelpool.publish(staged, "good:v1")
+    assert (pool / name).read_bytes() == b"the genuine wheel" == (wheelset / name).read_bytes()
+    assert os.path.samefile(pool / name, pool / ".sha256" / digest)
+    assert not os.path.samefile(pool / name, medium_dir / name)  # a copy: a later write to the medium changes nothing
+    assert sorted(staged.replaced) == sorted([str(pool / ".sha256" / digest), str(pool / name)])
+    index = json.loads((tmp_path / "home" / "wheels.json").read_text())
+    assert index[name]["sha256"] == digest
+    (medium_dir / name).write_bytes(b"a later hostile write")
+    assert (pool / name).read_bytes() == b"the genuine wheel"
+
+
+def test_a_wheel_whose_bytes_differ_from_the_list_is_not_kept(tmp_path, monkeypatch):
+    from sealift.host import wheelpool
+    from sealift.host.medium import Folder
+
+    monkeypatch.setenv("SEALIFT_HOME", str(tmp_path / "home"))
+    (tmp_path / "usb" / "wheels").mkdir(parents=True)
+    name = "x_pkg-1.0-py3-none-any.whl"
+    (tmp_path / "usb" / "wheels" / name).write_bytes(b"swapped bytes")
+    medium = Folder(label=str(tmp_path / "usb"), root=tmp_path / "usb")
+    w = wheelpool.Wheel(name, "0" * 64, 13, f"wheels/{name}")
+    with pytest.raises(UserError, match="corrupted"):
+        wheelpool.stage(lambda w: unpack.Stream(medium, [w.rel], {w.rel: w.sha256}, [w.size]), [w],
+                        tmp_path / "home" / "tmp" / "s", lambda n: None)
+    assert not (tmp_path / "home" / "wheels").exists()

@@ -8,10 +8,12 @@ SEALIFT_DEBUG=1.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
+from sealift.core import console
 from sealift.core.version import __version__
 
 HELP = """\
@@ -92,6 +94,13 @@ app = typer.Typer(
 
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout (implies --quiet).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or chatter.")
+
+
+def emit_report(report: Any) -> None:
+    """Print a report that has `ok`, `to_dict()` and `print_human()` (verify, check, doctor); exit 1 unless ok."""
+    console.emit(report.to_dict(), report.print_human)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 #: What `sealift --version --verbose` reports beside sealift: the stack a bento is built and served with.

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from sealift.cli.app import JsonOpt, QuietOpt
+from sealift.cli.app import JsonOpt, QuietOpt, emit_report
 from sealift.core import console
 
 __all__ = ["check", "doctor", "env", "install", "inventory", "start"]
@@ -142,9 +142,7 @@ def check(
 
     report = check_step.check_model(ref, url=url, api_key=api_key, mode=mode, served_name=served_name,
                                     margin_nats=margin)
-    console.emit(report.to_dict(), report.print_human)
-    if not report.ok:
-        raise typer.Exit(1)
+    emit_report(report)
 
 
 def inventory(
@@ -187,9 +185,7 @@ def doctor(
     from sealift.host import doctor as doctor_step
 
     report = doctor_step.run_doctor(name, verify=not quick)
-    console.emit(report.to_dict(), report.print_human)
-    if not report.ok:
-        raise typer.Exit(1)
+    emit_report(report)
 
 
 def env(name: Optional[str] = typer.Argument(None, metavar="NAME", help="An installed model (default: all).")) -> None:

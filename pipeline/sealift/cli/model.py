@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sealift.cli.app import JsonOpt, QuietOpt
+from sealift.cli.app import JsonOpt, QuietOpt, emit_report
 from sealift.core import console
 
 __all__ = ["import_", "list_", "verify"]
@@ -103,6 +103,4 @@ def verify(
     from sealift.model import store
 
     report = store.verify_model(ref)
-    console.emit(report.to_dict(), report.print_human)
-    if not report.ok:
-        raise typer.Exit(1)
+    emit_report(report)
