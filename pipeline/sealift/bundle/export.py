@@ -160,9 +160,12 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
                                           constraints=check.constraints(wheels))
     try:
         needs, proven = needs_and_proof()
-    except proof_step.HashMismatch as exc:  # uv refused a cached wheel before any of its code ran
-        console.warn(f"the proof met a wheel that is not the lock's ({exc.name}): checking every wheel against it")
-        check.verify([*wheels, *openllm_wheels])  # fetched again once, or UserError
+    except UserError as exc:  # a wheel the proof's uv refused (hash, or not even a zip), or that the gpu check could
+        # not read: is a cached one not the lock's? Each is hashed; one that is not is fetched again (or UserError)
+        if not wheels or not check.verify([*wheels, *openllm_wheels]):
+            raise  # every wheel is the lock's: the failure is the wheel set's own
+        console.warn(f"the wheels were refused ({exc.message[:120]}); running the checks again over the wheels "
+                     "fetched again")
         needs, proven = needs_and_proof()
     wheels = plan.split_wheels(wheels) if plan else wheels  # the far side's pool holds the rest
     limit = volumes.file_limit(dest, max_file_size)

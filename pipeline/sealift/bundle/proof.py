@@ -135,7 +135,7 @@ class HashMismatch(UserError):
     def __init__(self, name: str) -> None:
         super().__init__(f"the bundle's proof stopped: the wheel for {name} is not the one the lock names (uv: hash "
                          "mismatch); nothing of it ran and nothing was written",
-                         hint="run the export again: a cached wheel that does not match is downloaded again")
+                         hint="check the wheel cache and where the wheel came from, then run the export again")
         self.name = name
 
 

@@ -4,17 +4,20 @@
     check.copy(src, copy, digest_of, discard)  export's copy of one wheel, again after one re-download when
                                                the bytes hashed on the way are not the lock's; else UserError
     check.matches(src, digest) -> bool
-    check.verify(files)                        hash each (after the proof's uv met a wheel that is not the lock's)
+    check.verify(files) -> int                 hash each, fetch a bad one again (after the proof refused the set)
     check.constraints(files) -> [str]          `name==version --hash=sha256:...`: the proof's uv checks as it reads
     check.record(files) -> dict                manifest.json's `wheel_hashes`
 
 The lock is uv's resolution (`uv pip compile --format pylock.toml`): each wheel's URL and sha256. A
 wheel downloaded from an index is checked as it arrives; one found in the wheel cache is taken by name and
 size, unread, and checked where its bytes are read anyway: the proof's uv (its constraints carry the
-hashes, so no code of a wrong wheel runs) and export's copy onto the medium (copy_and_hash's digest is
-compared with the lock's, so what SHA256SUMS lists, and a signature covers, is what the lock names). A
-cached wheel that does not match is set aside (`NAME.rejected`) and downloaded once more, with a warning;
-where that cannot be done, export stops with one line naming the wheel, the cache path and what to do.
+hashes, so no code of a wrong wheel runs; when the proof refuses the set, for a hash or for a file that is
+no wheel, export hashes every wheel with verify and runs it again) and export's copy onto the medium
+(copy_and_hash's digest is compared with the lock's, so what SHA256SUMS lists, and a signature covers, is
+what the lock names). A cached wheel that does not match is set aside (`NAME.rejected`) and downloaded
+once more, with a warning; where that cannot be done, export stops with one line naming the wheel, the
+cache path and what to do. Measured (CPU bundle, 97 wheels, 278 MB, one cached wheel poisoned with
+random bytes): the proof refused it, the wheel was fetched again, the proof passed and the export finished.
 
 file:// wheels (--wheels-from, find-links, a file:// index, sealift's own wheel) are taken as found: uv
 read their sha256 from the files themselves (or a local index page) when it resolved, so the check holds
