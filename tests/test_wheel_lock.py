@@ -281,3 +281,22 @@ def test_pip_s_best_match_only_where_this_hosts_pip_names_several_indexes(monkey
     assert "--index-strategy" not in wheelhouse._uv_source_args(wheelhouse.Sources(host_config=False,
                                                                                    extra_index_urls=extra))
     assert "--index-strategy" not in wheelhouse._uv_source_args(wheelhouse.Sources(wheels_from=Path("/w")))
+
+
+# --------------------------------------------------------------------------- sealift's own wheel
+
+
+def test_a_tampered_cached_sealift_wheel_is_built_again(tmp_path, monkeypatch):
+    """sealift's wheel is file://, taken as found by the lock: the cached one must hold only the checkout's files."""
+    import zipfile
+
+    monkeypatch.setenv(wheelhouse.WHEEL_CACHE_ENV, str(tmp_path / "cache"))
+    wheel = wheelhouse.sealift_wheel()
+    with zipfile.ZipFile(wheel) as zf:
+        names = sorted(zf.namelist())
+    assert wheelhouse.sealift_wheel() == wheel  # reused as it is
+    with zipfile.ZipFile(wheel, "a") as zf:  # a .pth runs at every interpreter start of the venv it lands in
+        zf.writestr("sealift_evil.pth", "import os; os.environ['HACKED'] = '1'\n")
+    again = wheelhouse.sealift_wheel()
+    with zipfile.ZipFile(again) as zf:
+        assert sorted(zf.namelist()) == names
