@@ -90,6 +90,43 @@ def test_fat32_is_told_from_the_mount_table(tmp_path):
     assert fstype and str(tmp_path).startswith(point)
 
 
+def test_a_mount_point_with_non_ascii_and_spaces_is_read_as_its_path():
+    # `/media/jörg/MY USB`: ö as octal escapes of its UTF-8 bytes, as the raw bytes (what this kernel writes),
+    # and a latin-1 ö (one byte, not UTF-8) on another stick: each is the path Python names (os.fsdecode)
+    table = (
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "40 22 8:17 / /media/j\\303\\266rg/MY\\040USB rw,relatime shared:9 - vfat /dev/sdb1 rw,fmask=0022\n"
+        "41 22 8:33 / /media/anna/\u00c5SA\\040\\134\\011x rw - vfat /dev/sdc1 rw\n"
+        "42 22 8:49 / /media/old/j\\366rg rw - msdos /dev/sdd1 rw\n"
+    )
+    assert parts.fs_type(Path("/media/jörg/MY USB/bundles"), table) == ("/media/jörg/MY USB", "vfat")
+    assert parts.fat_limit(Path("/media/jörg/MY USB/bundles/new"), table) == parts.FAT_LIMIT
+    assert parts.fat_limit(Path("/media/jörg/MY"), table) is None
+    assert parts.fs_type(Path("/media/anna/\u00c5SA \\\tx/b"), table)[0] == "/media/anna/\u00c5SA \\\tx"
+    latin1 = os.fsdecode(b"/media/old/j\xf6rg")
+    assert parts.fat_limit(Path(latin1) / "b", table) == parts.FAT_LIMIT
+    # raw UTF-8 bytes in the table read from /proc (no escape at all) name the same path
+    raw = os.fsdecode("40 22 8:17 / /media/jörg/MY\\040USB rw - vfat /dev/sdb1 rw\n".encode())
+    assert parts.fs_type(Path("/media/jörg/MY USB/x"), raw) == ("/media/jörg/MY USB", "vfat")
+
+
+def test_a_real_mount_with_a_non_ascii_name_is_found(tmp_path):
+    """A tmpfs mounted on `.../jörg/MY USB` in a private mount namespace: fs_type reads /proc/self/mountinfo."""
+    point = tmp_path / "jörg" / "MY USB"
+    point.mkdir(parents=True)
+    code = ("import sys; from pathlib import Path; from sealift.bundle import parts; "
+            "print(parts.fs_type(Path(sys.argv[1]) / 'x'))")
+    try:
+        p = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$1" || exit 77; exec "$2" -c "$3" "$1"',
+                            "sh", str(point), sys.executable, code], capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if p.returncode == 77 or (p.returncode != 0 and p.stderr.startswith("unshare")):
+        pytest.skip(f"no private mount namespace here: {p.stderr.strip()[:200]}")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == repr((str(point), "tmpfs")), p.stdout
+
+
 def test_pieces_fill_each_volume_and_respect_the_file_limit():
     files = [("a.tar", 1000), ("wheels/x.whl", 30), ("wheels/big.whl", 250)]
     flat = parts.plan_pieces(files, max_file=100)

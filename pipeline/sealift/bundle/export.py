@@ -47,7 +47,8 @@ from sealift.bundle.tarstream import JOURNAL, Advance, Member, Journal, archive_
 from sealift.core.units import fmt_bytes
 from sealift.bundle.result import ExportResult, bundle_manifest
 from sealift.bundle.source import BentoSource, ModelSource, bundle_requirements, load_bento, plan_archive
-from sealift.bundle.wheelhouse import link_shared, resolve_wheels, sealift_wheel, shared_wheel, wheel_sources
+from sealift.bundle.wheelcheck import WheelCheck
+from sealift.bundle.wheelhouse import link_shared, resolve_locked, sealift_wheel, shared_wheel, wheel_sources
 
 __all__ = ["BentoSource", "ExportResult", "ModelSource", "check_free_space", "export_bento", "export_bundle",
            "load_bento", "plan_archive"]
@@ -136,19 +137,36 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     total = archive_size(members)
     wheels: list[Path] = []
     openllm_wheels: list[Path] = []
+    check = WheelCheck()  # each wheel against its lock's sha256, where its bytes are read (sealift.bundle.wheelcheck)
     if not no_wheels:
         console.info(f"resolving wheels for {platform}, Python {python_version}")
         source = Path(wheels_from) if wheels_from else None
         own = sealift_wheel(source)
-        wheels = resolve_wheels([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
-                                python_version=python_version, wheels_from=source, sources=sources)
+        resolved = resolve_locked([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
+                                  python_version=python_version, wheels_from=source, sources=sources)
+        check.add(resolved)
+        wheels = list(resolved)
         if with_openllm:
             console.info(f"resolving openllm's wheels ({' '.join(OPENLLM_REQUIREMENTS)})")
-            openllm_wheels = resolve_wheels(list(OPENLLM_REQUIREMENTS), platform=platform,
-                                            python_version=python_version, wheels_from=source, sources=sources)
+            resolved = resolve_locked(list(OPENLLM_REQUIREMENTS), platform=platform,
+                                      python_version=python_version, wheels_from=source, sources=sources)
+            check.add(resolved)
+            openllm_wheels = list(resolved)
+
     # What the target needs, and the proof: both before a byte is written (sealift.bundle.target, sealift.bundle.proof).
-    needs, proven = proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
-                                               cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento))
+    def needs_and_proof() -> tuple[dict[str, Any], dict[str, Any]]:
+        return proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
+                                          cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento),
+                                          constraints=check.constraints(wheels))
+    try:
+        needs, proven = needs_and_proof()
+    except UserError as exc:  # a wheel the proof's uv refused (hash, or not even a zip), or that the gpu check could
+        # not read: is a cached one not the lock's? Each is hashed; one that is not is fetched again (or UserError)
+        if not wheels or not check.verify([*wheels, *openllm_wheels]):
+            raise  # every wheel is the lock's: the failure is the wheel set's own
+        console.warn(f"the wheels were refused ({exc.message[:120]}); running the checks again over the wheels "
+                     "fetched again")
+        needs, proven = needs_and_proof()
     wheels = plan.split_wheels(wheels) if plan else wheels  # the far side's pool holds the rest
     limit = volumes.file_limit(dest, max_file_size)
     if spanning or volumes.needs_split(members, [*wheels, *openllm_wheels], limit):  # parts and volumes
@@ -159,7 +177,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
         return volumes.export_split(
             bento, members, wheels, openllm_wheels, dests=[dest, *(Path(d).expanduser().absolute() for d in more_dests)],
             max_file=limit, volume_size=volume_size, platform=platform, python_version=python_version,
-            started=started, needs=needs, proven=proven, sign=sign, sbom=bool(wheels) if sbom is None else sbom)
+            started=started, needs=needs, proven=proven, sign=sign, sbom=bool(wheels) if sbom is None else sbom,
+            check=check)
     journal = Journal.load(partial, bento.tag, plan_digest(members), total)
     archive_there = (partial / f"{bento.name}-{bento.version}.tar").is_file()
     done_archive = int(journal.archive.get("offset", 0)) if archive_there else 0
@@ -176,7 +195,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     try:
         result = _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
                                openllm_wheels=openllm_wheels, needs=needs, sign=sign,
-                               sbom=bool(wheels) if sbom is None else sbom, delta=plan.record() if plan else None)
+                               sbom=bool(wheels) if sbom is None else sbom, delta=plan.record() if plan else None,
+                               check=check)
         result.proof = proven
         return result
     except OSError as exc:
@@ -189,8 +209,11 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
 def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path], journal: Journal, partial: Path,
                   final: Path, platform: str, python_version: str, started: float, *,
                   openllm_wheels: list[Path] | None = None, needs: dict[str, Any] | None = None,
-                  sign: Path | None = None, sbom: bool = True, delta: dict[str, Any] | None = None) -> ExportResult:
-    """Write (or finish) everything in `partial`, then make it `final`; `delta`: manifest.json's delta record."""
+                  sign: Path | None = None, sbom: bool = True, delta: dict[str, Any] | None = None,
+                  check: WheelCheck | None = None) -> ExportResult:
+    """Write (or finish) everything in `partial`, then make it `final`; `delta`: manifest.json's delta record;
+    `check`: each wheel's bytes as copied against its lock (sealift.bundle.wheelcheck)."""
+    check = check or WheelCheck()
     if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
         shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
     partial.mkdir(parents=True, exist_ok=True)
@@ -230,7 +253,8 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         with console.byte_progress(sum(w.stat().st_size for w in files), folder) as adv:
             for w in files:
                 rel = f"{folder}/{w.name}"
-                entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv, medium=(final.parent, final))
+                entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv, medium=(final.parent, final),
+                                          check=check)
                 reused += kept == 1
                 if kept == 2:
                     shared.append(entry)
@@ -257,6 +281,8 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
                                  "key_type": key.key_type, "fingerprint": key.fingerprint}
     if delta:  # what the bundle relies on the far side holding (sealift.bundle.delta)
         manifest["delta"] = delta
+    if wheels or openllm_wheels:  # how each wheel was held to its lock (signed with the rest)
+        manifest["wheel_hashes"] = check.record([*wheels, *(openllm_wheels or [])])
     sums = [*entries, _write_small(partial, MANIFEST_JSON, (json.dumps(manifest, indent=1) + "\n").encode())]
     write_atomic(partial / SUMS, sha256sums_text(sums).encode())
     signature = signing.sign_sums(partial / SUMS, sign) if sign is not None else None
@@ -278,6 +304,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         shared_wheels=len(shared), shared_wheel_bytes=sum(e.size for e in shared),
         sbom=sbom_step.SBOM_NAME if sbom else "", signature=signature.to_dict() if signature else None,
         relied_files=len(delta["relies"]) if delta else 0, relied_bytes=delta["relied_bytes"] if delta else 0,
+        wheel_hashes=manifest.get("wheel_hashes") or {},
     )
 
 
@@ -288,23 +315,27 @@ def _write_small(folder: Path, name: str, data: bytes) -> FileEntry:
 
 
 def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advance,
-                medium: tuple[Path, Path] | None = None) -> tuple[FileEntry, int]:
+                medium: tuple[Path, Path] | None = None, check: WheelCheck | None = None) -> tuple[FileEntry, int]:
     """Copy+hash one wheel unless an earlier run already wrote it (re-read and checked), or another bundle on
     the medium holds the same bytes (hard-linked, sealift.bundle.wheelhouse.shared_wheel): (entry, 0 copied, 1 kept,
-    2 shared)."""
+    2 shared). Each way, the bytes in the bundle hash to the lock's sha256 (`check`, sealift.bundle.wheelcheck):
+    a cached wheel that does not is fetched again once, or the export stops."""
+    check = check or WheelCheck()
     done = journal.doc["files"].get(rel)
-    if done and dst.is_file() and dst.stat().st_size == done["size"] == src.stat().st_size:
+    if done and dst.is_file() and dst.stat().st_size == done["size"] == src.stat().st_size \
+            and check.matches(src, done["sha256"]):
         if hash_file(dst) == done["sha256"]:
             advance(done["size"])
             return FileEntry(rel, done["size"], done["sha256"]), 1
     size = src.stat().st_size
     other = shared_wheel(medium[0], rel.split("/")[0], src.name, size, exclude=medium[1]) if medium else None
-    digest = link_shared(src, other, dst, advance) if other is not None else None
+    digest = link_shared(src, other, dst, advance, expected=check.expected(src)) if other is not None else None
     if digest is not None:
         journal.doc["files"][rel] = {"size": size, "sha256": digest}
         journal.save()
         return FileEntry(rel, size, digest), 2
-    entry = copy_and_hash(src, dst, advance, relpath=rel)
+    entry = check.copy(src, lambda: copy_and_hash(src, dst, advance, relpath=rel), lambda e: e.sha256,
+                       lambda: dst.unlink(missing_ok=True))
     journal.doc["files"][rel] = {"size": entry.size, "sha256": entry.sha256}
     journal.save()
     return entry, 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ PART_SEP = ".part-"
 #: The largest file FAT32 holds.
 FAT_LIMIT = 4 * 1024**3 - 1
 FAT_TYPES = frozenset({"vfat", "msdos", "fat", "umsdos"})
+_OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
 def part_name(rel: str, index: int) -> str:
@@ -44,15 +46,24 @@ def part_name(rel: str, index: int) -> str:
 
 
 def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\040 etc."""
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+    """A mountinfo path field as the path it names (`/media/j\\303\\266rg/MY\\040USB` -> `/media/jörg/MY USB`).
+
+    The kernel writes space, tab, newline and backslash as octal escapes and, here (measured: a tmpfs on
+    `.../jörg/MY USB`), the other bytes raw; an octal escape of a non-ASCII byte (`\\303\\266`) means
+    the same. Both are bytes of one path in the filesystem encoding: put the bytes back together, then
+    os.fsdecode them, as Python names paths (not `unicode_escape`, which read each byte as a latin-1 letter).
+    """
+    if "\\" not in field:
+        return field
+    raw = _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), os.fsencode(field))
+    return os.fsdecode(raw)
 
 
 def fs_type(path: Path, mountinfo: str | None = None) -> tuple[str, str]:
     """(mount point, filesystem type) of the mount holding path; ("", "") when /proc/self/mountinfo is unreadable."""
     if mountinfo is None:
         try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
+            mountinfo = os.fsdecode(Path("/proc/self/mountinfo").read_bytes())  # raw bytes of paths kept
         except OSError:
             return "", ""
     full = Path(path).absolute()
@@ -61,12 +72,12 @@ def fs_type(path: Path, mountinfo: str | None = None) -> tuple[str, str]:
         probe = probe.parent
     target = os.path.join(os.path.realpath(probe), os.path.relpath(full, probe)).rstrip("/.") or "/"
     best = ("", "")
-    for line in mountinfo.splitlines():
-        fields = line.split()
+    for line in mountinfo.split("\n"):
+        fields = line.split(" ")  # one space between fields; a path's own spaces are escaped (\\040)
         if " - " not in line or len(fields) < 5:
             continue
         point = _unescape(fields[4])
-        fstype = line.split(" - ", 1)[1].split()[0]
+        fstype = line.split(" - ", 1)[1].split(" ")[0]
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best[0]):  # the last, deepest mount wins (mounts stack)
             best = (point, fstype)

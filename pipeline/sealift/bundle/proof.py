@@ -5,8 +5,10 @@
 In a temporary directory, with no index, no network and no configuration:
 
 1. `uv venv` with the target's Python, then `uv pip install --offline --no-index
-   --find-links <the bundle's wheels> -r <the bento's requirements>`: a wheel
-   missing from the set fails here, as it would on the air-gapped host;
+   --find-links <the bundle's wheels> -r <the bento's requirements> -c <each wheel's
+   version and the lock's sha256>`: a wheel missing from the set fails here, as it
+   would on the air-gapped host, and uv checks every wheel it installs against the
+   lock as it reads it (HashMismatch: no code of a wrong wheel runs here);
 2. import the serving stack in that venv: torch, transformers, bentoml; for a
    gpu bundle also torchvision and vllm, and `torch.version.cuda` must be set
    (a CPU torch under a CUDA torchvision dies at `import torchvision`);
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +43,7 @@ from sealift.core import console
 from sealift.core.errors import UserError
 from sealift.core.offline import offline_env
 
-__all__ = ["Proof", "needs_and_proof", "prove"]
+__all__ = ["HashMismatch", "Proof", "needs_and_proof", "prove"]
 
 #: What the runtime must import, per bento target.
 IMPORTS = {"cpu": ("torch", "transformers", "bentoml"),
@@ -126,6 +129,16 @@ class Proof:
         return f"offline venv (Python {self.python}) imports {names}{cuda}{parsed}; {self.total_seconds:.1f} s"
 
 
+class HashMismatch(UserError):
+    """The proof's uv met a wheel whose bytes are not the lock's sha256 (nothing of it ran); `name`: uv's words."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the bundle's proof stopped: the wheel for {name} is not the one the lock names (uv: hash "
+                         "mismatch); nothing of it ran and nothing was written",
+                         hint="check the wheel cache and where the wheel came from, then run the export again")
+        self.name = name
+
+
 def _tail(text: str, n: int = 3) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:])[:600]
@@ -145,14 +158,21 @@ def _run(cmd: list[str], *, env: dict[str, str], step: str, timeout: float = 180
         raise UserError(f"the bundle's proof failed: {step} took over {timeout:.0f} s; nothing was written",
                         hint="run the export again, or skip the proof with --no-proof") from None
     if p.returncode != 0:
+        mismatch = re.search(r"Hash mismatch for `([^`]+)`", p.stderr)
+        if mismatch:
+            raise HashMismatch(mismatch.group(1))
         raise UserError(f"the bundle's proof failed: {step}: {_tail(p.stderr or p.stdout)}; nothing was written",
                         hint="fix the wheel set (--wheels-from, --cuda, the index), or skip the proof with --no-proof")
     return p.stdout
 
 
 def prove(wheels: list[Path], requirements: list[str], *, target: str, python_version: str,
-          bento_src: Path | None = None, model_path: str = "/models/model") -> Proof:
-    """Build the runtime venv from exactly `wheels` (offline), import the stack, parse vLLM's command lines."""
+          bento_src: Path | None = None, model_path: str = "/models/model", constraints: list[str] = ()) -> Proof:
+    """Build the runtime venv from exactly `wheels` (offline), import the stack, parse vLLM's command lines.
+
+    `constraints`: `name==version --hash=sha256:...` lines (sealift.bundle.wheelcheck): uv checks each wheel
+    it installs against them as it reads it (HashMismatch, before any code of a wrong wheel runs).
+    """
     proof = Proof(target=target, python=python_version)
     uv_env = {k: v for k, v in offline_env().items() if not k.startswith(("UV_", "PIP_")) or k == "UV_CACHE_DIR"}
     uv_env.update(UV_OFFLINE="1", UV_NO_INDEX="1", UV_PYTHON_DOWNLOADS="never", PIP_NO_INDEX="1")
@@ -166,6 +186,8 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
             os.symlink(Path(w).absolute(), links / Path(w).name)
         req = root / "requirements.txt"
         req.write_text("\n".join(requirements) + "\n")
+        pins = root / "constraints.txt"
+        pins.write_text("".join(f"{line}\n" for line in constraints))
         venv = root / "venv"
         python = venv / "bin" / "python"
         # uv's cache for the proof lives and dies with it: a GPU stack unpacks to ~9 GB, which would otherwise
@@ -176,7 +198,7 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
             _run([*uv, "venv", "--quiet", "--no-config", "--python", _python_for(python_version), str(venv)],
                  env=uv_env, step=f"uv venv (Python {python_version})")
             _run([*uv, "pip", "install", "--quiet", "--no-config", "--offline", "--no-index", "--find-links",
-                  str(links), "--python", str(python), "-r", str(req)], env=uv_env,
+                  str(links), "--python", str(python), "-r", str(req), "-c", str(pins)], env=uv_env,
                  step="installing the bento's requirements from the bundle's wheels alone")
         proof.seconds["venv"] = round(time.monotonic() - t, 2)
 
@@ -227,7 +249,8 @@ def python_available(version: str) -> bool:
 
 
 def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str, python_version: str,
-                    cuda: str | None, run_proof: bool, requirements: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+                    cuda: str | None, run_proof: bool, requirements: list[str],
+                    constraints: list[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Export's hook: check a gpu wheel set, work out what the target needs, and prove the wheels.
 
     Returns (manifest.json's `target`, the proof as a dict: its findings and a
@@ -256,5 +279,5 @@ def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str,
         return needs, {"skipped": why}
     model_name = bento.models[0].name if bento.models else "model"
     found = prove(wheels, requirements, target=kind, python_version=python_version,
-                  bento_src=Path(bento.path) / "src", model_path=f"/models/{model_name}")
+                  bento_src=Path(bento.path) / "src", model_path=f"/models/{model_name}", constraints=constraints)
     return needs, {**found.to_dict(), "summary": found.summary()}

@@ -56,6 +56,8 @@ class ExportResult:
     #: Files written in numbered parts (--max-file-size, FAT32), and the volume folders (--volume-size): sealift.bundle.volumes.
     parts: int = 0
     volumes: list[str] = field(default_factory=list)
+    #: How each wheel was held to the lock's sha256 (manifest.json's `wheel_hashes`, sealift.bundle.wheelcheck).
+    wheel_hashes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mb_per_s(self) -> float:
@@ -76,6 +78,13 @@ class ExportResult:
         if self.openllm_wheels:
             wheels += f"; {WHEELS_OPENLLM}: {self.openllm_wheels} ({fmt_bytes(self.openllm_wheel_bytes)})"
         p(f"  {self.archive}: {fmt_bytes(self.archive_bytes)}; {wheels}", markup=False, soft_wrap=True)
+        if self.wheel_hashes:
+            h = self.wheel_hashes
+            found = f"; {len(h['taken_as_found'])} local (file://) taken as found" if h.get("taken_as_found") else ""
+            unchecked = f"; {len(h['unchecked'])} with no sha256 in the lock, unchecked" if h.get("unchecked") else ""
+            again = f"; {len(h['downloaded_again'])} downloaded again" if h.get("downloaded_again") else ""
+            p(f"  wheel hashes: {h.get('checked', 0)} match the lock ({h.get('from_index', 0)} the index's sha256)"
+              f"{found}{unchecked}{again}", markup=False, soft_wrap=True)
         if self.shared_wheels:
             p(f"  {self.shared_wheels} wheels ({fmt_bytes(self.shared_wheel_bytes)}) were already on the medium in "
               "another bundle: hard-linked, not written again", markup=False, soft_wrap=True)

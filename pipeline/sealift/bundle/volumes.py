@@ -75,8 +75,12 @@ def _reserve(nfiles: int) -> int:
 def export_split(bento: Any, members: list[Member], wheels: list[Path], openllm_wheels: list[Path], *,
                  dests: list[Path], max_file: int | None, volume_size: int | None, platform: str,
                  python_version: str, started: float, needs: dict[str, Any], proven: dict[str, Any],
-                 sign: Path | None, sbom: bool) -> Any:
-    """Write the bundle as parts (and volumes); export.ExportResult."""
+                 sign: Path | None, sbom: bool, check: Any = None) -> Any:
+    """Write the bundle as parts (and volumes); export.ExportResult. `check`: each wheel's bytes as copied
+    against its lock (sealift.bundle.wheelcheck.WheelCheck)."""
+    from sealift.bundle.wheelcheck import WheelCheck
+
+    check = check or WheelCheck()
     stem = f"{bento.name}-{bento.version}"
     spanning = volume_size is not None or len(dests) > 1
     if spanning and sign is not None:
@@ -160,13 +164,14 @@ def export_split(bento: Any, members: list[Member], wheels: list[Path], openllm_
 
     with console.byte_progress(sum(s for r, s in files if r != archive_name), "wheels") as adv:
         for rel, src in sources.items():
-            got, digest = _copy_wheel(src, pieces[rel], vol_dir, journal, adv)
+            got, digest = _copy_wheel(src, pieces[rel], vol_dir, journal, adv, check)
             entries += got
             whole[rel] = FileEntry(rel, src.stat().st_size, digest)
     split = {rel: ps for rel, ps in pieces.items() if len(ps) > 1}
     return _finish(bento, entries, whole, split, pieces, sources, journal, roots, partials, vol_dir, spanning,
                    count, volume_size, platform=platform, python_version=python_version, needs=needs,
-                   proven=proven, sbom=sbom, sign=sign, started=started, resumed=resumed, archive_name=archive_name)
+                   proven=proven, sbom=sbom, sign=sign, started=started, resumed=resumed, archive_name=archive_name,
+                   wheel_hashes=check.record(list(sources.values())) if sources else {})
 
 
 def _size(path: Path) -> int:
@@ -176,19 +181,22 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _copy_wheel(src: Path, pieces: list[Piece], vol_dir: Any, journal: Journal, advance: Any
+def _copy_wheel(src: Path, pieces: list[Piece], vol_dir: Any, journal: Journal, advance: Any, check: Any
                 ) -> tuple[list[FileEntry], str]:
-    """One wheel into its piece(s), or the pieces an earlier run wrote (re-read and checked)."""
+    """One wheel into its piece(s), or the pieces an earlier run wrote (re-read and checked); the whole's
+    sha256 is the lock's (`check`: a cached wheel that does not match is fetched again once, or UserError)."""
     done = journal.doc["files"]
     whole = journal.doc.setdefault("whole", {})
     rel = pieces[0].rel.split(".part-")[0] if len(pieces) > 1 else pieces[0].rel
     paths = [vol_dir(p.volume) / p.rel for p in pieces]
-    if rel in whole and all(p.rel in done and _size(path) == p.size == done[p.rel]["size"]
+    if rel in whole and check.matches(src, whole[rel]) and all(p.rel in done and _size(path) == p.size == done[p.rel]["size"]
                             for p, path in zip(pieces, paths)):
         if all(hash_file(path) == done[p.rel]["sha256"] for p, path in zip(pieces, paths)):
             advance(sum(p.size for p in pieces))
             return [FileEntry(p.rel, p.size, done[p.rel]["sha256"]) for p in pieces], whole[rel]
-    got, digest = copy_split(src, [(path, p.rel, p.size) for p, path in zip(pieces, paths)], advance)
+    got, digest = check.copy(src, lambda: copy_split(src, [(path, p.rel, p.size) for p, path in zip(pieces, paths)],
+                                                     advance), lambda out: out[1],
+                             lambda: [path.unlink(missing_ok=True) for path in paths])
     for e in got:
         done[e.path] = {"size": e.size, "sha256": e.sha256}
     whole[rel] = digest
@@ -200,7 +208,8 @@ def _finish(bento: Any, entries: list[FileEntry], whole: dict[str, FileEntry], s
             pieces: dict[str, list[Piece]], sources: dict[str, Path], journal: Journal, roots: list[Path],
             partials: list[Path], vol_dir: Any, spanning: bool, count: int, volume_size: int | None, *,
             platform: str, python_version: str, needs: dict[str, Any], proven: dict[str, Any], sbom: bool,
-            sign: Path | None, started: float, resumed: int, archive_name: str) -> Any:
+            sign: Path | None, started: float, resumed: int, archive_name: str,
+            wheel_hashes: dict[str, Any] | None = None) -> Any:
     """The small files (in every volume), the lists, then the renames that publish the bundle."""
     from sealift.bundle import signing
     from sealift.bundle.install_text import install_text
@@ -230,6 +239,8 @@ def _finish(bento: Any, entries: list[FileEntry], whole: dict[str, FileEntry], s
     if key is not None:  # as sealift.bundle.export signs a bundle (one volume only: refused with volumes)
         manifest["signature"] = {"file": signing.SIG_NAME, "format": "sshsig", "namespace": signing.NAMESPACE,
                                  "key_type": key.key_type, "fingerprint": key.fingerprint}
+    if wheel_hashes:  # how each wheel was held to its lock (sealift.bundle.wheelcheck)
+        manifest["wheel_hashes"] = wheel_hashes
     if spanning:
         manifest["volumes"] = {"id": journal.doc["bundle_id"], "count": count,
                                "files": {p.rel: p.volume + 1 for ps in pieces.values() for p in ps}}
@@ -281,7 +292,7 @@ def _finish(bento: Any, entries: list[FileEntry], whole: dict[str, FileEntry], s
         python_version=python_version, sealift_wheel=own, openllm_wheels=len(openllm_entries),
         openllm_wheel_bytes=sum(e.size for e in openllm_entries), needs=manifest["needs"],
         sbom=sbom_step.SBOM_NAME if sbom else "", parts=sum(len(ps) for ps in split.values()), volumes=volumes,
-        signature=signature.to_dict() if signature else None)
+        signature=signature.to_dict() if signature else None, wheel_hashes=wheel_hashes or {})
     result.proof = proven
     return result
 

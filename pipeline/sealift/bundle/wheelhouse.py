@@ -1,8 +1,9 @@
 """The wheels a bundle carries: resolved by uv for the target platform and Python, kept in a cache.
 
-    resolve_wheels(requirements, platform=, python_version=, wheels_from=, sources=) -> [Path]
+    resolve_locked(requirements, platform=, python_version=, wheels_from=, sources=) -> {Path: Locked}
+    resolve_wheels(...) -> [Path]           the same files alone
     lock(requirements, platform=, python_version=, sources=) -> [Locked]   (uv pip compile, pylock.toml)
-    fetch(locked) -> [Path]                 file:// wheels where they lie, others downloaded (sha256 checked)
+    fetch(locked) -> {Path: Locked}         file:// wheels where they lie, others downloaded (sha256 checked)
     sealift_wheel(wheels_from) -> Path     a wheel of the running sealift (built once per source)
 
 SEALIFT_WHEEL_CACHE is where wheels downloaded from an index, and the sealift
@@ -132,7 +133,8 @@ def _uv_source_args(sources: Sources) -> list[str]:
     args: list[str] = []
     if sources.host_config:
         config = pip_config()
-        if config.get("no-index") and config["no-index"][-1].lower() in ("1", "true", "yes", "on"):
+        no_index = bool(config.get("no-index")) and config["no-index"][-1].lower() in ("1", "true", "yes", "on")
+        if no_index:
             args.append("--no-index")
         for url in config.get("index-url", [])[-1:]:
             args += ["--index-url", url]
@@ -143,8 +145,16 @@ def _uv_source_args(sources: Sources) -> list[str]:
         for path in config.get("constraint", []):
             if Path(path).is_file():
                 args += ["--constraint", path]
-        # pip takes the best version over every index; uv by default stops at the first index that has a name
-        args += ["--index-strategy", "unsafe-best-match"]
+        if config.get("extra-index-url") and not no_index:
+            # Only where this host's pip configuration names several indexes: pip merges them and takes a
+            # name's best version over all, and this host's own stack was installed that way. uv's default
+            # (first-index: a name only from the first index holding it, extra indexes before the main one)
+            # failed the cpu bundle here (measured 2026-12-02, uv 0.13.9: file:///opt/pypi/simple holds
+            # huggingface-hub, not the 2.4.0 the bento pins, which the registry has). The CPU torch in
+            # find-links needs no strategy (first-index takes it too). Everywhere else (the registry alone,
+            # --extra-index-url, a gpu bundle's torch index) uv's default holds: an index listed first
+            # keeps its names, so no other index can take one by a higher version (dependency confusion).
+            args += ["--index-strategy", "unsafe-best-match"]
     for url in sources.extra_index_urls:
         args += ["--extra-index-url", url]
     for link in sources.find_links:
@@ -235,7 +245,7 @@ def _best_wheel(wheels: list[dict[str, Any]], platform: str, python_version: str
     return min(wheels, key=score)
 
 
-def _download(item: Locked, dest: Path, advance) -> None:
+def download(item: Locked, dest: Path, advance) -> None:
     """Fetch one wheel into dest (via dest.partial), checking its sha256 as the bytes arrive."""
     tmp = dest.with_name(dest.name + ".partial")
     h = hashlib.sha256()
@@ -255,18 +265,23 @@ def _download(item: Locked, dest: Path, advance) -> None:
     os.replace(tmp, dest)
 
 
-def fetch(locked: list[Locked]) -> list[Path]:
-    """Local files for a resolution: file:// wheels where they lie, the others downloaded into the wheel cache."""
-    files: list[Path] = []
+def fetch(locked: list[Locked]) -> dict[Path, Locked]:
+    """Local files for a resolution, each with its lock entry: file:// wheels where they lie, the others
+    downloaded into the wheel cache (checked as they arrive).
+
+    A wheel already in the cache is taken by name and size here, unread: its bytes are checked against the
+    lock's sha256 where they are read anyway (the proof's uv, export's copy: sealift.bundle.wheelcheck).
+    """
+    files: dict[Path, Locked] = {}
     remote: list[tuple[Locked, Path]] = []
     cache = wheel_cache()
     for item in locked:
         if item.url.startswith("file://"):
-            files.append(Path(unquote(urlparse(item.url).path)))
+            files[Path(unquote(urlparse(item.url).path))] = item
             continue
         dest = cache / item.filename
         remote.append((item, dest))
-        files.append(dest)
+        files[dest] = item
     missing = [(i, d) for i, d in remote if not (d.is_file() and (i.size is None or d.stat().st_size == i.size))]
     if missing:
         cache.mkdir(parents=True, exist_ok=True)
@@ -274,13 +289,13 @@ def fetch(locked: list[Locked]) -> list[Path]:
         console.info(f"downloading {len(missing)} wheels into {cache}")
         with console.byte_progress(total, "downloading") as adv:
             for item, dest in missing:
-                _download(item, dest, adv)
-    return sorted(set(files), key=lambda p: p.name)
+                download(item, dest, adv)
+    return dict(sorted(files.items(), key=lambda kv: kv[0].name))
 
 
-def resolve_wheels(requirements: list[str], *, platform: str, python_version: str,
-                   wheels_from: Path | None, sources: Sources | None = None) -> list[Path]:
-    """Local wheel files for the requirements on the target: `lock` then `fetch`.
+def resolve_locked(requirements: list[str], *, platform: str, python_version: str,
+                   wheels_from: Path | None, sources: Sources | None = None) -> dict[Path, Locked]:
+    """Local wheel files for the requirements on the target, each with its lock entry: `lock` then `fetch`.
 
     `wheels_from`: only that directory is looked at (no index, no configuration).
     Otherwise `sources` (default: the registry and this host's pip configuration).
@@ -288,6 +303,13 @@ def resolve_wheels(requirements: list[str], *, platform: str, python_version: st
     if wheels_from is not None:
         sources = Sources(wheels_from=Path(wheels_from))
     return fetch(lock(requirements, platform=platform, python_version=python_version, sources=sources or Sources()))
+
+
+def resolve_wheels(requirements: list[str], *, platform: str, python_version: str,
+                   wheels_from: Path | None, sources: Sources | None = None) -> list[Path]:
+    """resolve_locked's files alone (sorted by name)."""
+    return list(resolve_locked(requirements, platform=platform, python_version=python_version,
+                               wheels_from=wheels_from, sources=sources))
 
 
 def _self_source() -> list[Path] | None:
@@ -330,8 +352,11 @@ def sealift_wheel(wheels_from: Path | None = None) -> Path:
         h.update(data)
     where = wheel_cache() / "sealift" / h.hexdigest()[:16]
     built = sorted(where.glob("sealift-*.whl")) if where.is_dir() else []
-    if built:
+    if built and _holds_only(built[-1], root / "pipeline"):
         return built[-1]
+    if built:  # the cache's copy is not what this checkout builds: no lock vouches for it, so it is made again
+        console.warn(f"{built[-1]} holds files this checkout does not; building sealift's wheel again")
+        shutil.rmtree(where, ignore_errors=True)
     where.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sealift-self-", dir=where.parent) as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "out"
@@ -351,6 +376,26 @@ def sealift_wheel(wheels_from: Path | None = None) -> Path:
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
     return sorted(where.glob("sealift-*.whl"))[-1]
+
+
+def _holds_only(wheel: Path, package_root: Path) -> bool:
+    """Whether every file of a cached sealift wheel but its .dist-info is the checkout's own (pipeline/), byte for
+    byte: a wheel from the cache is read once (~1 MB) before it goes into a bundle as sealift itself."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if info.is_dir() or (name.split("/", 1)[0].endswith(".dist-info") and "/" in name
+                                     and name.split("/", 1)[0].startswith("sealift-")):
+                    continue
+                src = package_root / name
+                if ".." in name.split("/") or not src.is_file() or src.read_bytes() != zf.read(info):
+                    return False
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return True
 
 
 def _installed_wheel() -> Path:
@@ -383,17 +428,18 @@ def shared_wheel(dest: Path, folder: str, name: str, size: int, *, exclude: Path
     return None
 
 
-def link_shared(src: Path, candidate: Path, dst: Path, advance=None) -> str | None:
-    """Hard-link dst to `candidate` when it holds the same bytes as `src`; the sha256, or None (copy instead).
+def link_shared(src: Path, candidate: Path, dst: Path, advance=None, *, expected: str | None = None) -> str | None:
+    """Hard-link dst to `candidate` when it holds the wheel `src` is; the sha256, or None (copy instead).
 
-    Both are read (the source from the cache, the candidate from the medium: it is
-    the bytes the new bundle will list), nothing is written but a directory entry.
-    None where the filesystem has no hard links (FAT32, exFAT): each bundle then
-    carries its own copy.
+    The candidate is read (from the medium: it is the bytes the new bundle will
+    list) and must hash to `expected`, the lock's sha256 of the wheel; with no
+    `expected`, to `src`'s bytes (read from the cache). Nothing is written but a
+    directory entry. None where the filesystem has no hard links (FAT32, exFAT):
+    each bundle then carries its own copy.
     """
     from sealift.model.manifest import hash_file
 
-    if hash_file(src) != (digest := hash_file(candidate, advance)):
+    if (expected or hash_file(src)) != (digest := hash_file(candidate, advance)):
         return None
     tmp = dst.with_name(dst.name + ".link")
     tmp.unlink(missing_ok=True)
