@@ -202,3 +202,18 @@ def test_the_readme_python_example_runs(tiny_llama: Path, tmp_path: Path) -> Non
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().splitlines()[-1] == "present"  # the same store: the bento it built is already there
     assert list((tmp_path / "usb").glob("qwen-*/SHA256SUMS"))
+
+
+def test_a_bento_needs_only_what_its_service_runs() -> None:
+    """The package's face names every step under TYPE_CHECKING; a bento's requirements must not follow those
+    (a served bento needs bentoml, pydantic, starlette, torch, transformers, not export's uv or pip)."""
+    import shutil
+    import tempfile
+
+    from sealift.core.codescan import third_party_modules
+
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copy(PACKAGE / "bento" / "recipe" / "service.py", Path(d) / "service.py")
+        shutil.copytree(PACKAGE, Path(d) / "sealift", ignore=shutil.ignore_patterns("__pycache__"))
+        assert third_party_modules(Path(d), "service.py", "sealift") == \
+            {"bentoml", "pydantic", "starlette", "torch", "transformers"}

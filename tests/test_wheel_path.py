@@ -146,6 +146,10 @@ def test_whole_path_from_the_wheel(wheel_user, tiny_llama, wheel_cache, tmp_path
     checkout = Env(tmp_path / "checkout")
     checkout.sealift("import", model, "--name", "tiny", "--json", check=True)
     ref = checkout.sealift("build", "tiny", "--target", "cpu", "--json", check=True).json()
+    bentofiles = [yaml.safe_load((Path(b["path"]) / "src" / "bentofile.yaml").read_text()) for b in (built, ref)]
+    wheel_pkgs, checkout_pkgs = (set(b["python"]["packages"]) for b in bentofiles)
+    assert wheel_pkgs == checkout_pkgs, (sorted(wheel_pkgs - checkout_pkgs), sorted(checkout_pkgs - wheel_pkgs))
+    assert bentofiles[0] == bentofiles[1]  # (readable where it differs; the digests below say the rest)
     assert _src_digests(Path(built["path"])) == _src_digests(Path(ref["path"]))
     ours, theirs = (yaml.safe_load((Path(b["path"]) / "bento.yaml").read_text()) for b in (built, ref))
     assert ours["labels"] == theirs["labels"]

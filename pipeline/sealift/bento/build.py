@@ -239,7 +239,7 @@ def _check_sources(recipe: Path) -> None:
 
 
 def _make_context(ctx: Path, config: dict[str, Any]) -> None:
-    """Lay out the bento's src: service.py and bentofile.yaml from the package's _bento/ recipe, the
+    """Lay out the bento's src: service.py and bentofile.yaml from the package's bento/recipe/, the
     installed sealift package (no caches, no recipe), and sealift_bento.json.
 
     The same files whether sealift runs from a checkout or from its wheel, so both build the same bento.
@@ -250,7 +250,7 @@ def _make_context(ctx: Path, config: dict[str, Any]) -> None:
     shutil.copytree(
         paths.package_dir(),
         ctx / PACKAGE,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "_bento"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "recipe"),
     )
     (ctx / BENTO_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 

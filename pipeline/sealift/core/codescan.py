@@ -41,9 +41,21 @@ class ImportRef:
     in_try: bool  # inside a try: (an optional dependency)
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under `if TYPE_CHECKING:` (imports for annotations: they never run)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test).split(".")[-1] == "TYPE_CHECKING":
+            for child in node.body:
+                skip.update(id(n) for n in ast.walk(child))
+    return skip
+
+
 def iter_imports(tree: ast.AST) -> Iterator[ImportRef]:
-    """Every import statement anywhere in tree (inside functions too), in ast.walk order."""
+    """Every import statement that can run, anywhere in tree (inside functions too), in ast.walk order;
+    not those under `if TYPE_CHECKING:`."""
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    skip = _type_checking_only(tree)
 
     def in_try(node: ast.AST) -> bool:
         while node in parents:
@@ -53,6 +65,8 @@ def iter_imports(tree: ast.AST) -> Iterator[ImportRef]:
         return False
 
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             yield ImportRef(False, None, tuple(a.name for a in node.names), 0, in_try(node))
         elif isinstance(node, ast.ImportFrom):

@@ -122,6 +122,7 @@ def install_bundle(bundle_dir: Path | list[Path], *, venv: Path | None = None, m
     doc = trusted.doc
     if host_check:  # before a byte of the archive or a wheel is read: can this host run what the bundle carries?
         target.refuse_unfit_host(doc, Path(medium.label), venv=make_venv)
+    verify.check_files(trusted)
     timings["lists"] = time.monotonic() - t
 
     apply_offline_env()

@@ -1,8 +1,8 @@
 """What install may trust of a bundle: the signature, then the two lists read once, then every file's place and size.
 
     trusted = read_trusted(medium, policy)   signature over SHA256SUMS, manifest.json parsed from the bytes whose
-                                             sha256 SHA256SUMS names, the lists agreeing, every file a regular
-                                             file of the listed size. UserError (exit 2) naming the first problem
+                                             sha256 SHA256SUMS names. UserError (exit 2) naming the problem
+    check_files(trusted)                     the lists agreeing, every file a regular file of the listed size
     check_bundle(path)                       all of install's checks, every byte hashed, nothing written
 
 Order matters: nothing unsigned is used as a path, a count or a decision before the signature check
@@ -26,7 +26,7 @@ from sealift.core.errors import UserError
 from sealift.host.medium import Medium, Volumes, open_medium
 from sealift.host.unpack import Stream, member_rel, read_members
 
-__all__ = ["Trusted", "archive_members", "check_archive", "check_bundle", "check_layout", "check_member", "read_trusted"]
+__all__ = ["Trusted", "archive_members", "check_archive", "check_bundle", "check_files", "check_layout", "check_member", "read_trusted"]
 
 #: Where the data filter pretends to extract: a name only (nothing is there), so no link of this host matters.
 _ROOT = "/sealift-extract-root"
@@ -74,7 +74,8 @@ def _fail(medium: Medium, problems: list[BundleProblem]) -> UserError:
 
 
 def read_trusted(medium: Medium, pol: signing.Policy | None) -> Trusted:
-    """The signature, then SHA256SUMS and manifest.json (each read once), their agreement, and every file's size."""
+    """The signature, then SHA256SUMS and manifest.json, each read once, manifest.json parsed from the bytes whose
+    sha256 SHA256SUMS names. Then check_files (install holds the host against the manifest first)."""
     sums_bytes = medium.read_small(medium.sums_name)
     sig = None
     if isinstance(medium, Volumes):
@@ -99,17 +100,21 @@ def read_trusted(medium: Medium, pol: signing.Policy | None) -> Trusted:
         raise UserError(f"{medium.where(MANIFEST_JSON)} says the bundle was signed, but {signing.SIG_NAME} is "
                         "missing or could not be checked; nothing was imported",
                         hint="copy the whole bundle again (with its .sig), and have ssh-keygen installed")
-    problems = _check_lists(doc, sums)
+    return Trusted(medium, doc, sums, checked.signature, len(data))
+
+
+def check_files(trusted: Trusted) -> None:
+    """The lists agree, the archive is one of their files, and every file is a regular file of its listed size
+    (lstat: no byte read). UserError naming the first problems."""
+    medium, doc = trusted.medium, trusted.doc
+    problems = _check_lists(doc, trusted.sums)
     if not problems:
-        problems = _check_sizes(medium, doc, sums)
+        problems = _check_sizes(medium, doc, trusted.sums)
     if problems:
         raise _fail(medium, problems)
-    trusted = Trusted(medium, doc, sums, checked.signature, len(data))
-    archive = trusted.logical().get(doc["archive"])
-    if archive is None:
+    if trusted.logical().get(doc["archive"]) is None:
         raise UserError(f"{medium.where(MANIFEST_JSON)}: archive {doc['archive']!r} is not one of the verified "
                         "files; nothing was imported", hint="this is not a bundle written by `sealift export`")
-    return trusted
 
 
 def _check_lists(doc: dict[str, Any], sums: dict[str, str]) -> list[BundleProblem]:
@@ -186,6 +191,7 @@ def check_bundle(path: Path | list[Path], pol: signing.Policy | None = None,
     """Everything install checks, every byte hashed once, nothing written (`sealift verify BUNDLE`)."""
     medium = open_medium(path if isinstance(path, list) else [path])
     trusted = read_trusted(medium, pol)
+    check_files(trusted)
     files = trusted.logical()
     with console.byte_progress(trusted.total_bytes - trusted.manifest_size, "verifying") as adv:
         step = advance or adv
