@@ -80,6 +80,8 @@ def _requirements(bento: BuiltBento) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in [*lines, *project["dependencies"], f"bentoml=={importlib.metadata.version('bentoml')}"]:
         req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():  # tomli: only below Python 3.11
+            continue
         pins = [s.version for s in req.specifier if s.operator == "=="]
         out.setdefault(canonicalize_name(req.name), pins[0] if pins else importlib.metadata.version(req.name))
     return out
