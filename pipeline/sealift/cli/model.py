@@ -76,7 +76,7 @@ def list_(json_output: bool = JsonOpt) -> None:
 def verify(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION] | BUNDLE...", help="A model in the store, or a bundle "
                               "folder (or the vol-N folders of one)."),
-    more: list[Path] = typer.Argument(None, hidden=True),
+    more: list[Path] = typer.Argument(None, metavar="VOL", hidden=True),
     allowed_signers: Optional[Path] = typer.Option(
         None, "--allowed-signers", metavar="FILE", help="A bundle: require a signature by a key this file lists "
         "(default: the policy `sealift install` reads)."),
