@@ -7,8 +7,10 @@ never run unless --trust-remote-code; see sealift.core.codescan). Everything bro
 is collected and refused in one UserError line naming every missing or broken
 file; a model that needs custom code or holds pickle weights is refused unless
 the caller allows it. What needs transformers (the architecture is known, the
-tokenizer loads offline with local_files_only) runs in a child process
-(sealift.model._inspection_child), so an import overlaps it with copying.
+tokenizer loads offline with local_files_only, and the safetensors headers hold
+every tensor the architecture declares, in its shape: sealift.model.tensors)
+runs in a child process (sealift.model._inspection_child), so an import
+overlaps it with copying.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from sealift.model.checkpoint import CheckpointFacts, read_checkpoint
 from sealift.core.codescan import auto_map_modules, scan_code
 from sealift.core.errors import Failure, UserError
 from sealift.core.hfconfig import context_length
+from sealift.model import tensors as tensor_check
 from sealift.model.manifest import hash_file, walk_files
 from sealift.core.safetensors_header import ST_DTYPES, HeaderError, SafetensorsHeader, read_safetensors_header
 from sealift.core.units import fmt_bytes, fmt_params
@@ -222,9 +225,11 @@ class Inspection:
     def __init__(
         self, path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True,
         include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
+        allow_missing_tensors: bool = False, converting: bool = False,
     ) -> None:
         self.root = root = Path(path)
         self.trust_remote_code = trust_remote_code
+        self.allow_missing_tensors = allow_missing_tensors
         if not root.is_dir():
             raise UserError(f"{root} is not a directory")
         if not (root / "config.json").is_file():  # before walking: SRC may be a big tree that is no model at all
@@ -357,8 +362,9 @@ class Inspection:
         )
         self._deep_problems: list[str] = []
         self._deep_error: BaseException | None = None
+        self._tensors: tuple[dict[str, Any], list[str], UserError | None] | None = None  # tensor_check.judge's answer
         self.failed = threading.Event()  # set as soon as the background checks fail: callers stop copying
-        self._request = {  # transformers_checks' arguments, for the child process
+        self._request: dict[str, Any] = {  # transformers_checks' arguments, for the child process
             "path": str(root),
             "model_type": model_type,
             "architectures": architectures,
@@ -366,6 +372,17 @@ class Inspection:
             "tokenizer_files": tok_files,
             "trust_remote_code": trust_remote_code,
         }
+        self._quantization = tensor_check.quantization_request(root, config, checkpoint.quantization)
+        st_files = tensor_check.tensor_files(root, files)
+        why = None
+        if st_files and not _importable("torch"):
+            why = "torch is not installed here"
+        elif st_files:
+            self._request["tensors"] = {"files": st_files, "quantization": self._quantization}
+        elif not converting:  # pickles only; the importer checks what --to-safetensors writes (recheck_tensors)
+            why = "pickle weights, and nothing is unpickled to check them (--to-safetensors converts and checks them)"
+        if why:
+            self._tensors = tensor_check.judge(tensor_check.unchecked(why), root=root, allow_missing=allow_missing_tensors)
         self._lock = threading.Lock()
         self._closed = False
         self._child: subprocess.Popen[bytes] | None = None
@@ -373,13 +390,13 @@ class Inspection:
                                         name="sealift-inspect", daemon=True)
         self._thread.start()
 
-    def _spawn(self, hide_torch: bool) -> subprocess.Popen[bytes] | None:
+    def _spawn(self, request: dict[str, Any]) -> subprocess.Popen[bytes] | None:
         with self._lock:
             if self._closed:
                 return None
             self._child = subprocess.Popen(
                 [sys.executable, "-c", "from sealift.model._inspection_child import main; main()",
-                 json.dumps({**self._request, "hide_torch": hide_torch})],
+                 json.dumps(request)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -387,24 +404,59 @@ class Inspection:
             )
             return self._child
 
+    def _ask(self, request: dict[str, Any]) -> tuple[dict[str, Any] | None, str] | None:
+        """Run the child on `request`: (its answer or None if it gave none, the last line of its stderr); None
+        if the inspection was closed."""
+        child = self._spawn(request)
+        if child is None:
+            return None
+        out, err = child.communicate()
+        last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+        try:
+            answer = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None, last
+        return (answer, last) if isinstance(answer, dict) and isinstance(answer.get("problems"), list) else (None, last)
+
+    def _take(self, asked: tuple[dict[str, Any] | None, str]) -> bool:
+        """Keep the child's answer; True if it passed every check."""
+        answer, last = asked
+        self._deep_error = None
+        if answer is None:
+            self._deep_error = Failure(f"the transformers check of {self.root} crashed: {last[:300]}")
+            return False
+        self._deep_problems = list(answer["problems"])
+        self.info.tokenizer_class = answer.get("tokenizer_class")
+        return not self._deep_problems
+
     def _run_checks(self) -> None:
-        """Run the checker: first with torch hidden (a tokenizer and a config need no torch: seconds
-        faster, and what a torch-less host sees), then, only if that fails, with torch."""
+        """Run the checker. With the tensor check, once with torch (should the check kill the child, the tensors
+        go unchecked and the rest runs as without). Without: first with torch hidden (a tokenizer and a config
+        need no torch: seconds faster, and what a torch-less host sees), then, only if that fails, with torch."""
+        plain = {k: v for k, v in self._request.items() if k != "tensors"}
+        if "tensors" in self._request:
+            asked = self._ask({**self._request, "hide_torch": False})
+            if asked is None:
+                return
+            if asked[0] is not None:
+                if self._take(asked):
+                    self._tensors = tensor_check.judge(asked[0].get("tensors"), root=self.root,
+                                                       allow_missing=self.allow_missing_tensors)
+                    if self._tensors[2] is None:
+                        return
+                self._fail()
+                return
+            self._tensors = tensor_check.judge(tensor_check.unchecked(f"the check crashed: {asked[1][:200]}"),
+                                               root=self.root, allow_missing=self.allow_missing_tensors)
         for hide_torch in (True, False):
-            child = self._spawn(hide_torch)
-            if child is None:
+            asked = self._ask({**plain, "hide_torch": hide_torch})
+            if asked is None:
                 return
-            out, err = child.communicate()
-            self._deep_error = None
-            try:
-                answer = json.loads(out.decode().strip().splitlines()[-1])
-                self._deep_problems = list(answer["problems"])
-                self.info.tokenizer_class = answer.get("tokenizer_class")
-            except (ValueError, IndexError, KeyError, TypeError):
-                last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {child.returncode}"])[-1]
-                self._deep_error = Failure(f"the transformers check of {self.root} crashed: {last[:300]}")
-            if not self._deep_problems and self._deep_error is None:
+            if self._take(asked):
                 return
+        self._fail()
+
+    def _fail(self) -> None:
         with self._lock:
             if not self._closed:
                 self.failed.set()
@@ -421,7 +473,32 @@ class Inspection:
             raise self._deep_error
         if self._deep_problems:
             raise _incomplete(self.root, self._deep_problems)
+        if self._tensors is not None:
+            self._apply_tensors(*self._tensors)
         return self.info
+
+    def _apply_tensors(self, record: dict[str, Any], warnings: list[str], error: UserError | None) -> None:
+        if error is not None:
+            raise error
+        self.info.checkpoint = replace(self.info.checkpoint, tensors=record)
+        self.info.warnings.extend(w for w in warnings if w not in self.info.warnings)
+        self._tensors = None  # applied once
+
+    def recheck_tensors(self, root: Path, files: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """The tensor check alone on `root` (the files --to-safetensors wrote, staged with the rest), in the
+        child: (the record, warnings); UserError as finish() for a checkpoint that is not whole."""
+        st_files = tensor_check.tensor_files(root, dict.fromkeys(files, 0))
+        if not st_files or not _importable("torch"):
+            verdict = tensor_check.unchecked("torch is not installed here" if st_files else "no safetensors")
+            return tensor_check.judge(verdict, root=self.root, allow_missing=self.allow_missing_tensors)[:2]
+        request = {**{k: v for k, v in self._request.items() if k != "tensors"}, "path": str(root), "checks": False,
+                   "tensors": {"files": st_files, "quantization": self._quantization}, "hide_torch": False}
+        answer, last = self._ask(request) or (None, "stopped")
+        verdict = answer.get("tensors") if answer else tensor_check.unchecked(f"the check crashed: {last[:200]}")
+        record, warnings, error = tensor_check.judge(verdict, root=self.root, allow_missing=self.allow_missing_tensors)
+        if error is not None:
+            raise error
+        return record, warnings
 
     def close(self) -> None:
         """Stop the background check if it still runs (on Ctrl-C, another failure, or when it is not needed)."""
@@ -438,6 +515,7 @@ class Inspection:
 def inspect_model(
     path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True,
     include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
+    allow_missing_tensors: bool = False,
 ) -> ModelInfo:
     """Inspect a model directory; UserError (exit 2) naming every missing/broken file.
 
@@ -445,12 +523,14 @@ def inspect_model(
     allow_pickle. Reads headers, never tensors. with_transformers (default)
     also checks, in a child process, that transformers knows the architecture
     and that the tokenizer loads offline (its code runs only when
-    trust_remote_code allows it); without it the answer takes milliseconds
-    and `tokenizer_class` stays None.
+    trust_remote_code allows it), and holds the safetensors headers against the
+    architecture (UserError for missing tensors or wrong shapes unless
+    allow_missing_tensors); without it the answer takes milliseconds,
+    `tokenizer_class` stays None and the tensors unchecked (no record).
     """
     return Inspection(
         path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, with_transformers=with_transformers,
-        include=include, exclude=exclude,
+        include=include, exclude=exclude, allow_missing_tensors=allow_missing_tensors,
     ).finish()
 
 
