@@ -381,7 +381,7 @@ class Inspection:
             self._request["tensors"] = {"files": st_files, "quantization": self._quantization}
         elif not converting:  # pickles only; the importer checks what --to-safetensors writes (recheck_tensors)
             why = "pickle weights, and nothing is unpickled to check them (--to-safetensors converts and checks them)"
-        if why:
+        if why and with_transformers:
             self._tensors = tensor_check.judge(tensor_check.unchecked(why), root=root, allow_missing=allow_missing_tensors)
         self._lock = threading.Lock()
         self._closed = False
