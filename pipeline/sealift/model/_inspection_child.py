@@ -7,8 +7,10 @@ look absent, as on a torch-less build host, which takes seconds off) and, with
 trust_remote_code, runs the model's tokenizer code here, never in sealift's
 own process. With a "tensors" request it also holds the safetensors headers
 against the model class built on the meta device (sealift.model._tensor_check;
-the model's own class only with trust_remote_code). It prints one JSON line
-last: {"problems": [...], "tokenizer_class": ..., "tensors": {...} or null}.
+the model's own class only with trust_remote_code); "checks": false runs that
+alone (Inspection starts one child for the tokenizer, torch hidden, and one for
+the tensors, side by side). It prints one JSON line last: {"problems": [...],
+"tokenizer_class": ..., "tensors": {...} or null}, and exits at once.
 sealift.model.inspection.Inspection starts it and reads that answer.
 """
 

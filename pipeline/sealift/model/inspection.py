@@ -214,7 +214,8 @@ class Inspection:
     safetensors headers, code closure, tokenizer files present and parsable,
     the custom-code and pickle refusals) and raises UserError before anything
     is written. The checks that need transformers (model_type and
-    architectures known, the tokenizer loads offline) run in a child process:
+    architectures known, the tokenizer loads offline; and in a second child
+    beside it, the tensor check of sealift.model.tensors) run in a child process:
     importing transformers and torch takes seconds of GIL-bound Python, which
     a separate process overlaps with copying, and the model's tokenizer code
     (with trust_remote_code) runs there, not in sealift. `finish()` waits for
@@ -385,16 +386,18 @@ class Inspection:
             self._tensors = tensor_check.judge(tensor_check.unchecked(why), root=root, allow_missing=allow_missing_tensors)
         self._lock = threading.Lock()
         self._closed = False
-        self._child: subprocess.Popen[bytes] | None = None
-        self._thread = threading.Thread(target=self._run_checks if with_transformers else lambda: None,
-                                        name="sealift-inspect", daemon=True)
-        self._thread.start()
+        self._children: list[subprocess.Popen[bytes]] = []
+        # two children side by side: the tokenizer's (torch hidden: seconds faster) and the tensor check's (torch)
+        targets = [self._run_checks, self._run_tensor_check] if with_transformers else []
+        self._threads = [threading.Thread(target=t, name="sealift-inspect", daemon=True) for t in targets]
+        for thread in self._threads:
+            thread.start()
 
     def _spawn(self, request: dict[str, Any]) -> subprocess.Popen[bytes] | None:
         with self._lock:
             if self._closed:
                 return None
-            self._child = subprocess.Popen(
+            child = subprocess.Popen(
                 [sys.executable, "-c", "from sealift.model._inspection_child import main; main()",
                  json.dumps(request)],
                 stdin=subprocess.DEVNULL,
@@ -402,7 +405,8 @@ class Inspection:
                 stderr=subprocess.PIPE,
                 env=child_env(),
             )
-            return self._child
+            self._children.append(child)
+            return child
 
     def _ask(self, request: dict[str, Any]) -> tuple[dict[str, Any] | None, str] | None:
         """Run the child on `request`: (its answer or None if it gave none, the last line of its stderr); None
@@ -430,24 +434,9 @@ class Inspection:
         return not self._deep_problems
 
     def _run_checks(self) -> None:
-        """Run the checker. With the tensor check, once with torch (should the check kill the child, the tensors
-        go unchecked and the rest runs as without). Without: first with torch hidden (a tokenizer and a config
-        need no torch: seconds faster, and what a torch-less host sees), then, only if that fails, with torch."""
+        """The checker without the tensors: first with torch hidden (a tokenizer and a config need no torch:
+        seconds faster, and what a torch-less host sees), then, only if that fails, with torch."""
         plain = {k: v for k, v in self._request.items() if k != "tensors"}
-        if "tensors" in self._request:
-            asked = self._ask({**self._request, "hide_torch": False})
-            if asked is None:
-                return
-            if asked[0] is not None:
-                if self._take(asked):
-                    self._tensors = tensor_check.judge(asked[0].get("tensors"), root=self.root,
-                                                       allow_missing=self.allow_missing_tensors)
-                    if self._tensors[2] is None:
-                        return
-                self._fail()
-                return
-            self._tensors = tensor_check.judge(tensor_check.unchecked(f"the check crashed: {asked[1][:200]}"),
-                                               root=self.root, allow_missing=self.allow_missing_tensors)
         for hide_torch in (True, False):
             asked = self._ask({**plain, "hide_torch": hide_torch})
             if asked is None:
@@ -455,6 +444,20 @@ class Inspection:
             if self._take(asked):
                 return
         self._fail()
+
+    def _run_tensor_check(self) -> None:
+        """The tensor check alone, in its own child beside the other (it needs torch); should it give no answer,
+        the tensors go unchecked: never a false error."""
+        if "tensors" not in self._request:
+            return
+        asked = self._ask({**self._request, "checks": False, "hide_torch": False})
+        if asked is None:
+            return
+        answer, last = asked
+        verdict = answer.get("tensors") if answer else tensor_check.unchecked(f"the check crashed: {last[:200]}")
+        self._tensors = tensor_check.judge(verdict, root=self.root, allow_missing=self.allow_missing_tensors)
+        if self._tensors[2] is not None:
+            self._fail()
 
     def _fail(self) -> None:
         with self._lock:
@@ -464,8 +467,12 @@ class Inspection:
     def finish(self) -> ModelInfo:
         """Wait for the transformers checks; UserError (exit 2) if they failed. Returns the ModelInfo."""
         try:
-            while self._thread.is_alive():
-                self._thread.join(0.1)  # short joins keep Ctrl-C responsive
+            for thread in self._threads:  # the tokenizer's first: if it failed, the tensors' verdict is moot
+                while thread.is_alive():
+                    thread.join(0.1)  # short joins keep Ctrl-C responsive
+                if self._deep_error is not None or self._deep_problems:
+                    self.close()
+                    break
         except BaseException:
             self.close()
             raise
@@ -504,10 +511,11 @@ class Inspection:
         """Stop the background check if it still runs (on Ctrl-C, another failure, or when it is not needed)."""
         with self._lock:
             self._closed = True
-            child = self._child
-        if child is not None and child.poll() is None:
-            child.kill()
-            child.wait()
+            children = list(self._children)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
 
 
 
