@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -184,7 +185,7 @@ def test_what_transformers_reports_agrees(tiny_llama: Path, model_copy, tmp_path
         "print(json.dumps(out))\n"
     )
     p = subprocess.run([sys.executable, "-c", code, str(headless), str(tied), str(mixtral)], capture_output=True,
-                       text=True, timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                       text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr[-2000:]
     found = json.loads(p.stdout.strip().splitlines()[-1])
     assert found == {str(headless): ["lm_head.weight"], str(tied): [], str(mixtral): []}
