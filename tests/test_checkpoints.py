@@ -7,7 +7,8 @@
 - A booby-trapped pytorch_model.bin is never unpickled.
 - Custom code that imports a package missing here: refused at build with the fix named; with
   --requirement its wheel goes into the bundle and the model serves offline in a loopback-only namespace.
-- Quantized and licensed checkpoints: recorded, listed, refused for cpu, handed to vLLM when needed.
+- Quantized and licensed checkpoints: recorded, listed, refused for cpu, handed to vLLM when needed; their
+  packed tensors held to their quantization config at import (issue 25).
 """
 
 from __future__ import annotations
@@ -209,14 +210,41 @@ def test_a_booby_trapped_bin_is_never_unpickled(host: Env, tiny_llama: Path, tmp
 # --------------------------------------------------------------------------- quantized checkpoints
 
 
+def packed(src: Path, dst: Path, method: str, *, bits: int = 4, group: int) -> Path:
+    """src with each linear layer of its blocks in AutoGPTQ's or AutoAWQ's (gemm) packed tensors, as a real
+    quantized checkpoint holds them (zeros: only the layout matters; import holds it to its config, issue 25)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = {}
+    for key, value in load_file(dst / "model.safetensors").items():
+        if ".layers." not in key or not key.endswith("_proj.weight"):
+            state[key] = value
+            continue
+        n_out, n_in = value.shape
+        base = key.removesuffix(".weight")
+        groups = -(-n_in // group)
+        if method == "gptq":
+            state.update({f"{base}.qweight": torch.zeros(n_in * bits // 32, n_out, dtype=torch.int32),
+                          f"{base}.qzeros": torch.zeros(groups, n_out * bits // 32, dtype=torch.int32),
+                          f"{base}.g_idx": torch.zeros(n_in, dtype=torch.int32)})
+        else:
+            state.update({f"{base}.qweight": torch.zeros(n_in, n_out * bits // 32, dtype=torch.int32),
+                          f"{base}.qzeros": torch.zeros(groups, n_out * bits // 32, dtype=torch.int32)})
+        state[f"{base}.scales"] = torch.zeros(groups, n_out, dtype=torch.float16)
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
 def test_quantized_checkpoint_recorded_listed_and_refused_for_cpu(host: Env, tiny_llama: Path, tmp_path: Path) -> None:
-    awq = tmp_path / "awq"
-    shutil.copytree(tiny_llama, awq)
+    awq = packed(tiny_llama, tmp_path / "awq", "awq", group=32)
     cfg = json.loads((awq / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm"}
+    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 32, "version": "gemm"}
     (awq / "config.json").write_text(json.dumps(cfg))
     r = host.sealift("import", awq, "--name", "awq", "--json", check=True).json()
     assert r["quantization"] == "awq" and r["quantization_config"]["bits"] == 4
+    assert r["tensors"]["status"] == "complete"  # held to the awq gemm layout (issue 25)
     listed = host.sealift("list", check=True).out
     assert "QUANT" in listed and "awq 4-bit" in listed
     refused = host.sealift("build", "awq", "--target", "cpu")
@@ -224,10 +252,11 @@ def test_quantized_checkpoint_recorded_listed_and_refused_for_cpu(host: Env, tin
     assert "awq" in refused.err and "cannot run on CPU" in refused.err and "--target gpu" in refused.err
     assert not (host.bentoml_home / "bentos").exists() or not list((host.bentoml_home / "bentos").glob("awq/*"))
 
-    gptq = tmp_path / "gptq"  # AutoGPTQ's own file: vLLM would not see it, so the bento tells vLLM
-    shutil.copytree(tiny_llama, gptq)
+    # AutoGPTQ's own file: vLLM would not see it, so the bento tells vLLM
+    gptq = packed(tiny_llama, tmp_path / "gptq", "gptq", group=128)
     (gptq / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 128, "desc_act": False}))
-    host.sealift("import", gptq, "--name", "gptq", "--json", check=True)
+    imported = host.sealift("import", gptq, "--name", "gptq", "--json", check=True).json()
+    assert imported["tensors"]["status"] == "complete"
     gpu = host.sealift("build", "gptq", "--target", "gpu", "--json", check=True, UV_OFFLINE="1",
                        PIP_NO_INDEX="1").json()
     config = json.loads((Path(gpu["path"]) / "src" / "sealift_bento.json").read_text())

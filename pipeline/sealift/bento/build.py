@@ -92,6 +92,7 @@ class BuildResult:
     path: str
     requirements: list[str] = field(default_factory=list)
     golden: dict[str, Any] = field(default_factory=dict)  # sealift.bento.golden.GoldenOutcome.to_dict()
+    tensors: dict[str, Any] = field(default_factory=dict)  # the model's tensor check at import (sealift.model.tensors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +112,11 @@ class BuildResult:
             lines.insert(1, f"golden outputs: {self.golden['prompts']} prompts recorded in {self.golden['seconds']:.1f} s "
                             + (f"({split}) " if split else "")
                             + "(src/sealift_golden.json; `sealift check` replays them)")
+        from sealift.model.tensors import build_line
+
+        tensors = build_line(self.tensors)  # a model not known to be whole says so here (issue 25)
+        if tensors:
+            lines.insert(1, tensors)
         for line in lines:
             console.out.print(line, markup=False, soft_wrap=True)
 
@@ -188,6 +194,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         path=str(bento.path),
         requirements=_read_requirements(Path(bento.path)),
         golden=outcome.to_dict(),
+        tensors=dict(model.checkpoint.get("tensors") or {}),
     )
 
 

@@ -28,6 +28,9 @@ def import_(
         "`hf download --include`).")),
     exclude: list[str] = typer.Option([], "--exclude", metavar="PATTERN", help=(
         "Leave out files matching PATTERN (repeatable; wins over --include).")),
+    allow_missing_tensors: bool = typer.Option(False, "--allow-missing-tensors", help=(
+        "Import a checkpoint that lacks tensors its architecture declares (or has them in another shape); "
+        "recorded in the manifest and the build summary. transformers fills what is missing with random weights.")),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -35,7 +38,9 @@ def import_(
 
     The model is inspected first (config, every shard, safetensors headers,
     tokenizer, custom code); an incomplete one is refused with exit code 2 and
-    nothing is written. Files are copied and hashed in one pass; the sha256
+    nothing is written. The headers' tensors are held against what the
+    architecture declares (the model class built on the meta device, no weight
+    read): a tensor missing or in the wrong shape is refused the same way. Files are copied and hashed in one pass; the sha256
     manifest is stored with the model. Importing content already in the store
     returns the existing tag.
 
@@ -58,6 +63,7 @@ def import_(
         link=link,
         include=include,
         exclude=exclude,
+        allow_missing_tensors=allow_missing_tensors,
     )
     console.emit(result.to_dict(), result.print_human)
 

@@ -5,7 +5,12 @@
 It imports transformers (and torch unless hidden: `_hide_torch` makes torch
 look absent, as on a torch-less build host, which takes seconds off) and, with
 trust_remote_code, runs the model's tokenizer code here, never in sealift's
-own process. It prints one JSON line last: {"problems": [...], "tokenizer_class": ...}.
+own process. With a "tensors" request it also holds the safetensors headers
+against the model class built on the meta device (sealift.model._tensor_check;
+the model's own class only with trust_remote_code); "checks": false runs that
+alone (Inspection starts one child for the tokenizer, torch hidden, and one for
+the tensors, side by side). It prints one JSON line last: {"problems": [...],
+"tokenizer_class": ..., "tensors": {...} or null}, and exits at once.
 sealift.model.inspection.Inspection starts it and reads that answer.
 """
 
@@ -84,16 +89,32 @@ def main() -> None:
     """Entry of the checker process: argv[1] is the request (JSON); prints the answer (JSON) last."""
     import io
 
-    req = json.loads(sys.argv[-1])  # Inspection._request: transformers_checks' arguments, plus hide_torch
+    # Inspection._request: transformers_checks' arguments, plus hide_torch, tensors (the tensor check's files and
+    # quantization, or None) and checks (False: the tensor check alone, for a converted checkpoint)
+    req = json.loads(sys.argv[-1])
     if req.pop("hide_torch", False):
         _hide_torch()
+    tensors = req.pop("tensors", None)
+    run_checks = req.pop("checks", True)
+    root = Path(req.pop("path"))
     real_stdout = sys.stdout
     sys.stdout = io.StringIO()  # the model's own code may print; keep our answer the last line
+    problems: list[str] = []
+    tokenizer_class = verdict = None
     try:
-        problems, tokenizer_class = transformers_checks(Path(req.pop("path")), **req)
+        if run_checks:
+            problems, tokenizer_class = transformers_checks(root, **req)
+        if tensors is not None and not problems:
+            from sealift.model._tensor_check import check_tensors
+
+            verdict = check_tensors(root, files=tensors["files"], architectures=req["architectures"],
+                                    auto_map=req["auto_map"], trust_remote_code=req["trust_remote_code"],
+                                    quantization=tensors.get("quantization"))
     finally:
         sys.stdout = real_stdout
-    print(json.dumps({"problems": problems, "tokenizer_class": tokenizer_class}), flush=True)
+    print(json.dumps({"problems": problems, "tokenizer_class": tokenizer_class, "tensors": verdict}), flush=True)
+    sys.stderr.flush()
+    os._exit(0)  # the answer is out: skip the interpreter's teardown with torch loaded (about a second)
 
 
 def transformers_checks(

@@ -4,7 +4,8 @@
                             left_out=plan)
 
 `CheckpointFacts` holds what sealift.model.weights_select left out, the license and
-quantization (sealift.model.model_card) and the runtime imports (sealift.model.model_deps).
+quantization (sealift.model.model_card), the runtime imports (sealift.model.model_deps)
+and the tensor check's verdict (sealift.model.tensors; set once the inspection finishes).
 The importer puts `to_record()` in the model's bentoml metadata (key
 `checkpoint`) and in sealift-manifest.json; `sealift build` reads it back
 with `from_record` to add the model's packages, refuse what the target cannot
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealift.model import model_card, model_deps
+from sealift.model import model_card, model_deps, tensors as tensor_check
 from sealift.model.weights_select import LeaveOut
 
 __all__ = ["CheckpointFacts", "read_checkpoint", "RECORD_KEY"]
@@ -36,6 +37,7 @@ class CheckpointFacts:
     runtime_imports: dict[str, str] = field(default_factory=dict)  # import name -> why
     left_out_line: str | None = None
     warnings: tuple[str, ...] = ()
+    tensors: dict[str, Any] = field(default_factory=dict)  # sealift.model.tensors record; empty: not checked
 
     @property
     def quantization_method(self) -> str | None:
@@ -50,6 +52,8 @@ class CheckpointFacts:
             out["license"] = dict(self.license)
         if self.quantization:
             out["quantization"] = dict(self.quantization)
+        if self.tensors:
+            out["tensors"] = dict(self.tensors)
         return out
 
     @classmethod
@@ -60,6 +64,7 @@ class CheckpointFacts:
             license=dict(record["license"]) if record.get("license") else None,
             quantization=dict(record["quantization"]) if record.get("quantization") else None,
             runtime_imports=dict(record.get("runtime_imports") or {}),
+            tensors=dict(record.get("tensors") or {}),
         )
 
     def to_result(self) -> dict[str, Any]:
@@ -70,6 +75,7 @@ class CheckpointFacts:
             "license": self.license,
             "quantization_config": self.quantization,
             "runtime_imports": self.runtime_imports,
+            "tensors": self.tensors or None,
         }
 
     def summary_rows(self) -> list[tuple[str, str]]:
@@ -78,6 +84,9 @@ class CheckpointFacts:
             rows.append(("needs", ", ".join(f"{k} ({v})" for k, v in self.runtime_imports.items())))
         if self.left_out_line:
             rows.append(("left out", self.left_out_line.split(": ", 1)[-1]))
+        tensors = tensor_check.summary_value(self.tensors)
+        if tensors:
+            rows.append(("tensors", tensors))
         return rows
 
 

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ from sealift.model.manifest import (
     link_and_hash,
     map_parallel,
 )
+from sealift.model import tensors as tensor_check
 from sealift.model.sources import Source
 from sealift.model.store import MODEL_YAML, SEALIFT_LABEL, StoredModel, get_model, models_dir
 from sealift.core.units import fmt_bytes
@@ -325,19 +326,24 @@ def import_model(
     workers: int | None = None,
     include: tuple[str, ...] | list[str] = (),
     exclude: tuple[str, ...] | list[str] = (),
+    allow_missing_tensors: bool = False,
 ) -> ImportResult:
     """Inspect, then copy+hash (or link+hash) SOURCE into the store as NAME:<content version>.
 
     UserError (exit 2) before anything is written if the model is incomplete,
     needs code without trust_remote_code, or holds pickles without
-    allow_pickle/to_safetensors. Same content under the same name returns the
+    allow_pickle/to_safetensors; and, once the inspection child has held the
+    safetensors headers against the architecture (sealift.model.tensors), if
+    tensors are missing or misshapen, unless allow_missing_tensors (recorded
+    in the manifest). Same content under the same name returns the
     existing tag without writing. Ctrl-C or SIGTERM removes the partial copy (KeyboardInterrupt
     propagates; the CLI says what was kept).
     """
     t0 = time.monotonic()
     name = _check_name(name)
     inspection = Inspection(source.path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle or to_safetensors,
-                            include=include, exclude=exclude)
+                            include=include, exclude=exclude, allow_missing_tensors=allow_missing_tensors,
+                            converting=to_safetensors)
     info = inspection.info  # structural checks passed; transformers checks run in the background
     warnings = list(info.warnings)
     for w in warnings:
@@ -352,7 +358,7 @@ def import_model(
             same = _find_same_content(name, info, workers)
             if same is not None:  # checked in full when it was imported; the same bytes need no second look
                 inspection.close()
-                return _existing_result(same, info, source, t0, warnings)
+                return _existing_result(same, info, source, t0, warnings, allow_missing_tensors)
 
         if not link:
             _check_free_space(store, info.total_bytes)
@@ -376,15 +382,14 @@ def import_model(
                 inspection.finish()  # raises the inspection's UserError
                 raise
             info = inspection.finish()
+            _warn_new(info.warnings, warnings)  # the tensor check's, known only now
             entries += placed
             if convert:  # params and dtype now come from the new headers; config and tokenizer are unchanged
                 tokenizer_class, checkpoint = info.tokenizer_class, info.checkpoint
                 info = inspect_model(stage_model, trust_remote_code=trust_remote_code, allow_pickle=False, with_transformers=False)
-                info.tokenizer_class, info.checkpoint = tokenizer_class, checkpoint
-                for w in info.warnings:
-                    if w not in warnings:
-                        warnings.append(w)
-                        console.warn(w)
+                record, tensor_warnings = inspection.recheck_tensors(stage_model, list(info.files))  # what was written
+                info.tokenizer_class, info.checkpoint = tokenizer_class, replace(checkpoint, tensors=record)
+                _warn_new(info.warnings + tensor_warnings, warnings)
                 modes.add("convert")
             manifest = Manifest(entries, {"checkpoint": info.checkpoint.to_record()})
             digest = manifest.digest()
@@ -418,10 +423,27 @@ def import_model(
     )
 
 
-def _existing_result(model: bentoml.Model, info: ModelInfo, source: Source, t0: float, warnings: list[str]) -> ImportResult:
+def _warn_new(found: list[str], warnings: list[str]) -> None:
+    """Print and keep each warning not printed yet."""
+    for w in found:
+        if w not in warnings:
+            warnings.append(w)
+            console.warn(w)
+
+
+def _existing_result(model: bentoml.Model, info: ModelInfo, source: Source, t0: float, warnings: list[str],
+                     allow_missing_tensors: bool = True) -> ImportResult:
     sm = StoredModel.from_model(model)
     if info.tokenizer_class is None:  # the transformers check was skipped: the same content has this tokenizer
         info.tokenizer_class = sm.tokenizer_class
+    stored = dict(sm.checkpoint.get("tensors") or {})  # the same bytes: the verdict recorded when they came in
+    if stored.get("status") == "incomplete" and not allow_missing_tensors:
+        error = tensor_check.judge(stored, root=info.path, allow_missing=False)[2]
+        if error is not None:
+            raise UserError(f"{error.message.removesuffix('; nothing was written')}; the store holds it as {sm.tag} "
+                            f"(imported with {tensor_check.ALLOW_FLAG}); nothing was written", hint=error.hint)
+    if not info.checkpoint.tensors:  # the inspection was closed early: the stored verdict stands for it
+        info.checkpoint = replace(info.checkpoint, tensors=stored)
     return ImportResult(
         tag=sm.tag,
         existed=True,

@@ -7,8 +7,10 @@ never run unless --trust-remote-code; see sealift.core.codescan). Everything bro
 is collected and refused in one UserError line naming every missing or broken
 file; a model that needs custom code or holds pickle weights is refused unless
 the caller allows it. What needs transformers (the architecture is known, the
-tokenizer loads offline with local_files_only) runs in a child process
-(sealift.model._inspection_child), so an import overlaps it with copying.
+tokenizer loads offline with local_files_only, and the safetensors headers hold
+every tensor the architecture declares, in its shape: sealift.model.tensors)
+runs in a child process (sealift.model._inspection_child), so an import
+overlaps it with copying.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from sealift.model.checkpoint import CheckpointFacts, read_checkpoint
 from sealift.core.codescan import auto_map_modules, scan_code
 from sealift.core.errors import Failure, UserError
 from sealift.core.hfconfig import context_length
+from sealift.model import tensors as tensor_check
 from sealift.model.manifest import hash_file, walk_files
 from sealift.core.safetensors_header import ST_DTYPES, HeaderError, SafetensorsHeader, read_safetensors_header
 from sealift.core.units import fmt_bytes, fmt_params
@@ -211,7 +214,8 @@ class Inspection:
     safetensors headers, code closure, tokenizer files present and parsable,
     the custom-code and pickle refusals) and raises UserError before anything
     is written. The checks that need transformers (model_type and
-    architectures known, the tokenizer loads offline) run in a child process:
+    architectures known, the tokenizer loads offline; and in a second child
+    beside it, the tensor check of sealift.model.tensors) run in a child process:
     importing transformers and torch takes seconds of GIL-bound Python, which
     a separate process overlaps with copying, and the model's tokenizer code
     (with trust_remote_code) runs there, not in sealift. `finish()` waits for
@@ -222,9 +226,11 @@ class Inspection:
     def __init__(
         self, path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True,
         include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
+        allow_missing_tensors: bool = False, converting: bool = False,
     ) -> None:
         self.root = root = Path(path)
         self.trust_remote_code = trust_remote_code
+        self.allow_missing_tensors = allow_missing_tensors
         if not root.is_dir():
             raise UserError(f"{root} is not a directory")
         if not (root / "config.json").is_file():  # before walking: SRC may be a big tree that is no model at all
@@ -357,8 +363,9 @@ class Inspection:
         )
         self._deep_problems: list[str] = []
         self._deep_error: BaseException | None = None
+        self._tensors: tuple[dict[str, Any], list[str], UserError | None] | None = None  # tensor_check.judge's answer
         self.failed = threading.Event()  # set as soon as the background checks fail: callers stop copying
-        self._request = {  # transformers_checks' arguments, for the child process
+        self._request: dict[str, Any] = {  # transformers_checks' arguments, for the child process
             "path": str(root),
             "model_type": model_type,
             "architectures": architectures,
@@ -366,45 +373,93 @@ class Inspection:
             "tokenizer_files": tok_files,
             "trust_remote_code": trust_remote_code,
         }
+        self._quantization = tensor_check.quantization_request(root, config, checkpoint.quantization)
+        st_files = tensor_check.tensor_files(root, files)
+        why = None
+        if st_files and not _importable("torch"):
+            why = "torch is not installed here"
+        elif st_files:
+            self._request["tensors"] = {"files": st_files, "quantization": self._quantization}
+        elif not converting:  # pickles only; the importer checks what --to-safetensors writes (recheck_tensors)
+            why = "pickle weights, and nothing is unpickled to check them (--to-safetensors converts and checks them)"
+        if why and with_transformers:
+            self._tensors = tensor_check.judge(tensor_check.unchecked(why), root=root, allow_missing=allow_missing_tensors)
         self._lock = threading.Lock()
         self._closed = False
-        self._child: subprocess.Popen[bytes] | None = None
-        self._thread = threading.Thread(target=self._run_checks if with_transformers else lambda: None,
-                                        name="sealift-inspect", daemon=True)
-        self._thread.start()
+        self._children: list[subprocess.Popen[bytes]] = []
+        # two children side by side: the tokenizer's (torch hidden: seconds faster) and the tensor check's (torch)
+        targets = [self._run_checks, self._run_tensor_check] if with_transformers else []
+        self._threads = [threading.Thread(target=t, name="sealift-inspect", daemon=True) for t in targets]
+        for thread in self._threads:
+            thread.start()
 
-    def _spawn(self, hide_torch: bool) -> subprocess.Popen[bytes] | None:
+    def _spawn(self, request: dict[str, Any]) -> subprocess.Popen[bytes] | None:
         with self._lock:
             if self._closed:
                 return None
-            self._child = subprocess.Popen(
+            child = subprocess.Popen(
                 [sys.executable, "-c", "from sealift.model._inspection_child import main; main()",
-                 json.dumps({**self._request, "hide_torch": hide_torch})],
+                 json.dumps(request)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=child_env(),
             )
-            return self._child
+            self._children.append(child)
+            return child
+
+    def _ask(self, request: dict[str, Any]) -> tuple[dict[str, Any] | None, str] | None:
+        """Run the child on `request`: (its answer or None if it gave none, the last line of its stderr); None
+        if the inspection was closed."""
+        child = self._spawn(request)
+        if child is None:
+            return None
+        out, err = child.communicate()
+        last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+        try:
+            answer = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None, last
+        return (answer, last) if isinstance(answer, dict) and isinstance(answer.get("problems"), list) else (None, last)
+
+    def _take(self, asked: tuple[dict[str, Any] | None, str]) -> bool:
+        """Keep the child's answer; True if it passed every check."""
+        answer, last = asked
+        self._deep_error = None
+        if answer is None:
+            self._deep_error = Failure(f"the transformers check of {self.root} crashed: {last[:300]}")
+            return False
+        self._deep_problems = list(answer["problems"])
+        self.info.tokenizer_class = answer.get("tokenizer_class")
+        return not self._deep_problems
 
     def _run_checks(self) -> None:
-        """Run the checker: first with torch hidden (a tokenizer and a config need no torch: seconds
-        faster, and what a torch-less host sees), then, only if that fails, with torch."""
+        """The checker without the tensors: first with torch hidden (a tokenizer and a config need no torch:
+        seconds faster, and what a torch-less host sees), then, only if that fails, with torch."""
+        plain = {k: v for k, v in self._request.items() if k != "tensors"}
         for hide_torch in (True, False):
-            child = self._spawn(hide_torch)
-            if child is None:
+            asked = self._ask({**plain, "hide_torch": hide_torch})
+            if asked is None:
                 return
-            out, err = child.communicate()
-            self._deep_error = None
-            try:
-                answer = json.loads(out.decode().strip().splitlines()[-1])
-                self._deep_problems = list(answer["problems"])
-                self.info.tokenizer_class = answer.get("tokenizer_class")
-            except (ValueError, IndexError, KeyError, TypeError):
-                last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {child.returncode}"])[-1]
-                self._deep_error = Failure(f"the transformers check of {self.root} crashed: {last[:300]}")
-            if not self._deep_problems and self._deep_error is None:
+            if self._take(asked):
                 return
+        self._fail()
+
+    def _run_tensor_check(self) -> None:
+        """The tensor check alone, in its own child beside the other (it needs torch); should it give no answer,
+        the tensors go unchecked: never a false error."""
+        if "tensors" not in self._request:
+            return
+        asked = self._ask({**self._request, "checks": False, "hide_torch": False})
+        if asked is None:
+            return
+        answer, last = asked
+        verdict = answer.get("tensors") if answer else tensor_check.unchecked(f"the check crashed: {last[:200]}")
+        self._tensors = tensor_check.judge(verdict, root=self.root, allow_missing=self.allow_missing_tensors)
+        if self._tensors[2] is not None:
+            self._fail()
+
+    def _fail(self) -> None:
         with self._lock:
             if not self._closed:
                 self.failed.set()
@@ -412,8 +467,12 @@ class Inspection:
     def finish(self) -> ModelInfo:
         """Wait for the transformers checks; UserError (exit 2) if they failed. Returns the ModelInfo."""
         try:
-            while self._thread.is_alive():
-                self._thread.join(0.1)  # short joins keep Ctrl-C responsive
+            for thread in self._threads:  # the tokenizer's first: if it failed, the tensors' verdict is moot
+                while thread.is_alive():
+                    thread.join(0.1)  # short joins keep Ctrl-C responsive
+                if self._deep_error is not None or self._deep_problems:
+                    self.close()
+                    break
         except BaseException:
             self.close()
             raise
@@ -421,16 +480,42 @@ class Inspection:
             raise self._deep_error
         if self._deep_problems:
             raise _incomplete(self.root, self._deep_problems)
+        if self._tensors is not None:
+            self._apply_tensors(*self._tensors)
         return self.info
+
+    def _apply_tensors(self, record: dict[str, Any], warnings: list[str], error: UserError | None) -> None:
+        if error is not None:
+            raise error
+        self.info.checkpoint = replace(self.info.checkpoint, tensors=record)
+        self.info.warnings.extend(w for w in warnings if w not in self.info.warnings)
+        self._tensors = None  # applied once
+
+    def recheck_tensors(self, root: Path, files: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """The tensor check alone on `root` (the files --to-safetensors wrote, staged with the rest), in the
+        child: (the record, warnings); UserError as finish() for a checkpoint that is not whole."""
+        st_files = tensor_check.tensor_files(root, dict.fromkeys(files, 0))
+        if not st_files or not _importable("torch"):
+            verdict = tensor_check.unchecked("torch is not installed here" if st_files else "no safetensors")
+            return tensor_check.judge(verdict, root=self.root, allow_missing=self.allow_missing_tensors)[:2]
+        request = {**{k: v for k, v in self._request.items() if k != "tensors"}, "path": str(root), "checks": False,
+                   "tensors": {"files": st_files, "quantization": self._quantization}, "hide_torch": False}
+        answer, last = self._ask(request) or (None, "stopped")
+        verdict = answer.get("tensors") if answer else tensor_check.unchecked(f"the check crashed: {last[:200]}")
+        record, warnings, error = tensor_check.judge(verdict, root=self.root, allow_missing=self.allow_missing_tensors)
+        if error is not None:
+            raise error
+        return record, warnings
 
     def close(self) -> None:
         """Stop the background check if it still runs (on Ctrl-C, another failure, or when it is not needed)."""
         with self._lock:
             self._closed = True
-            child = self._child
-        if child is not None and child.poll() is None:
-            child.kill()
-            child.wait()
+            children = list(self._children)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
 
 
 
@@ -438,6 +523,7 @@ class Inspection:
 def inspect_model(
     path: str | Path, *, trust_remote_code: bool, allow_pickle: bool, with_transformers: bool = True,
     include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
+    allow_missing_tensors: bool = False,
 ) -> ModelInfo:
     """Inspect a model directory; UserError (exit 2) naming every missing/broken file.
 
@@ -445,12 +531,14 @@ def inspect_model(
     allow_pickle. Reads headers, never tensors. with_transformers (default)
     also checks, in a child process, that transformers knows the architecture
     and that the tokenizer loads offline (its code runs only when
-    trust_remote_code allows it); without it the answer takes milliseconds
-    and `tokenizer_class` stays None.
+    trust_remote_code allows it), and holds the safetensors headers against the
+    architecture (UserError for missing tensors or wrong shapes unless
+    allow_missing_tensors); without it the answer takes milliseconds,
+    `tokenizer_class` stays None and the tensors unchecked (no record).
     """
     return Inspection(
         path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, with_transformers=with_transformers,
-        include=include, exclude=exclude,
+        include=include, exclude=exclude, allow_missing_tensors=allow_missing_tensors,
     ).finish()
 
 
