@@ -246,8 +246,9 @@ def _best_wheel(wheels: list[dict[str, Any]], platform: str, python_version: str
 
 
 def download(item: Locked, dest: Path, advance) -> None:
-    """Fetch one wheel into dest (via dest.partial), checking its sha256 as the bytes arrive."""
-    tmp = dest.with_name(dest.name + ".partial")
+    """Fetch one wheel into dest (via a partial file of this process: two exports may share the cache), checking
+    its sha256 as the bytes arrive."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(item.url, timeout=120) as resp, open(tmp, "wb") as f:
