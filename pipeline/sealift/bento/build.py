@@ -92,6 +92,8 @@ class BuildResult:
     path: str
     requirements: list[str] = field(default_factory=list)
     golden: dict[str, Any] = field(default_factory=dict)  # sealift.bento.golden.GoldenOutcome.to_dict()
+    #: where two packages could serve one of the model's imports: which one the bento names, and how to choose
+    package_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +113,7 @@ class BuildResult:
             lines.insert(1, f"golden outputs: {self.golden['prompts']} prompts recorded in {self.golden['seconds']:.1f} s "
                             + (f"({split}) " if split else "")
                             + "(src/sealift_golden.json; `sealift check` replays them)")
+        lines += [f"package: {note}" for note in self.package_notes]
         for line in lines:
             console.out.print(line, markup=False, soft_wrap=True)
 
@@ -188,6 +191,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         path=str(bento.path),
         requirements=_read_requirements(Path(bento.path)),
         golden=outcome.to_dict(),
+        package_notes=list(model_packages.notes),
     )
 
 
