@@ -125,7 +125,7 @@ def test_single_model_safetensors_covers(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- imports -> packages
 
 
-def test_imports_map_through_metadata_then_the_known_map() -> None:
+def test_imports_map_through_the_known_map_then_metadata() -> None:
     res = model_deps.resolve({"einops": "imported by modeling_x.py", "google.protobuf": "tokenizer.model",
                               "torch": "imported by modeling_x.py", "flash_attn": "imported by modeling_x.py",
                               "yaml": "imported by modeling_x.py"})
@@ -138,6 +138,42 @@ def test_imports_map_through_metadata_then_the_known_map() -> None:
     assert "protobuf" in lines  # not installed here: named
     gpu = model_deps.requirement_lines(res, "gpu", ["vllm==0.32.0", "torch", "transformers"])
     assert gpu[0] == "vllm==0.32.0" and "protobuf" in gpu and "einops" in gpu
+
+
+def test_the_known_package_wins_over_an_installed_one_and_two_candidates_are_said(monkeypatch) -> None:
+    installed = {"cv2": ["opencv-python"], "fancy": ["zeta-fancy", "fancy"], "twin": ["b-twin-dist", "a-twin-dist"]}
+    monkeypatch.setattr(model_deps, "_packages_distributions", lambda: installed)
+    res = model_deps.resolve({"cv2": "imported by modeling_x.py", "fancy": "x", "twin": "x"})
+    by = {r.imports[0]: r.distribution for r in res.requirements}
+    # a server needs no libGL: the headless build, though this desktop host has opencv-python
+    assert by == {"cv2": "opencv-python-headless", "fancy": "fancy", "twin": "a-twin-dist"}
+    notes = "\n".join(res.notes)
+    assert "cv2: opencv-python-headless" in notes and "not opencv-python installed here" in notes
+    assert "--requirement cv2=opencv-python" in notes
+    assert "fancy: fancy, one of fancy, zeta-fancy" in notes and "twin: a-twin-dist, one of a-twin-dist, b-twin-dist" in notes
+    # asked for by name: no second guess, no note
+    chosen = model_deps.resolve({"cv2": "x"}, requirements=["cv2=opencv-python"])
+    assert [r.distribution for r in chosen.requirements] == ["opencv-python"] and chosen.notes == ()
+    # the same package installed here: nothing to say
+    monkeypatch.setattr(model_deps, "_packages_distributions", lambda: {"cv2": ["opencv-python-headless"]})
+    assert model_deps.resolve({"cv2": "x"}).notes == ()
+
+
+def test_the_build_summary_says_which_package_it_chose(monkeypatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from sealift.bento.build import BuildResult
+    from sealift.core import console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=buf, width=300, highlight=False))
+    note = "cv2: opencv-python-headless (sealift's choice for a server), not opencv-python installed here"
+    result = BuildResult("m:1", "m:0", "m", "cpu", "auto", 1, 1, "/b", package_notes=[note])
+    result.print_human()
+    assert f"package: {note}" in buf.getvalue()
+    assert result.to_dict()["package_notes"] == [note]
 
 
 def test_unknown_import_is_a_user_error_naming_the_fix() -> None:

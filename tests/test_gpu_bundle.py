@@ -294,6 +294,32 @@ def test_the_cpu_bundle_was_proven_and_records_what_its_target_needs(installed_b
     assert target.TARGETS_DIR in {p.name for p in installed_bundle.host.sealift_home.iterdir()}
 
 
+def test_the_proof_installs_for_the_bundles_platform_and_says_when_this_host_cannot_run_it(tmp_path, monkeypatch):
+    """A build host of another architecture (or an older glibc) proves the wheel set for the target's platform;
+    the imports, which need a host like the target, are said not to have run (not a failed proof)."""
+    import platform
+
+    from sealift.bundle import proof
+
+    here = platform.machine()
+    other = "aarch64" if here == "x86_64" else "x86_64"
+    py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    wheels = [make_wheel(tmp_path / "wheels", "nativepkg", "1.0", tag=f"{py}-{py}-manylinux_2_31_{other}"),
+              make_wheel(tmp_path / "wheels", "purepkg", "1.0", requires=("nativepkg==1.0",))]
+    found = proof.prove(wheels, ["purepkg==1.0"], target="cpu", python_version=t_py(),
+                        platform=f"manylinux_2_31_{other}")
+    assert found.not_run == f"this host is {here}, the bundle is for {other}"
+    assert found.versions == {} and found.seconds["venv"] > 0
+    assert f"installed for manylinux_2_31_{other}" in found.summary() and "imports not run" in found.summary()
+    # for this host's platform (what the proof did before), uv finds no wheel of nativepkg it could install
+    with pytest.raises(UserError, match="proof failed"):
+        proof.prove(wheels, ["purepkg==1.0"], target="cpu", python_version=t_py())
+    # the same architecture with an older glibc than the target's: installed, not run; a newer one runs it
+    monkeypatch.setattr(target, "host_glibc", lambda: "2.28")
+    assert proof.runs_here(f"manylinux_2_31_{here}") == "this host's glibc 2.28 is older than the bundle's 2.31"
+    assert proof.runs_here(f"manylinux_2_28_{here}") is None and proof.runs_here(None) is None
+
+
 def test_a_proof_that_fails_refuses_the_export_and_writes_nothing(cpu_bento, installed_bundle, tmp_path):
     wheels = wheel_set(installed_bundle.bundle / "wheels", tmp_path / "wheels", leave_out=("torch",))
     make_wheel(wheels, "torch", "2.13.0+cpu", files={"torch/__init__.py": "raise ImportError('a broken torch')\n"},

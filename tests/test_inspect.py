@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 
 from sealift.core.errors import UserError
-from sealift.core.codescan import auto_map_modules, scan_code
+from sealift.core.codescan import auto_map_modules, iter_imports, scan_code
 from sealift.model.inspection import inspect_model
 from sealift.core.safetensors_header import HeaderError, read_safetensors_header
 
@@ -286,3 +286,62 @@ def test_code_closure_follows_local_imports(tmp_path: Path) -> None:
     (tmp_path / "deep.py").unlink()
     assert scan_code(tmp_path, [("modeling_x", None)]).missing == ["deep.py missing (imported by helper_abs.py as .deep)"]
     assert "missing (auto_map points at org/r)" in scan_code(tmp_path, [("nothere", "org/r")]).missing[0]
+
+
+GUARDS = """
+try:
+    import guarded_a
+except ImportError:
+    import fallback_b
+try:
+    import caught_by_exception_c
+except Exception:
+    pass
+try:
+    import guarded_d
+except (OSError, ModuleNotFoundError) as exc:
+    pass
+try:
+    pass
+except ImportError:
+    pass
+else:
+    import in_else_e
+finally:
+    import in_finally_f
+try:
+    def later():
+        import in_a_function_g
+except ImportError:
+    pass
+with contextlib.suppress(ImportError):
+    import suppressed_h
+try:
+    try:
+        import inner_i
+    except KeyError:
+        import inner_handler_j
+except builtins.ImportError:
+    pass
+if TYPE_CHECKING:
+    import annotations_only_k
+import plain_l
+"""
+
+
+def test_only_imports_guarded_by_except_import_error_are_optional(tmp_path: Path) -> None:
+    import ast
+
+    found = {ref.names[0]: ref.optional for ref in iter_imports(ast.parse(GUARDS))}
+    assert found == {
+        "guarded_a": True, "fallback_b": False,  # the fallback must be there when guarded_a is not
+        "caught_by_exception_c": False, "guarded_d": True,
+        "in_else_e": False, "in_finally_f": False,
+        "in_a_function_g": False,  # runs when later() is called, outside the try
+        "suppressed_h": True, "inner_i": True, "inner_handler_j": True,  # both in the outer ImportError try's body
+        "plain_l": False,
+    }
+    (tmp_path / "modeling_x.py").write_text(GUARDS)
+    scan = scan_code(tmp_path, [("modeling_x", None)])
+    assert scan.external == {"fallback_b", "caught_by_exception_c", "in_else_e", "in_finally_f", "in_a_function_g",
+                             "plain_l"}

@@ -302,3 +302,22 @@ def test_a_tampered_cached_sealift_wheel_is_built_again(tmp_path, monkeypatch):
     again = wheelhouse.sealift_wheel()
     with zipfile.ZipFile(again) as zf:
         assert sorted(zf.namelist()) == names
+
+
+def test_a_path_in_the_lock_is_read_from_the_lock_files_folder(tmp_path, monkeypatch):
+    """PEP 751: a `path` is relative to pylock.toml's folder. uv 0.6.15-0.10 writes `../../x.whl` (0.11 and later an
+    absolute path): read from the process's working directory instead, export failed for a wheel that is there."""
+    wheel = make_wheel(tmp_path / "wheels", "localpkg", "1.0")
+    lockdir = tmp_path / "a" / "b"
+    lockdir.mkdir(parents=True)
+    rel = os.path.relpath(wheel, lockdir)
+    (lockdir / "pylock.toml").write_text(
+        'lock-version = "1.0"\n[[packages]]\nname = "localpkg"\nversion = "1.0"\n'
+        f'archive = {{ path = "{rel}", hashes = {{ sha256 = "{hashlib.sha256(wheel.read_bytes()).hexdigest()}" }} }}\n'
+        '[[packages]]\nname = "abspkg"\nversion = "2.0"\n'
+        f'archive = {{ path = "{wheel}" }}\n')
+    monkeypatch.chdir(ROOT)  # anywhere but the lock's folder
+    local, absolute = wheelhouse.read_lock(lockdir / "pylock.toml", platform="manylinux_2_28_x86_64",
+                                           python_version="3.11")
+    assert rel.startswith("../") and local.url == wheel.resolve().as_uri() and local.sha256
+    assert absolute.url == wheel.resolve().as_uri() and absolute.sha256 is None

@@ -93,6 +93,8 @@ class BuildResult:
     requirements: list[str] = field(default_factory=list)
     golden: dict[str, Any] = field(default_factory=dict)  # sealift.bento.golden.GoldenOutcome.to_dict()
     tensors: dict[str, Any] = field(default_factory=dict)  # the model's tensor check at import (sealift.model.tensors)
+    #: where two packages could serve one of the model's imports: which one the bento names, and how to choose
+    package_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +119,7 @@ class BuildResult:
         tensors = build_line(self.tensors)  # a model not known to be whole says so here (issue 25)
         if tensors:
             lines.insert(1, tensors)
+        lines += [f"package: {note}" for note in self.package_notes]
         for line in lines:
             console.out.print(line, markup=False, soft_wrap=True)
 
@@ -195,6 +198,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         requirements=_read_requirements(Path(bento.path)),
         golden=outcome.to_dict(),
         tensors=dict(model.checkpoint.get("tensors") or {}),
+        package_notes=list(model_packages.notes),
     )
 
 

@@ -6,10 +6,16 @@ In a temporary directory, with no index, no network and no configuration:
 
 1. `uv venv` with the target's Python, then `uv pip install --offline --no-index
    --find-links <the bundle's wheels> -r <the bento's requirements> -c <each wheel's
-   version and the lock's sha256>`: a wheel missing from the set fails here, as it
-   would on the air-gapped host, and uv checks every wheel it installs against the
-   lock as it reads it (HashMismatch: no code of a wrong wheel runs here);
-2. import the serving stack in that venv: torch, transformers, bentoml; for a
+   version and the lock's sha256> --python-platform <the bundle's platform>`: a wheel
+   missing from the set fails here, as it would on the air-gapped host, and uv
+   checks every wheel it installs against the lock as it reads it (HashMismatch: no
+   code of a wrong wheel runs here). The wheels are chosen for the target's
+   platform, not this host's: a build host of another glibc or architecture proves
+   the set as well;
+2. only where this host can run the target's wheels (same architecture, a glibc at
+   least the target's: `runs_here`), else the proof says so and stops after step 1
+   (a host like the target runs them: `sealift install` there).
+   Import the serving stack in that venv: torch, transformers, bentoml; for a
    gpu bundle also torchvision and vllm, and `torch.version.cuda` must be set
    (a CPU torch under a CUDA torchvision dies at `import torchvision`);
 3. gpu: the exact `vllm serve` command lines the bento runs (built by the
@@ -43,7 +49,7 @@ from sealift.core import console
 from sealift.core.errors import UserError
 from sealift.core.offline import offline_env
 
-__all__ = ["HashMismatch", "Proof", "needs_and_proof", "prove"]
+__all__ = ["HashMismatch", "Proof", "needs_and_proof", "prove", "runs_here"]
 
 #: What the runtime must import, per bento target.
 IMPORTS = {"cpu": ("torch", "transformers", "bentoml"),
@@ -110,6 +116,8 @@ class Proof:
 
     target: str
     python: str
+    platform: str | None = None  # the wheels' platform tag (None: this host's)
+    not_run: str | None = None  # why the imports (and vLLM's parse) did not run here: this host is not like the target
     versions: dict[str, Any] = field(default_factory=dict)
     torch_cuda: str | None = None
     vllm_lines: list[list[str]] = field(default_factory=list)
@@ -123,6 +131,9 @@ class Proof:
         return {**asdict(self), "total_seconds": self.total_seconds}
 
     def summary(self) -> str:
+        if self.not_run:
+            return (f"offline venv (Python {self.python}) installed for {self.platform} from the bundle's wheels alone, "
+                    f"each held to the lock; imports not run: {self.not_run}; {self.total_seconds:.1f} s")
         names = ", ".join(f"{k} {v}" for k, v in self.versions.items())
         cuda = f"; torch CUDA {self.torch_cuda}" if self.target == "gpu" else ""
         parsed = f"; vLLM parsed {len(self.vllm_lines)} serve command lines" if self.vllm_lines else ""
@@ -166,14 +177,41 @@ def _run(cmd: list[str], *, env: dict[str, str], step: str, timeout: float = 180
     return p.stdout
 
 
+def runs_here(platform: str | None) -> str | None:
+    """Why wheels for `platform` (manylinux_2_31_x86_64) cannot run on this host, or None when they can."""
+    import platform as _platform
+
+    from sealift.bundle import target as target_facts
+
+    if not platform:
+        return None
+    arch = re.sub(r"^(?:manylinux_\d+_\d+|manylinux\d+)_", "", platform)
+    machine = _platform.machine()
+    if arch != machine:
+        return f"this host is {machine}, the bundle is for {arch}"
+    wanted, glibc = target_facts.glibc_of(platform), target_facts.host_glibc()
+    if wanted and (glibc is None or _vkey(glibc) < _vkey(wanted)):
+        return f"this host's glibc {glibc or '(none: not a glibc system)'} is older than the bundle's {wanted}"
+    return None
+
+
+def _vkey(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version))
+
+
 def prove(wheels: list[Path], requirements: list[str], *, target: str, python_version: str,
-          bento_src: Path | None = None, model_path: str = "/models/model", constraints: list[str] = ()) -> Proof:
-    """Build the runtime venv from exactly `wheels` (offline), import the stack, parse vLLM's command lines.
+          bento_src: Path | None = None, model_path: str = "/models/model", constraints: list[str] = (),
+          platform: str | None = None) -> Proof:
+    """Build the runtime venv from exactly `wheels` (offline) for `platform`, import the stack, parse vLLM's
+    command lines; the last two only where this host can run the target's wheels (`runs_here`).
 
     `constraints`: `name==version --hash=sha256:...` lines (sealift.bundle.wheelcheck): uv checks each wheel
     it installs against them as it reads it (HashMismatch, before any code of a wrong wheel runs).
     """
-    proof = Proof(target=target, python=python_version)
+    from sealift.bundle import target as target_facts
+
+    proof = Proof(target=target, python=python_version, platform=platform, not_run=runs_here(platform))
+    for_platform = ["--python-platform", target_facts.uv_platform(platform)] if platform else []
     uv_env = {k: v for k, v in offline_env().items() if not k.startswith(("UV_", "PIP_")) or k == "UV_CACHE_DIR"}
     uv_env.update(UV_OFFLINE="1", UV_NO_INDEX="1", UV_PYTHON_DOWNLOADS="never", PIP_NO_INDEX="1")
     uv_env.pop("VIRTUAL_ENV", None)
@@ -198,9 +236,13 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
             _run([*uv, "venv", "--quiet", "--no-config", "--python", _python_for(python_version), str(venv)],
                  env=uv_env, step=f"uv venv (Python {python_version})")
             _run([*uv, "pip", "install", "--quiet", "--no-config", "--offline", "--no-index", "--find-links",
-                  str(links), "--python", str(python), "-r", str(req), "-c", str(pins)], env=uv_env,
+                  str(links), "--python", str(python), "-r", str(req), "-c", str(pins), *for_platform], env=uv_env,
                  step="installing the bento's requirements from the bundle's wheels alone")
         proof.seconds["venv"] = round(time.monotonic() - t, 2)
+        if proof.not_run:
+            console.warn(f"proof: the runtime venv was installed for {platform}, but its imports cannot run here "
+                         f"({proof.not_run}); run `sealift install` on a host like the target before the medium leaves")
+            return proof
 
         run_env = {**offline_env(), "PYTHONNOUSERSITE": "1"}
         for k in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
@@ -279,5 +321,6 @@ def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str,
         return needs, {"skipped": why}
     model_name = bento.models[0].name if bento.models else "model"
     found = prove(wheels, requirements, target=kind, python_version=python_version,
-                  bento_src=Path(bento.path) / "src", model_path=f"/models/{model_name}", constraints=constraints)
+                  bento_src=Path(bento.path) / "src", model_path=f"/models/{model_name}", constraints=constraints,
+                  platform=platform)
     return needs, {**found.to_dict(), "summary": found.summary()}

@@ -3,6 +3,7 @@
     resolve_locked(requirements, platform=, python_version=, wheels_from=, sources=) -> {Path: Locked}
     resolve_wheels(...) -> [Path]           the same files alone
     lock(requirements, platform=, python_version=, sources=) -> [Locked]   (uv pip compile, pylock.toml)
+    read_lock(pylock) -> [Locked]           its wheels, paths taken from the lock file's folder
     fetch(locked) -> {Path: Locked}         file:// wheels where they lie, others downloaded (sha256 checked)
     sealift_wheel(wheels_from) -> Path     a wheel of the running sealift (built once per source)
 
@@ -211,7 +212,13 @@ def lock(requirements: list[str], *, platform: str, python_version: str, sources
              "--python-platform", target.uv_platform(platform), "--python-version", python_version,
              "--only-binary", ":all:", *_uv_source_args(sources), "-o", str(out), str(req)],
             what="resolving the wheels", hint=hint)
-        doc = tomllib.loads(out.read_text())
+        return read_lock(out, platform=platform, python_version=python_version, hint=hint)
+
+
+def read_lock(out: Path, *, platform: str, python_version: str, hint: str = "") -> list[Locked]:
+    """The wheels of a pylock.toml. A `path` is relative to the lock file's folder (PEP 751; uv 0.6.15-0.10 writes
+    `../../x.whl`, 0.11 and later absolute paths): resolved while that folder exists."""
+    doc = tomllib.loads(out.read_text())
     locked = []
     for pkg in doc.get("packages", []):
         wheels = pkg.get("wheels") or ([pkg["archive"]] if "archive" in pkg else [])
@@ -219,7 +226,7 @@ def lock(requirements: list[str], *, platform: str, python_version: str, sources
             raise UserError(f"resolving the wheels gave no wheel for {pkg.get('name')} {pkg.get('version')} "
                             f"on {platform}", hint=hint)
         w = wheels[0] if len(wheels) == 1 else _best_wheel(wheels, platform, python_version)
-        url = w.get("url") or Path(w["path"]).absolute().as_uri()
+        url = w.get("url") or (out.parent / w["path"]).resolve().as_uri()
         locked.append(Locked(str(pkg["name"]), str(pkg.get("version", "")), url,
                              (w.get("hashes") or {}).get("sha256"), w.get("size")))
     return locked

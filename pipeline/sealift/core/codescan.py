@@ -1,6 +1,7 @@
 """Python code read with `ast`, never run: the one import walker sealift has.
 
-    iter_imports(tree)                   every import statement, with its level, names and whether in a try:
+    iter_imports(tree)                   every import statement, with its level, names and whether optional
+                                         (in the body of a try whose handler catches ImportError)
     scan_code(root, auto_map_modules)    a model's own code: the closure of local modules, what is missing,
                                          and the third-party packages it imports
     third_party_modules(root, entry, package)  what a bento's service.py and the package it ships import
@@ -38,7 +39,7 @@ class ImportRef:
     module: str | None  # `from` imports: the module after the dots (None for `from . import x`)
     names: tuple[str, ...]
     level: int  # leading dots; 0 = absolute
-    in_try: bool  # inside a try: (an optional dependency)
+    optional: bool  # guarded: the code runs on without it (see _guarded)
 
 
 def _type_checking_only(tree: ast.AST) -> set[int]:
@@ -51,26 +52,63 @@ def _type_checking_only(tree: ast.AST) -> set[int]:
     return skip
 
 
+#: The exceptions whose handler makes an import optional: `except ImportError:` means the code runs without it.
+IMPORT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError"})
+
+#: Where an import inside them runs later, not under the try around them.
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    """`except ImportError:`, `except (ModuleNotFoundError, OSError) as e:`, `except builtins.ImportError:`."""
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(k, (ast.Name, ast.Attribute)) and ast.unparse(k).split(".")[-1] in IMPORT_ERRORS
+               for k in kinds if k is not None)
+
+
+def _suppresses_import_error(node: ast.With) -> bool:
+    """`with contextlib.suppress(ImportError):` (or `suppress(...)` imported by name)."""
+    for item in node.items:
+        call = item.context_expr
+        if isinstance(call, ast.Call) and ast.unparse(call.func).split(".")[-1] == "suppress" and any(
+                ast.unparse(a).split(".")[-1] in IMPORT_ERRORS for a in call.args):
+            return True
+    return False
+
+
+def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Whether the import `node` is optional: in the `try:` body of a try with an ImportError (or
+    ModuleNotFoundError) handler, or under `with suppress(ImportError)`, in the same scope.
+
+    An import in an `except`, `else` or `finally` block, or in a try that catches only other errors,
+    is required: a fallback import (`except ImportError: import simplejson as json`) must be there.
+    """
+    child = node
+    while child in parents:
+        parent = parents[child]
+        if isinstance(parent, _SCOPES):
+            return False  # runs when called, not under the try that holds the definition
+        if isinstance(parent, ast.Try) or type(parent).__name__ == "TryStar":
+            if child in parent.body and any(_catches_import_error(h) for h in parent.handlers):
+                return True
+        elif isinstance(parent, (ast.With, ast.AsyncWith)) and child in parent.body and _suppresses_import_error(parent):
+            return True
+        child = parent
+    return False
+
+
 def iter_imports(tree: ast.AST) -> Iterator[ImportRef]:
     """Every import statement that can run, anywhere in tree (inside functions too), in ast.walk order;
     not those under `if TYPE_CHECKING:`."""
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     skip = _type_checking_only(tree)
-
-    def in_try(node: ast.AST) -> bool:
-        while node in parents:
-            node = parents[node]
-            if isinstance(node, ast.Try):
-                return True
-        return False
-
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
         if isinstance(node, ast.Import):
-            yield ImportRef(False, None, tuple(a.name for a in node.names), 0, in_try(node))
+            yield ImportRef(False, None, tuple(a.name for a in node.names), 0, _guarded(node, parents))
         elif isinstance(node, ast.ImportFrom):
-            yield ImportRef(True, node.module, tuple(a.name for a in node.names), node.level, in_try(node))
+            yield ImportRef(True, node.module, tuple(a.name for a in node.names), node.level, _guarded(node, parents))
 
 
 def absolute_names(ref: ImportRef, package: str) -> set[str]:
@@ -131,7 +169,7 @@ def _module_file(root: Path, base: Path, dotted: str) -> Path | None:
 class CodeScan:
     files: list[str] = field(default_factory=list)  # relative paths, the closure from auto_map
     missing: list[str] = field(default_factory=list)  # "what: why" problems
-    external: set[str] = field(default_factory=set)  # top-level packages imported outside try:
+    external: set[str] = field(default_factory=set)  # top-level packages imported, except optional imports
 
 
 def scan_code(root: Path, modules: list[tuple[str, str | None]]) -> CodeScan:
@@ -184,7 +222,7 @@ def scan_code(root: Path, modules: list[tuple[str, str | None]]) -> CodeScan:
                 local = _module_file(root, f.parent, dotted) or _module_file(root, f.parent, top)
                 if local is not None:
                     queue.append(local)
-                elif not ref.in_try and top not in sys.stdlib_module_names:
+                elif not ref.optional and top not in sys.stdlib_module_names:
                     scan.external.add(top)
     scan.files.sort()
     return scan

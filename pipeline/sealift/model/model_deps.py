@@ -1,7 +1,8 @@
 """The model's own runtime dependencies: what its code and its tokenizer import, as packages to install.
 
 At import (`runtime_imports`): the third-party modules the model's Python code
-imports outside `try:` (sealift.core.codescan's `scan_code` found them), plus what
+imports, except those guarded by `except ImportError` (sealift.core.codescan's
+`scan_code` found them), plus what
 its tokenizer needs that the serving stack does not always carry:
 
 - `sentencepiece` and `google.protobuf` for a sentencepiece model
@@ -17,11 +18,16 @@ At build (`resolve`): each import name becomes a distribution, in this order:
 `--ignore-import` drops it; a `--requirement` names it (`DIST` whose name is
 the import's, `IMPORT=SPEC` for any other, or an installed DIST that provides
 it); an optional one in KNOWN (flash_attn ...) is left out, as the model code
-runs without it; the installed metadata
-(`importlib.metadata.packages_distributions()`) maps it; else KNOWN, the small
-map below. What is still unmapped is a UserError naming the fix. The cpu
-target pins what is installed here, the gpu target names packages only (vLLM's
-pins decide), and a --requirement is written as given.
+runs without it; KNOWN, the small map below, names the package a server wants
+(cv2 -> opencv-python-headless, not the libGL-bound opencv-python a desktop
+build host may have); else the installed metadata
+(`importlib.metadata.packages_distributions()`) maps it, the distribution named
+like the import first, then by name. Where this host holds another candidate
+(or several provide the module) the Resolution's notes say which was taken and
+how to choose (the build summary prints them). What is still unmapped is a
+UserError naming the fix. The cpu target pins what is installed here, the gpu
+target names packages only (vLLM's pins decide), and a --requirement is
+written as given.
 """
 
 from __future__ import annotations
@@ -40,9 +46,9 @@ from sealift.core.errors import UserError
 __all__ = ["KNOWN", "Resolution", "code_imports", "tokenizer_imports", "quantization_imports", "resolve",
            "requirement_lines"]
 
-#: import name (dotted prefix or top level) -> (distribution, optional). Used when the build host does not
-#: have the package installed. Optional ones are imported only on some hardware and left out unless
-#: `--requirement` names them (flash-attn has no wheels on PyPI: it compiles against the target's CUDA).
+#: import name (dotted prefix or top level) -> (distribution, optional). Preferred over what the build host has
+#: installed (the package a headless server wants). Optional ones are imported only on some hardware and left out
+#: unless `--requirement` names them (flash-attn has no wheels on PyPI: it compiles against the target's CUDA).
 KNOWN: dict[str, tuple[str, bool]] = {
     "einops": ("einops", False),
     "sentencepiece": ("sentencepiece", False),
@@ -169,7 +175,7 @@ class Resolution:
 
     requirements: tuple[Requirement, ...] = ()
     skipped: tuple[str, ...] = ()  # "flash_attn (optional: flash-attn)" ...
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # "cv2: opencv-python-headless, not opencv-python ..."
 
 
 _MAPPED = re.compile(r"^([A-Za-z_][\w.]*)=(?!=)\s*(\S.*)$")
@@ -209,6 +215,12 @@ def _installed_dists_for(name: str) -> list[str]:
     return dists
 
 
+def _by_preference(dists: list[str], name: str) -> list[str]:
+    """Candidates for module `name` in a stable order: the one named like the import first, then by name."""
+    top = _canon(name.split(".")[0])
+    return sorted(dict.fromkeys(dists), key=lambda d: (_canon(d) != top, _canon(d)))
+
+
 def _provides(dist: str, name: str) -> bool:
     return _canon(dist) in {_canon(d) for d in _installed_dists_for(name)}
 
@@ -226,6 +238,7 @@ def resolve(imports: Mapping[str, str], *, requirements: Iterable[str] = (), ign
     user = [(text, *_parse_requirement(text)) for text in requirements]
     by_dist: dict[str, Requirement] = {}
     skipped: list[str] = []
+    notes: list[str] = []
     unmapped: list[tuple[str, str]] = []
 
     def add(dist: str, name: str | None, line: str | None = None) -> None:
@@ -251,11 +264,18 @@ def resolve(imports: Mapping[str, str], *, requirements: Iterable[str] = (), ign
         if known and known[1]:
             skipped.append(f"{name} (optional: {known[0]})")
             continue
-        installed = _installed_dists_for(name)
-        if installed:
-            add(installed[0], name)
-        elif known:
+        installed = _by_preference(_installed_dists_for(name), name)
+        if known:
             add(known[0], name)
+            others = [d for d in installed if _canon(d) != _canon(known[0])]
+            if others:
+                notes.append(f"{name}: {known[0]} (sealift's choice for a server), not {', '.join(others)} installed "
+                             f"here; `--requirement {name}={others[0]}` ships that instead")
+        elif installed:
+            add(installed[0], name)
+            if len(installed) > 1:
+                notes.append(f"{name}: {installed[0]}, one of {', '.join(installed)} that provide it here; "
+                             f"`--requirement {name}=DIST` chooses another")
         else:
             unmapped.append((name, why))
     if unmapped:
@@ -268,7 +288,7 @@ def resolve(imports: Mapping[str, str], *, requirements: Iterable[str] = (), ign
             hint=f"name its package: `sealift build {model} --requirement {top.replace('_', '-')}` "
                  f"(or --requirement {name}=DIST), or, if the code runs without it, `--ignore-import {name}`",
         )
-    return Resolution(tuple(by_dist.values()), tuple(skipped))
+    return Resolution(tuple(by_dist.values()), tuple(skipped), tuple(notes))
 
 
 def requirement_lines(resolution: Resolution, target: str, base: list[str]) -> list[str]:
