@@ -7,7 +7,8 @@
 #   make start NAME=N            serve on 127.0.0.1:3000
 #   make demo                    the whole path on a tiny model, end to end
 #   make test                    the test suite CI runs
-#   make test-full               plus the long load test
+#   make test-full               plus the long load test and test-floors
+#   make test-floors             the path at the lowest versions pyproject.toml allows (~10 min, needs cc)
 #   make bench                   the benchmarks (import, serve, export)
 # export --sign, install --allowed-signers and their tests call ssh-keygen: openssh-client (Debian),
 # already in the base image; `make install` says so when it is missing.
@@ -20,7 +21,7 @@ SEALIFT := $(BIN)/sealift
 TARGET ?= cpu
 PORT   ?= 3000
 
-.PHONY: install bento export install-bundle start demo test test-full bench clean
+.PHONY: install bento export install-bundle start demo test test-full test-floors bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,10 +67,15 @@ test: install
 test-full: install
 	$(BIN)/pytest -q $(XDIST)
 
+# A venv at pyproject.toml's floors (uv --resolution lowest-direct, each held ==; psutil 5.0.0 builds from
+# source) runs import, build, export, install and serve on a tiny model, then the version-sensitive tests.
+test-floors: install
+	$(BIN)/pytest -q -m floors tests/test_floors.py
+
 bench: install
 	$(PY) scripts/bench_import.py
 	$(PY) scripts/bench_serve.py
 	$(PY) scripts/bench_export.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-out
+	rm -rf $(VENV) .venv-floors .pytest_cache demo-out

@@ -103,8 +103,10 @@ def emit_report(report: Any) -> None:
         raise typer.Exit(1)
 
 
-#: What `sealift --version --verbose` reports beside sealift: the stack a bento is built and served with.
-VERSION_DISTRIBUTIONS = ("bentoml", "transformers", "torch", "vllm")
+#: What `sealift --version --verbose` reports beside sealift: the stack a bento is built and served with, each
+#: with the versions sealift was tested with (sealift.core.version.TESTED, README's "Tested versions").
+VERSION_DISTRIBUTIONS = ("bentoml", "transformers", "torch", "vllm", "uv", "huggingface-hub", "tokenizers",
+                         "safetensors")
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -120,12 +122,35 @@ def _versions() -> list[tuple[str, str]]:
     return found
 
 
+def _against_tested(dist: str, version: str) -> str:
+    """" (tested 4.56.0 - 5.24.0)", with "newer than tested" or "older than tested" where it is outside."""
+    from sealift.core.version import TESTED, tested_range
+
+    tested = tested_range(dist)
+    if tested is None:
+        return ""
+    low, high = TESTED[dist]
+    where = ""
+    try:
+        from packaging.version import Version
+
+        v = Version(version).release
+        where = "; newer than tested" if v > Version(high).release else \
+            "; older than tested" if v < Version(low).release else ""
+    except ValueError:  # "not installed"
+        pass
+    return f" (tested {tested}{where})"
+
+
 def _print_version(verbose: bool) -> None:
     typer.echo(f"sealift {__version__}")
     if verbose:
+        from sealift.core.version import TESTED_PYTHON
+
         for dist, version in _versions():
-            typer.echo(f"{dist} {version}")
-        typer.echo(f"python {sys.version.split()[0]} ({sys.executable})")
+            typer.echo(f"{dist} {version}{_against_tested(dist, version)}")
+        tested = " - ".join(dict.fromkeys(TESTED_PYTHON))
+        typer.echo(f"python {sys.version.split()[0]} ({sys.executable}; tested {tested})")
 
 
 @app.callback(invoke_without_command=True)
@@ -133,7 +158,8 @@ def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print sealift's version and exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v",
-                                 help="With --version: also bentoml's, transformers', torch's and vllm's versions."),
+                                 help="With --version: also the versions of bentoml, transformers, torch, vllm, uv, huggingface-hub, "
+                                      "tokenizers and safetensors, each with the range sealift was tested with."),
 ) -> None:
     if version:
         _print_version(verbose)
