@@ -105,10 +105,11 @@ def train_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def _config(arch: str, vocab_size: int, hidden: int, layers: int, ctx: int, eos: int, pad: int):
+def _config(arch: str, vocab_size: int, hidden: int, layers: int, ctx: int, eos: int, pad: int, head_dim: int = 16):
     from transformers import LlamaConfig, Qwen2Config
 
-    heads = max(2, hidden // 16)
+    # head_dim 16 keeps the tests' models tiny; vLLM's CPU attention needs 32 or more (64 is what its tests use)
+    heads = max(2, hidden // head_dim)
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -140,6 +141,7 @@ def make_model(
     context: int = 256,
     seed: int = 0,
     dtype: str = "float32",
+    head_dim: int = 16,
 ) -> Path:
     """Write the model directory OUT and return it."""
     import torch
@@ -150,7 +152,7 @@ def make_model(
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     vocab = len(tokenizer)
-    config = _config(arch, vocab, hidden_size, layers, context, eos, pad)
+    config = _config(arch, vocab, hidden_size, layers, context, eos, pad, head_dim)
     torch.manual_seed(seed)
 
     if custom_code:
@@ -218,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-dim", type=int, default=16, help="16 (tiny); 64 for vLLM's CPU attention")
     a = p.parse_args(argv)
     out = make_model(
         a.out, arch=a.arch, custom_code=a.custom_code, shards=a.shards, hidden_size=a.hidden_size,
-        layers=a.layers, context=a.context, seed=a.seed, dtype=a.dtype,
+        layers=a.layers, context=a.context, seed=a.seed, dtype=a.dtype, head_dim=a.head_dim,
     )
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")

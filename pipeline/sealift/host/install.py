@@ -173,7 +173,8 @@ def install_bundle(bundle_dir: Path | list[Path], *, venv: Path | None = None, m
         requirements = Path(outcome.bento_path) / "env" / "python" / "requirements.txt"
         req_file = _requirements_with_bentoml(requirements, doc, venv_path.parent)
         venv_status = create_venv(venv_path, python_version=doc["bento"].get("python_version") or "3.11",
-                                   requirements=req_file, wheels=wheelset)
+                                   requirements=req_file, wheels=wheelset,
+                                   left_out=tuple((doc.get("needs") or {}).get("wheels_left_out") or ()))
         timings["venv"] = time.monotonic() - t
 
     target.record_needs(doc)  # for `sealift doctor`
