@@ -81,7 +81,10 @@ from sealift.serving.vllm_backend import vllm_command
 bento = BentoConfig.load(sys.argv[1], {})
 knobs = json.loads(sys.argv[3])
 lines = [vllm_command(sys.argv[2], ServeConfig.from_env(bento, {}), executable=["vllm"]),
-         vllm_command(sys.argv[2], ServeConfig.from_env(bento, knobs), executable=["vllm"])]
+         # the tool and reasoning parser flags too, where the bento has none (its template renders no tools)
+         vllm_command(sys.argv[2], ServeConfig.from_env(bento, knobs).with_overrides(
+             tool_parser=bento.tool_parser or "hermes", reasoning_parser=bento.reasoning_parser or "deepseek_r1"),
+             executable=["vllm"])]
 
 import vllm.platforms as platforms
 from vllm.platforms.cpu import CpuPlatform

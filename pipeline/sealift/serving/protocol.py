@@ -226,8 +226,6 @@ class ChatCompletionRequest(_Sampling):
         for i, m in enumerate(self.messages):
             role = "system" if m.role == "developer" else m.role
             msg: dict[str, Any] = {"role": role, "content": m.text(i)}
-            if m.name is not None:
-                msg["name"] = m.name
             if m.tool_calls:
                 calls = []
                 for j, call in enumerate(m.tool_calls):
