@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import httpx
-import openai
 import pytest
 from pydantic import BaseModel
 
@@ -323,3 +321,14 @@ def test_sampler_penalties_match_their_definitions() -> None:
     out = s.prepare(logits.clone())[0].tolist()
     # token 1: in the prompt (repetition /2); token 2: generated twice (repetition /2, 2 x 0.25 + 0.5); token 3: +5
     assert out == pytest.approx([1.0, 1.0, 4.0 / 2 - 0.5 - 0.5, 4.0, 0.5, 0.0])
+
+
+def test_build_records_the_tool_parser_from_the_template(tiny_qwen_tools: Path, host) -> None:
+    host.sealift("import", tiny_qwen_tools, "--name", "toolsy", "--json", check=True)
+    bad = host.sealift("build", "toolsy", "--target", "cpu", "--no-golden", "--tool-parser", "no way")
+    assert bad.code == 2 and "--tool-parser" in bad.err
+    built = host.sealift("build", "toolsy", "--target", "cpu", "--no-golden", "--json", check=True).json()
+    (config,) = Path(built["path"]).rglob("sealift_bento.json")
+    data = json.loads(config.read_text())
+    assert data["tool_parser"] == "hermes" and "reasoning_parser" not in data
+    assert any(r.startswith("xgrammar==") for r in built["requirements"]), built["requirements"]

@@ -313,7 +313,7 @@ class Batcher:
     def _sampler(self, job: Any) -> RowSampler:
         request = job.request
         return RowSampler(self.torch, request.params, request.prompt_ids, vocab=self.vocab, device=self.device,
-                          model_repetition_penalty=self._penalty, grammar=request.grammar)
+                          model_repetition_penalty=self._penalty, grammar=request.grammar, eos_ids=self.eos_list)
 
     def _pick(self, row: _Row, logits: Any, plain: int | None) -> int:
         """The next token of `row` from its logits [1, vocab]."""

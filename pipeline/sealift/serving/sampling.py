@@ -36,6 +36,7 @@ class RowSampler:
         device: Any,
         model_repetition_penalty: float = 1.0,
         grammar: Any = None,
+        eos_ids: Sequence[int] = (),
     ) -> None:
         self.torch = torch
         self.params = params
@@ -85,6 +86,9 @@ class RowSampler:
             self.matcher = new_matcher(grammar)
             self.bitmask = xgr.allocate_token_bitmask(1, vocab)
             self._apply_bitmask = xgr.apply_token_bitmask_inplace
+            # min_tokens under a grammar: no end of sequence while the grammar allows anything else
+            self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device) if params.min_tokens \
+                and eos_ids else None
         self.plain = params.greedy and not (
             self.seen is not None or self.counts is not None or self.bias is not None or self.allowed is not None
             or self.stop_ids is not None or self.matcher is not None)
@@ -110,6 +114,11 @@ class RowSampler:
         if self.matcher is not None:
             self.matcher.fill_next_token_bitmask(self.bitmask)
             self._apply_bitmask(logits, self.bitmask.to(logits.device))
+            if self.eos is not None and self.generated < self.params.min_tokens:
+                saved = logits[:, self.eos].clone()
+                logits[:, self.eos] = float("-inf")
+                if bool(self.torch.isinf(logits).all()):  # the grammar is complete: only the end may follow
+                    logits[:, self.eos] = saved
         return logits
 
     def pick(self, logits: Any, plain: int | None = None) -> int:

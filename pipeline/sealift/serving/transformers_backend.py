@@ -496,7 +496,7 @@ class TransformersBackend:
         sampler = RowSampler(torch, params, job.request.prompt_ids, vocab=int(self.model.config.get_text_config().vocab_size),
                              device=device, model_repetition_penalty=float(
                                  getattr(self.model.generation_config, "repetition_penalty", None) or 1.0),
-                             grammar=job.request.grammar)
+                             grammar=job.request.grammar, eos_ids=sorted(self._eos_ids))
         kwargs["logits_processor"] = LogitsProcessorList([SamplerLogitsProcessor(sampler, input_ids.shape[-1])])
         kwargs["repetition_penalty"] = 1.0  # applied by the sampler (the request's or the model's)
         if params.greedy:
