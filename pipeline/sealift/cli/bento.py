@@ -26,6 +26,9 @@ def build(
     ignore_import: list[str] = typer.Option([], "--ignore-import", metavar="NAME", help=(
         "An import of the model's code that it runs without (repeatable); its package is left out.")),
     no_golden: bool = typer.Option(False, "--no-golden", help="Do not record golden outputs (see `sealift golden`)."),
+    tool_parser: str = typer.Option(None, "--tool-parser", metavar="NAME", help=(
+        "The tool-call parser for tool_choice auto (vLLM's name: hermes, llama3_json, mistral, ...); "
+        "default: the one the chat template points to.")),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -45,7 +48,7 @@ def build(
     from sealift.bento import build as build_step
 
     result = build_step.build_bento(ref, target=target, backend=backend, requirements=requirement,
-                                    ignore_imports=ignore_import, golden=not no_golden)
+                                    ignore_imports=ignore_import, golden=not no_golden, tool_parser=tool_parser)
     console.emit(result.to_dict(), result.print_human, quiet_line=result.bento_tag)
 
 

@@ -42,14 +42,20 @@ class BentoConfig:
     sealift_version: str | None = None
     #: vLLM's --quantization when vLLM would not find it in config.json (sealift.model.model_card); None: vLLM detects it.
     quantization: str | None = None
+    #: the tool-call parser (vLLM's name: hermes, llama3_json, mistral) chosen at build from the chat template
+    #: or `sealift build --tool-parser`; None: the template shows no tool support
+    tool_parser: str | None = None
+    #: vLLM's --reasoning-parser for a family that thinks (qwen3, deepseek_r1); None: none
+    reasoning_parser: str | None = None
     #: True when read from SEALIFT_MODEL (no sealift_bento.json): trust then comes from the store's metadata.
     development: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("development")
-        if d.get("quantization") is None:  # written only when vLLM needs it (sealift build)
-            d.pop("quantization")
+        for key in ("quantization", "tool_parser", "reasoning_parser"):
+            if d.get(key) is None:  # written only when there is one (sealift build)
+                d.pop(key)
         return d
 
     @classmethod
@@ -79,6 +85,8 @@ class BentoConfig:
             manifest_digest=data.get("manifest_digest"),
             sealift_version=data.get("sealift_version"),
             quantization=data.get("quantization") if isinstance(data.get("quantization"), str) else None,
+            tool_parser=_optional_str(data, "tool_parser", where),
+            reasoning_parser=_optional_str(data, "reasoning_parser", where),
         )
 
     @classmethod
@@ -112,6 +120,13 @@ class BentoConfig:
     @property
     def model_name(self) -> str:
         return self.model_tag.split(":", 1)[0]
+
+
+def _optional_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", value)):
+        raise UserError(f"{where}: {key} must be a parser name, got {value!r}", hint=REBUILD)
+    return value
 
 
 def _env_int(env: Mapping[str, str], key: str, *, minimum: int = 1) -> int | None:
@@ -170,6 +185,9 @@ class ServeConfig:
     kv_cache_gib: int | None = None
     #: the bento's target (cpu: vLLM, where it serves, runs its CPU backend)
     target: str = "gpu"
+    #: the bento's tool-call and reasoning parsers (BentoConfig); vLLM gets them as flags
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
 
     @classmethod
     def from_env(cls, bento: BentoConfig, environ: Mapping[str, str] | None = None) -> ServeConfig:
@@ -203,6 +221,8 @@ class ServeConfig:
             aliases=aliases,
             kv_cache_gib=_env_int(env, "SEALIFT_KV_CACHE_GIB"),
             target=bento.target,
+            tool_parser=bento.tool_parser,
+            reasoning_parser=bento.reasoning_parser,
         )
 
     def with_overrides(self, **changes: Any) -> ServeConfig:

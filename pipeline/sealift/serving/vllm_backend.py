@@ -25,6 +25,7 @@ from sealift.core.offline import OFFLINE_ENV
 from sealift.serving.config import ServeConfig
 
 VLLM_HOST = "127.0.0.1"
+STRUCTURED_OUTPUTS_CONFIG = '{"backend":"xgrammar","disable_any_whitespace":true}'
 
 
 #: The module that serves when the `vllm` console script cannot: a rebuild installed under another distribution
@@ -124,6 +125,13 @@ def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: lis
         cmd += ["--max-num-seqs", str(config.max_num_seqs)]
     if config.trust_remote_code:
         cmd.append("--trust-remote-code")
+    # structured outputs as the transformers backend compiles them (xgrammar, no free whitespace); tools parsed
+    # by the parser the bento recorded from the chat template (sealift build --tool-parser)
+    cmd += ["--structured-outputs-config", STRUCTURED_OUTPUTS_CONFIG]
+    if config.tool_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_parser]
+    if config.reasoning_parser:
+        cmd += ["--reasoning-parser", config.reasoning_parser]
     return cmd
 
 
