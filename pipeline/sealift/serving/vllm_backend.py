@@ -190,12 +190,15 @@ def _weights_bytes(model_path: str | Path | None) -> int:
 
 def available_memory() -> int:
     """Bytes this process may still use: the smaller of the host's available memory and the container's limit."""
-    try:
-        import psutil
-
-        avail = int(psutil.virtual_memory().available)
-    except ImportError:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:  # MemAvailable counts the page cache the kernel can give back; free pages alone do not
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
     try:
         from sealift.core import limits  # type: ignore[attr-defined]
 
