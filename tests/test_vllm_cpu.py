@@ -58,7 +58,7 @@ def vllm_path(tiny_qwen64: Path, wheel_cache: Path, tmp_path_factory: pytest.Tem
     build_host.sealift("import", tiny_qwen64, "--name", NAME, "--json", "--quiet", check=True)
     build = build_host.sealift("build", NAME, "--target", "cpu", "--json", check=True, timeout=900).json()
     usb = tmp_path_factory.mktemp("vllm-usb")
-    export = build_host.sealift("export", NAME, usb, "--json", check=True, timeout=2400,
+    export = build_host.sealift("export", NAME, usb, "--with-openllm", "--json", check=True, timeout=2400,
                                 SEALIFT_WHEEL_CACHE=str(wheel_cache)).json()
     host = Env(tmp_path_factory.mktemp("vllm-airgap-host"))
     env = guarded_env(host.environ(PIP_NO_INDEX="1", UV_NO_INDEX="1"), log_path=host.root / "install-net.jsonl")
@@ -357,6 +357,47 @@ def test_no_process_tried_the_network(served: Served) -> None:
     assert httpx.get(f"{served.url}/readyz", timeout=10).status_code == 200
     attempts = read_guard_log(served.net_log)
     assert not attempts, f"the vLLM server tried to reach the network: {attempts[:3]}"
+
+
+def test_openllm_serve_starts_the_vllm_route(vllm_path: dict, tmp_path: Path) -> None:
+    """`openllm serve tiny` (openllm 0.6.30 from the bundle's wheels-openllm/, as INSTALL.txt installs it) makes its
+    venv from the kept wheels with uv, offline, leaving out what the bundle leaves out (UV_OVERRIDE from
+    `sealift env`), and serves the bento's vLLM command; in a loopback-only network namespace."""
+    import shlex
+
+    from conftest import BareHost, install_txt_steps
+    from test_openllm import DRIVER
+
+    bundle = Path(vllm_path["export"]["bundle"])
+    bare = BareHost(tmp_path / "home", bundle, tmp_path / "bare-net.jsonl")
+    bare.home.mkdir()
+    steps = ["mkdir -p ~/.sealift/cli/bin", *(s for s in install_txt_steps(bundle) if "openllm" in s)]
+    run = bare.bash("\n".join(steps))
+    assert run.code == 0, run.err[-3000:]
+    openllm_bin = bare.home / ".sealift" / "openllm" / "bin"
+    host: Env = vllm_path["host"]
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    log, guard_log = tmp_path / "openllm.log", tmp_path / "net.jsonl"
+    env = guarded_env(host.environ(), log_path=guard_log)
+    env.update(PATH=f"{openllm_bin}{os.pathsep}{env['PATH']}", OPENLLM_HOME=str(tmp_path / "openllm-home"),
+               PIP_NO_INDEX="1")
+    env.pop("VIRTUAL_ENV", None)
+    port = free_port()
+    sealift_env = shlex.join([*SEALIFT, "env"])
+    script = f'eval "$({sealift_env})" && exec {shlex.join([sys.executable, str(driver), str(port), str(log)])}'
+    p = subprocess.run([*(netns_prefix() or []), "bash", "-c", script], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=1200)
+    server_log = log.read_text(errors="replace") if log.exists() else ""
+    assert p.returncode == 0, f"{p.stderr[-3000:]}\n{server_log[-4000:]}"
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert "answer" in result, f"openllm serve did not answer: {result}\n{server_log[-4000:]}"
+    assert result["model"] == NAME and result["completion_tokens"] > 0
+    assert "vllm.entrypoints.openai.api_server" in server_log  # the vLLM route, not the transformers one
+    venvs = list((tmp_path / "openllm-home" / "venv").glob("*/lib/python3.*/site-packages"))
+    assert venvs and all(not list(v.glob("torchvision*")) for v in venvs)  # left out, as sealift install did
+    assert read_guard_log(guard_log) == []
+    print(f"openllm serve (vLLM for CPUs) answered after {result['seconds']:.1f} s")
 
 
 def test_sigterm_leaves_no_process_behind(served: Served) -> None:
