@@ -371,6 +371,19 @@ def vllm_command() -> str:
 
 
 def make_source(model: str, work: Path, size_gb: float) -> Path:
+    """The model's download folder; what the generators print (the tokenizer trainer's progress) goes to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        return _make_source(model, work, size_gb)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _make_source(model: str, work: Path, size_gb: float) -> Path:
     out = work / "downloads" / model
     out.parent.mkdir(parents=True, exist_ok=True)
     if model == "tiny":
