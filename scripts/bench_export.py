@@ -3,6 +3,12 @@
 
     python scripts/bench_export.py [--size-gb 1.2] [--slice-mb 100] [--workdir /tmp] [--keep] [--no-xz]
     python scripts/bench_export.py --gpu [--wheel-cache DIR] [--workdir DIR] [--min-free-gb 8]
+    python scripts/bench_export.py --oci [--size-gb 1.0] [--workdir DIR]
+
+--oci times `sealift export NAME DEST --oci --no-wheels` against the folder export of the same bento (goal:
+<= 1.05x: one tar layer per file, each byte read once, as the folder's one tar), then, into a docker-registry
+started on 127.0.0.1 (Debian's distribution 2.8), `sealift push LAYOUT` against `skopeo copy` of each of the
+same layout's manifests (what push wraps), each into a fresh repository.
 
 Makes a model of SIZE GB (bench_import's generator: random bf16 shards with
 valid headers, a config and a tokenizer), imports it (--link) and builds a cpu
@@ -285,6 +291,71 @@ def gpu_main(a: argparse.Namespace) -> int:
     return 0
 
 
+def oci_main(a: argparse.Namespace) -> int:
+    """--oci: export --oci vs the folder export; push vs skopeo copy into a registry on loopback."""
+    import socket
+
+    work = Path(tempfile.mkdtemp(prefix="sealift-bench-oci-", dir=a.workdir))
+    procs: list[subprocess.Popen] = []
+    try:
+        print(f"making a {a.size_gb:g} GB model, importing and building it under {work} ...", flush=True)
+        env, build, bento_dir, model_dir = prepare(work, "bench", int(a.size_gb * 1e9), a.shards)
+        mb = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()) / 1e6
+        times: dict[str, list[float]] = {"folder": [], "oci": []}
+        for i in range(2):  # alternate, twice: the page cache and the disk see both the same way
+            for kind, extra in (("folder", []), ("oci", ["--oci"])):
+                out_dir = work / f"{kind}-{i}"
+                evict([bento_dir, model_dir])
+                t, _ = timed(sealift("export", "bench", out_dir, "--no-wheels", *extra, "--json"), env)
+                times[kind].append(t)
+                if i == 0 and kind == "oci":
+                    layout = next(out_dir.glob("*.oci"))
+                else:
+                    shutil.rmtree(out_dir)
+        t_folder, t_oci = min(times["folder"]), min(times["oci"])
+        print(f"\nexport of {mb:,.0f} MB of model (best of 2 each, cache evicted before each)")
+        row("sealift export (folder bundle)", t_folder, mb, "(baseline)")
+        row("sealift export --oci", t_oci, mb, f"{t_oci / t_folder:.2f}x (goal <= 1.05x)")
+
+        def registry(name: str) -> int:
+            """A fresh docker-registry (its own storage: nothing to mount or skip) on a free loopback port."""
+            nonlocal procs
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            (work / f"{name}.yml").write_text(
+                f"version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {work / name}}}}}\n"
+                f"http: {{addr: 127.0.0.1:{port}}}\n")
+            procs.append(subprocess.Popen(["docker-registry", "serve", str(work / f"{name}.yml")],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1.0)
+            return port
+
+        roles = [d["annotations"]["org.opencontainers.image.ref.name"]
+                 for d in json.loads((layout / "index.json").read_text())["manifests"]]
+        port = registry("reg-skopeo")
+        evict([layout])
+        t0 = time.perf_counter()
+        for role in roles:
+            timed(["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
+                   f"oci:{layout}:{role}", f"docker://127.0.0.1:{port}/plain/bench:{role}"])
+        t_skopeo = time.perf_counter() - t0
+        port = registry("reg-sealift")
+        evict([layout])
+        t_push, _ = timed(sealift("push", layout, f"127.0.0.1:{port}/sealift/bench:v1", "--plain-http", "--json"), env)
+        size = sum(p.stat().st_size for p in layout.rglob("*") if p.is_file()) / 1e6
+        print(f"\npush of the layout ({size:,.0f} MB) into docker-registry on 127.0.0.1")
+        row(f"skopeo copy x{len(roles)} (each manifest)", t_skopeo, size, "(baseline)")
+        row("sealift push", t_push, size, f"{t_push / t_skopeo:.2f}x")
+        return 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="sealift export/install vs tar + sha256sum; bentoml's xz export")
     ap.add_argument("--size-gb", type=float, default=1.2, help="model size in GB (>= 1)")
@@ -297,9 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheel-cache", type=Path, default=None,
                     help="--gpu: the wheel cache (default $SEALIFT_WHEEL_CACHE, else WORKDIR/wheel-cache); kept")
     ap.add_argument("--min-free-gb", type=float, default=8.0, help="--gpu: stop before free disk would drop below")
+    ap.add_argument("--oci", action="store_true", help="time export --oci against the folder export, and push")
     a = ap.parse_args(argv)
     if a.gpu:
         return gpu_main(a)
+    if a.oci:
+        return oci_main(a)
 
     work = Path(tempfile.mkdtemp(prefix="sealift-bench-export-", dir=a.workdir))
     try:

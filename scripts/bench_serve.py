@@ -20,6 +20,11 @@ at 8), time to first token p50/p95 per level (all rounds pooled), the single str
 raw generate (goal: >= 0.9x), and the server's resident memory (all its processes) after
 warm-up and at the end. --via bentoml (default) imports the model into a temporary Bento
 store and runs `bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
+
+--structured also runs each level with every request grammar-constrained (structured_outputs regex
+`[a-z ]+`, the same token count) and prints constrained over free tok/s per level (goal: the
+per-token cost at most 1.15x at 1 and 8 clients), and the time xgrammar takes to compile a 50-field
+JSON schema for the model's tokenizer (first compile, then the cached one).
 """
 
 from __future__ import annotations
@@ -165,14 +170,17 @@ class Raw:
         return tokens, time.perf_counter() - t0
 
 
-def one_request(client, name: str, prompt: str, max_tokens: int) -> tuple[int, float]:
+CONSTRAINED = {"structured_outputs": {"regex": "[a-z ]+"}}
+
+
+def one_request(client, name: str, prompt: str, max_tokens: int, extra: dict | None = None) -> tuple[int, float]:
     """Stream one completion; returns (completion tokens, seconds to first token)."""
     t0 = time.perf_counter()
     first = None
     usage = None
     stream = client.completions.create(
         model=name, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True, **(extra or {})},
     )
     for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].text:
@@ -183,14 +191,15 @@ def one_request(client, name: str, prompt: str, max_tokens: int) -> tuple[int, f
     return usage.completion_tokens, first if first is not None else time.perf_counter() - t0
 
 
-def served(client, name: str, prompts: list[str], max_tokens: int, clients: int) -> tuple[int, float, list[float]]:
+def served(client, name: str, prompts: list[str], max_tokens: int, clients: int,
+           extra: dict | None = None) -> tuple[int, float, list[float]]:
     """`clients` threads sending the prompts back to back; (tokens, seconds, time to first token of each)."""
     t0 = time.perf_counter()
     if clients == 1:
-        results = [one_request(client, name, p, max_tokens) for p in prompts]
+        results = [one_request(client, name, p, max_tokens, extra) for p in prompts]
     else:
         with ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(lambda p: one_request(client, name, p, max_tokens), prompts))
+            results = list(pool.map(lambda p: one_request(client, name, p, max_tokens, extra), prompts))
     return sum(r[0] for r in results), time.perf_counter() - t0, [r[1] for r in results]
 
 
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-batch", type=int, help="SEALIFT_MAX_BATCH for the server (default: its own)")
+    ap.add_argument("--structured", action="store_true", help="also measure grammar-constrained requests")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     try:
@@ -310,9 +320,39 @@ def print_table(a: argparse.Namespace, result: dict) -> None:
     if at8:
         print(f"  8 concurrent / single stream: {at8['best_over_single']:.2f} ({at8['median_over_single']:.2f})  "
               f"goal >= 3: {'met' if at8['best_over_single'] >= 3 else 'NOT met'}")
+    if any("constrained_tok_s_1" in r for r in result["rounds"]):
+        for n in [r["clients"] for r in result["levels"]]:
+            free = max(r[f"tok_s_{n}"] for r in result["rounds"])
+            constrained = max(r[f"constrained_tok_s_{n}"] for r in result["rounds"])
+            print(f"  constrained, {n} clients: {constrained:8.1f} tok/s; per-token cost {free / constrained:.2f}x "
+                  f"of free  goal <= 1.15: {'met' if free / constrained <= 1.15 else 'NOT met'}")
+        first, cached, vocab = result["server_rss_bytes"]["compile_50_fields_s"]
+        print(f"  50-field JSON schema compile: {first * 1000:.1f} ms first, {cached * 1000:.2f} ms cached "
+              f"(vocab {vocab})")
     mem = result["server_rss_bytes"]
     print(f"  server memory: {mem['after_warmup'] / 2**20:.0f} MiB after warm-up, "
           f"{mem['after_first_round'] / 2**20:.0f} MiB after round 1, {mem['end'] / 2**20:.0f} MiB at the end")
+
+
+def compile_time(model: Path) -> tuple[float, float, int]:
+    """(first compile, cached compile) seconds of a 50-field JSON schema for the model's tokenizer; its vocab."""
+    from transformers import AutoTokenizer
+
+    from sealift.serving.grammar import Grammars
+    from sealift.serving.structured import Constraint
+
+    tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
+    kinds = [{"type": "string", "maxLength": 20}, {"type": "integer", "minimum": 0, "maximum": 999},
+             {"type": "boolean"}, {"enum": ["a", "b", "c"]}, {"type": "number"}]
+    schema = {"type": "object", "properties": {f"field_{i}": kinds[i % len(kinds)] for i in range(50)},
+              "required": [f"field_{i}" for i in range(50)], "additionalProperties": False}
+    grammars = Grammars(tok, len(tok), [tok.eos_token_id or 0])
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        grammars.compile(Constraint("json", json.dumps(schema), "bench"))
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1], len(tok)
 
 
 def measure(a: argparse.Namespace, levels: list[int]) -> tuple[list[dict], int, dict]:
@@ -350,10 +390,17 @@ def measure(a: argparse.Namespace, levels: list[int]) -> tuple[list[dict], int, 
                         raise SystemExit(f"{n} clients: {tokens} tokens came back, {expected} asked for")
                     row[f"tok_s_{n}"] = tokens / seconds
                     row[f"ttft_{n}"] = ttft
+                    if a.structured:
+                        tokens, seconds, _ = served(client, name, batch, a.max_tokens, n, CONSTRAINED)
+                        if tokens != expected:
+                            raise SystemExit(f"{n} clients, constrained: {tokens} tokens came back, {expected} asked")
+                        row[f"constrained_tok_s_{n}"] = tokens / seconds
                 rounds.append(row)
                 if i == 0:
                     memory["after_first_round"] = tree_rss(proc.pid)
             memory["end"] = tree_rss(proc.pid)
+            if a.structured:
+                memory["compile_50_fields_s"] = compile_time(model)
         finally:
             stop_server(proc)
     return rounds, threads, memory

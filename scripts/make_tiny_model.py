@@ -47,6 +47,32 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+#: Qwen2.5's tool-calling chat template, trimmed: tools in the system turn, calls as <tool_call>{...}</tool_call>,
+#: tool results as <tool_response> in a user turn (what `detect_tool_parser` reads as "hermes").
+TOOLS_CHAT_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n"
+    "{%- if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{%- else %}You are a helpful assistant."
+    "{%- endif %}\n\n# Tools\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
+    "<tools>{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools>\n\nFor each function call, "
+    "return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n"
+    "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n"
+    "{%- elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) "
+    "or (message.role == 'assistant' and not message.tool_calls) %}"
+    "<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n"
+    "{%- elif message.role == 'assistant' %}<|im_start|>assistant"
+    "{%- if message.content %}\n{{ message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}{%- set tool_call = tool_call.function %}"
+    "\n<tool_call>\n{\"name\": \"{{ tool_call.name }}\", \"arguments\": {{ tool_call.arguments | tojson }}}"
+    "\n</tool_call>{%- endfor %}<|im_end|>\n"
+    "{%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n"
+    "</tool_response><|im_end|>\n"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+)
+
 CONFIGURATION_TINY = '''\
 """Configuration of the tiny custom-code model (trust_remote_code)."""
 from transformers import LlamaConfig
@@ -80,7 +106,7 @@ class TinyForCausalLM(LlamaForCausalLM):
 '''
 
 
-def train_tokenizer(vocab_size: int = 512):
+def train_tokenizer(vocab_size: int = 512, *, tools: bool = False):
     """A byte-level BPE tokenizer trained on CORPUS, wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -102,13 +128,17 @@ def train_tokenizer(vocab_size: int = 512):
         unk_token=None,
     )
     fast.chat_template = CHAT_TEMPLATE
+    if tools:  # Qwen2.5's markers: added tokens that are not special (decoding keeps them)
+        fast.add_tokens(["<tool_call>", "</tool_call>"])
+        fast.chat_template = TOOLS_CHAT_TEMPLATE
     return fast
 
 
-def _config(arch: str, vocab_size: int, hidden: int, layers: int, ctx: int, eos: int, pad: int):
+def _config(arch: str, vocab_size: int, hidden: int, layers: int, ctx: int, eos: int, pad: int, head_dim: int = 16):
     from transformers import LlamaConfig, Qwen2Config
 
-    heads = max(2, hidden // 16)
+    # head_dim 16 keeps the tests' models tiny; vLLM's CPU attention needs 32 or more (64 is what its tests use)
+    heads = max(2, hidden // head_dim)
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -140,17 +170,19 @@ def make_model(
     context: int = 256,
     seed: int = 0,
     dtype: str = "float32",
+    head_dim: int = 16,
+    tools: bool = False,
 ) -> Path:
     """Write the model directory OUT and return it."""
     import torch
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(tools=tools)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     vocab = len(tokenizer)
-    config = _config(arch, vocab, hidden_size, layers, context, eos, pad)
+    config = _config(arch, vocab, hidden_size, layers, context, eos, pad, head_dim)
     torch.manual_seed(seed)
 
     if custom_code:
@@ -218,10 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head-dim", type=int, default=16, help="16 (tiny); 64 for vLLM's CPU attention")
+    p.add_argument("--tools", action="store_true", help="a Qwen2.5-style chat template that renders tools")
     a = p.parse_args(argv)
     out = make_model(
         a.out, arch=a.arch, custom_code=a.custom_code, shards=a.shards, hidden_size=a.hidden_size,
-        layers=a.layers, context=a.context, seed=a.seed, dtype=a.dtype,
+        layers=a.layers, context=a.context, seed=a.seed, dtype=a.dtype, head_dim=a.head_dim, tools=a.tools,
     )
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")

@@ -130,6 +130,12 @@ def tiny_qwen_sharded(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen_tools(models_dir: Path) -> Path:
+    """A random Qwen2-style model whose chat template renders tools (Qwen2.5's, trimmed; do not modify)."""
+    return _cached_model(models_dir, "qwen-tools", arch="qwen2", tools=True, context=1024)
+
+
+@pytest.fixture(scope="session")
 def tiny_custom(models_dir: Path) -> Path:
     """A trust_remote_code model: auto_map + configuration/modeling/helper .py (do not modify)."""
     return _cached_model(models_dir, "custom", custom_code=True)

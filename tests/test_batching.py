@@ -237,9 +237,9 @@ def test_prompts_are_tokenized_off_the_event_loop(tiny_llama: Path) -> None:
     seen: list[bool] = []
 
     class Recording(TransformersBackend):
-        def encode_chat(self, messages):
+        def encode_chat(self, messages, **kwargs):
             seen.append(_in_event_loop())
-            return super().encode_chat(messages)
+            return super().encode_chat(messages, **kwargs)
 
         def encode_prompt(self, prompt):
             seen.append(_in_event_loop())

@@ -117,7 +117,7 @@ def test_the_vllm_extra_installs_the_vllm_a_gpu_bento_pins():
     """`pip install sealift[vllm]` on a GPU host gets the vLLM the export proof was made for, not the newest."""
     import tomllib
 
-    from sealift.bento.build import DEFAULT_VLLM_VERSION
+    from sealift.bento.engine import DEFAULT_VLLM_VERSION
 
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
     assert extra == [f"vllm=={DEFAULT_VLLM_VERSION}"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sealift.core.version import __version__
-from sealift.bento.build import DEFAULT_VLLM_VERSION
+from sealift.bento.engine import DEFAULT_VLLM_VERSION
 
 pytestmark = pytest.mark.slow
 

@@ -216,4 +216,4 @@ def test_a_bento_needs_only_what_its_service_runs() -> None:
         shutil.copy(PACKAGE / "bento" / "recipe" / "service.py", Path(d) / "service.py")
         shutil.copytree(PACKAGE, Path(d) / "sealift", ignore=shutil.ignore_patterns("__pycache__"))
         assert third_party_modules(Path(d), "service.py", "sealift") == \
-            {"bentoml", "pydantic", "starlette", "torch", "transformers"}
+            {"bentoml", "pydantic", "starlette", "torch", "transformers", "xgrammar"}

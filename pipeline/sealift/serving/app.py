@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -26,10 +27,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sealift.serving import fields
 from sealift.serving import protocol as p
 from sealift.serving.backend import Backend, BackendError, GenerationRequest, PromptError, SamplingParams
 from sealift.serving.choices import Choice, ChoiceShaper, choice_requests, merge_choices
 from sealift.serving.config import ServeConfig
+from sealift.serving.structured import Constraint, ConstraintError, from_response_format, from_structured_outputs
+from sealift.serving.tools import ToolOutput, detect_tool_parser, named_constraint, required_constraint
 from sealift.serving.errors import (
     APIError,
     bad_request,
@@ -142,14 +146,14 @@ class OpenAIServer:
             )
         return b"".join(chunks)
 
-    def check_token_ids(self, ids: list[int]) -> None:
-        """400 for a token-id prompt holding an id the model has no embedding for."""
+    def check_token_ids(self, ids: list[int], param: str = "prompt") -> None:
+        """400 for token ids (a prompt, stop_token_ids...) holding an id the model has no embedding for."""
         vocab = getattr(self.backend, "vocab_size", None)
         if not vocab:
             return
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise bad_request(f"prompt: token id {bad} is out of the vocabulary (0 to {vocab - 1})", param="prompt")
+            raise bad_request(f"{param}: token id {bad} is out of the vocabulary (0 to {vocab - 1})", param=param)
 
     def sampling(self, req: p.ChatCompletionRequest | p.CompletionRequest, prompt_tokens: int) -> SamplingParams:
         """SamplingParams for a request, refusing one that does not fit the context (400)."""
@@ -169,16 +173,68 @@ class OpenAIServer:
         defaults = self.backend.sampling_defaults
         temperature = req.temperature if req.temperature is not None else defaults.temperature
         max_tokens = wanted if wanted is not None else context - prompt_tokens
+        for name in ("stop_token_ids", "allowed_token_ids"):
+            self.check_token_ids(getattr(req, name) or [], param=name)
         return SamplingParams(
             max_tokens=max_tokens,
             min_tokens=max_tokens if req.ignore_eos else min(req.min_tokens or 0, max_tokens),
             temperature=temperature,
             top_p=req.top_p if req.top_p is not None else defaults.top_p,
-            top_k=defaults.top_k,
+            top_k=max(0, req.top_k) if req.top_k is not None else defaults.top_k,
             seed=req.seed,
             stop=req.stop_sequences(),
             logprobs=req.logprobs_k(),
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            repetition_penalty=req.repetition_penalty,
+            min_p=req.min_p or 0.0,
+            logit_bias=req.logit_bias_pairs(),
+            stop_token_ids=tuple(req.stop_token_ids or ()),
+            allowed_token_ids=tuple(req.allowed_token_ids or ()),
+            skip_special_tokens=req.skip_special_tokens is not False,
         )
+
+    def check_fields(self, req: p.ChatCompletionRequest | p.CompletionRequest, endpoint: str) -> None:
+        """400 for a field this backend cannot honour; fields no API defines are logged, as vLLM does."""
+        extra = req.model_extra or {}
+        fields.check_refused(extra, endpoint)
+        unknown = fields.unknown_fields(extra, endpoint)
+        if unknown:
+            log.warning("The following fields were present in the request but ignored: %s", unknown)
+
+    def tool_parser(self) -> str | None:
+        """The bento's tool parser (sealift build), else the one the model's chat template points to."""
+        if self.config.tool_parser:
+            return self.config.tool_parser
+        template = getattr(self.backend, "chat_template", None)
+        return detect_tool_parser(template() if callable(template) else None)
+
+    def constraint(self, req: p.ChatCompletionRequest | p.CompletionRequest, mode: str = "none",
+                   named: int | None = None) -> Constraint | None:
+        """The one constraint of a request: response_format, structured_outputs, or a forced tool call."""
+        try:
+            given = [c for c in (from_response_format(req.response_format),
+                                 from_structured_outputs(req.structured_outputs)) if c is not None]
+        except ConstraintError as exc:
+            raise bad_request(str(exc), param=exc.param) from None
+        tools = [t.model_dump(exclude_none=True) for t in getattr(req, "tools", None) or []]
+        if mode == "named" and named is not None:
+            given.append(named_constraint(tools[named], named))
+        elif mode == "required":
+            given.append(required_constraint(tools, getattr(req, "parallel_tool_calls", True) is not False))
+        if len(given) > 1:
+            raise bad_request(f"{given[0].param} and {given[1].param} both constrain the output; give one",
+                              param=given[1].param)
+        return given[0] if given else None
+
+    async def compile(self, constraint: Constraint | None) -> object | None:
+        """The compiled grammar, off the event loop; a constraint that does not compile is a 400 naming it."""
+        if constraint is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.backend.compile, constraint)
+        except ConstraintError as exc:
+            raise bad_request(str(exc), param=exc.param) from None
 
     # ------------------------------------------------------------------ routes
 
@@ -199,18 +255,28 @@ class OpenAIServer:
         self.check_ready()
         req = p.parse_request(p.ChatCompletionRequest, await self.read_body(request))
         self.check_model(req.model)
+        self.check_fields(req, "chat")
         req.check_supported()
+        mode, named = req.tool_mode()
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
         try:  # templating and tokenizing a body of up to context x 64 bytes: off the event loop
-            prompt_ids = await asyncio.to_thread(self.backend.encode_chat, req.template_messages())
+            prompt_ids = await asyncio.to_thread(self.backend.encode_chat, req.template_messages(),
+                                                 tools=tools or None, template_kwargs=req.template_kwargs())
         except PromptError as exc:
-            raise bad_request(str(exc), param="messages") from None
-        return await self._answer(request, req, prompt_ids, chat=True)
+            raise bad_request(str(exc), param=exc.param) from None
+        parser = self.tool_parser() if mode == "auto" else None
+        name = tools[named]["function"]["name"] if named is not None else None
+        grammar = await self.compile(self.constraint(req, mode, named))
+        make_output = lambda: ToolOutput(mode, parser, name)  # noqa: E731  (one per choice)
+        return await self._answer(request, req, prompt_ids, chat=True, grammar=grammar, tool_output=make_output,
+                                  keep_special=parser == "mistral")
 
     async def completions(self, request: Request) -> Response:
         self.check_auth(request)
         self.check_ready()
         req = p.parse_request(p.CompletionRequest, await self.read_body(request))
         self.check_model(req.model)
+        self.check_fields(req, "completions")
         req.check_supported()
         prompt = req.single_prompt()
         prompt_ids = await asyncio.to_thread(self.backend.encode_prompt, prompt) if isinstance(prompt, str) else prompt
@@ -218,27 +284,43 @@ class OpenAIServer:
             raise bad_request("prompt must not be empty", param="prompt")
         if not isinstance(prompt, str):
             self.check_token_ids(prompt_ids)
-        return await self._answer(request, req, prompt_ids, chat=False)
+        grammar = await self.compile(self.constraint(req))
+        return await self._answer(request, req, prompt_ids, chat=False, grammar=grammar)
 
     async def _answer(self, request: Request, req: p.ChatCompletionRequest | p.CompletionRequest,
-                      prompt_ids: list[int], *, chat: bool) -> Response:
+                      prompt_ids: list[int], *, chat: bool, grammar: object | None = None,
+                      tool_output: Any = None, keep_special: bool = False) -> Response:
         """Generate for a checked request (its n choices side by side): a stream of events, or the whole response."""
         echo = not chat and bool(getattr(req, "echo", False))
         params = self.sampling(req, len(prompt_ids))
-        gens = choice_requests(prompt_ids, params, req.n or 1, score_prompt=echo and req.logprobs_k() is not None)
-        rid, created, name = p.new_id("chatcmpl" if chat else "cmpl"), p.now(), self.config.served_model_name
+        if keep_special:  # the tool parser reads special tokens ([TOOL_CALLS])
+            params = dataclasses.replace(params, skip_special_tokens=False)
+        gens = choice_requests(prompt_ids, params, req.n or 1, score_prompt=echo and req.logprobs_k() is not None,
+                               grammar=grammar)
+        outputs = [tool_output() if tool_output else ToolOutput("none") for _ in gens]
+        prefix = "chatcmpl" if chat else "cmpl"
+        rid = f"{prefix}-{req.request_id}" if req.request_id else p.new_id(prefix)
+        created, name = p.now(), self.config.served_model_name
         prompt_text = ""
         if echo:
             prompt = req.single_prompt()  # type: ignore[union-attr]
             prompt_text = prompt if isinstance(prompt, str) else self.backend.decode(prompt_ids)
         shaper = ChoiceShaper(self.backend.token_text, prompt_ids, req.logprobs_k(), echo=echo, prompt_text=prompt_text)
         if req.stream:
-            events = self._chat_events if chat else self._completion_events
-            return _event_stream(events(gens, shaper, rid, created, name, req.include_usage()))
+            if chat:
+                return _event_stream(self._chat_events(gens, shaper, rid, created, name, req.include_usage(), outputs))
+            return _event_stream(self._completion_events(gens, shaper, rid, created, name, req.include_usage()))
         results = await self._collect(gens, request)
         use = p.usage(len(prompt_ids), sum(c.completion_tokens for c in results))
         if chat:
-            choices = [p.chat_choice(i, c.text, c.finish, shaper.chat(c)) for i, c in enumerate(results)]
+            single = getattr(req, "parallel_tool_calls", True) is False
+            choices = []
+            for i, c in enumerate(results):
+                content, calls = outputs[i].whole(c.text)
+                calls = calls[:1] if single else calls
+                finish = "tool_calls" if calls and c.finish == "stop" else c.finish
+                choices.append(p.chat_choice(i, content, finish, shaper.chat(c),
+                                             [call.to_dict() for call in calls] or None))
             return JSONResponse(p.chat_response(rid, created, name, choices, use))
         choices = [p.completion_choice(i, shaper.text(c), c.finish, shaper.completion(c))
                    for i, c in enumerate(results)]
@@ -298,7 +380,7 @@ class OpenAIServer:
 
     async def _chat_events(
         self, gens: list[GenerationRequest], shaper: ChoiceShaper, rid: str, created: int, name: str,
-        include_usage: bool,
+        include_usage: bool, outputs: list[ToolOutput],
     ) -> AsyncIterator[bytes]:
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, *, index: int = 0,
                   logprobs: dict[str, Any] | None = None, use: dict[str, int] | None = None) -> bytes:
@@ -313,11 +395,19 @@ class OpenAIServer:
                 if isinstance(piece, BackendError):  # a failure mid-stream: one OpenAI error event (the status is sent)
                     yield p.sse(server_error(str(piece)).body())
                     return
-                if piece.text or piece.logprobs:
-                    yield chunk({"content": piece.text}, index=i, logprobs=shaper.chat_piece(piece))
+                deltas = outputs[i].feed(piece.text)
+                if piece.finish_reason is not None:
+                    deltas += outputs[i].finish()
+                logprobs = shaper.chat_piece(piece) if piece.logprobs else None
+                if logprobs and not deltas:
+                    deltas = [{"content": ""}]
+                for delta in deltas:  # the logprobs travel with the first delta of the piece
+                    yield chunk(delta, index=i, logprobs=logprobs)
+                    logprobs = None
                 if piece.finish_reason is not None:
                     tokens += piece.completion_tokens
-                    yield chunk({}, piece.finish_reason, index=i)
+                    finish = "tool_calls" if outputs[i].calls and piece.finish_reason == "stop" else piece.finish_reason
+                    yield chunk({}, finish, index=i)
         if include_usage:
             yield chunk(None, use=p.usage(len(shaper.prompt_ids), tokens))
         yield p.SSE_DONE

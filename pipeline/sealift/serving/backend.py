@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from sealift.serving.structured import Constraint
 
 
 #: A temperature below this is greedy decoding.
@@ -33,6 +36,21 @@ class SamplingParams:
     #: logprobs of each generated token: None for none, k for the chosen token and the k most likely
     #: (log-softmax of the raw logits, before repetition penalty, temperature and top-p, as vLLM's default)
     logprobs: int | None = None
+    #: OpenAI's penalties over the generated tokens: presence subtracts once per token seen, frequency per time
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: over prompt and generated tokens (as vLLM and transformers); None: the model's generation_config
+    repetition_penalty: float | None = None
+    #: keep tokens whose probability is at least min_p times the likeliest one's (0: off)
+    min_p: float = 0.0
+    #: (token id, bias) added to the logits before anything else (OpenAI's logit_bias)
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: more tokens that end generation as end of sequence does (vLLM's stop_token_ids)
+    stop_token_ids: tuple[int, ...] = ()
+    #: only these tokens may be picked (vLLM's allowed_token_ids); empty: all
+    allowed_token_ids: tuple[int, ...] = ()
+    #: special tokens left out of the text (vLLM's skip_special_tokens; a tool parser may need them)
+    skip_special_tokens: bool = True
 
     @property
     def greedy(self) -> bool:
@@ -50,6 +68,8 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     prompt_logprobs: int | None = None
+    #: a compiled grammar (the backend's own type, from `Backend.compile`) the output must follow; None: free text
+    grammar: object | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +117,11 @@ class BackendError(Exception):
 
 
 class PromptError(ValueError):
-    """The prompt cannot be built (no chat template, the template refused the messages): a 400."""
+    """The prompt cannot be built (no chat template, the template refused the messages): a 400 naming `param`."""
+
+    def __init__(self, message: str, *, param: str = "messages") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @runtime_checkable
@@ -121,8 +145,12 @@ class Backend(Protocol):
     def start(self) -> None:
         """Begin loading the model in the background; `ready` turns True when it can serve."""
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Apply the model's chat template (add_generation_prompt) and tokenize. PromptError if impossible."""
+    def encode_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        """Apply the model's chat template (add_generation_prompt, the tools) and tokenize. PromptError if impossible."""
+
+    def compile(self, constraint: Constraint) -> object:
+        """Compile a constraint into the grammar GenerationRequest.grammar carries. ConstraintError if impossible."""
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Tokenize a completion prompt as the model expects (its BOS token if it uses one)."""

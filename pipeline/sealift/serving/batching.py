@@ -14,8 +14,8 @@ this is the smallest scheduler that reaches the goal, in the worker thread that 
   so memory follows the live requests.
 
 Requests join and leave only between steps. Each request keeps its own sampling (temperature,
-top_p, top_k, min_tokens, the model's repetition penalty) and its own random generator, so a
-seed gives the same text whatever else is in the batch. `probe()` checks at load that a
+top_p, top_k, min_p, penalties, logit_bias, a grammar: sealift.serving.sampling.RowSampler) and its
+own random generator, so a seed gives the same text whatever else is in the batch. `probe()` checks at load that a
 model's code fills and reads the cache this way; the backend falls back to one `generate`
 at a time when it does not.
 """
@@ -32,6 +32,7 @@ from typing import Any
 
 from sealift.serving.backend import BackendError, Chunk, OutputText, SamplingParams, TokenLogprob
 from sealift.serving.logprobs import prompt_logprobs, token_logprobs
+from sealift.serving.sampling import RowSampler
 
 __all__ = ["Batcher", "default_max_batch", "probe", "unsupported_generation_config"]
 
@@ -108,8 +109,7 @@ class _Row:
     out: OutputText
     ids: list[int]  # prompt and generated tokens; the last one is not in the cache yet
     length: int  # tokens in the cache
-    processors: list[Any] | None  # logits processors and warpers, or None for plain argmax
-    generator: Any  # a torch.Generator when sampling
+    sampler: RowSampler  # penalties, grammar, temperature...: `plain` for argmax alone
     generated: int = 0
     eos: bool = False
     pending: str = ""
@@ -138,6 +138,7 @@ class Batcher:
         decode: Callable[[Sequence[int]], str],
         max_batch: int,
         interval: float,
+        decode_special: Callable[[Sequence[int]], str] | None = None,
     ) -> None:
         import torch
 
@@ -147,6 +148,7 @@ class Batcher:
         self.eos_ids = eos_ids
         self.eos_list = sorted(eos_ids)
         self.decode = decode
+        self.decode_special = decode_special or decode  # special tokens kept (skip_special_tokens false)
         self.max_batch = max_batch
         self.interval = interval
         self.rows: list[_Row] = []
@@ -159,6 +161,8 @@ class Batcher:
         # transformers 5 renamed past_key_values to cache; remote code may still take the old name
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._penalty = float(getattr(model.generation_config, "repetition_penalty", None) or 1.0)
+        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.vocab = int(getattr(text, "vocab_size", 0) or model.get_input_embeddings().num_embeddings)
 
     @property
     def free(self) -> int:
@@ -235,8 +239,8 @@ class Batcher:
         """Prefill a new request, send its first token, and add it to the batch unless it is already done."""
         params: SamplingParams = job.request.params
         prompt = list(job.request.prompt_ids)
-        row = _Row(job, OutputText(self.decode, params.stop), list(prompt), len(prompt),
-                   self._processors(params), self._generator(params))
+        decode = self.decode if params.skip_special_tokens else self.decode_special
+        row = _Row(job, OutputText(decode, params.stop), list(prompt), len(prompt), self._sampler(job))
         score = job.request.prompt_logprobs
         with self.torch.inference_mode():
             logits, cache = self.prefill(prompt, every=score is not None)
@@ -248,7 +252,7 @@ class Batcher:
                 self._end(row)
                 return
             raw = logits.clone() if params.logprobs is not None else None
-            if params.min_tokens and self.eos_list:
+            if params.min_tokens and self.eos_list and row.sampler.matcher is None:  # a grammar decides its end
                 logits[:, self.eos_list] = float("-inf")
             token = self._pick(row, logits, None)
             if raw is not None:
@@ -276,11 +280,12 @@ class Batcher:
                 r.length += 1
             scored = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
             raw = logits[scored] if scored else None  # a copy: logprobs are of the raw logits, before any mask
-            early = [i for i, r in enumerate(rows) if r.generated < r.params.min_tokens]
+            early = [i for i, r in enumerate(rows)
+                     if r.generated < r.params.min_tokens and r.sampler.matcher is None]
             if early and self.eos_list:  # no end of sequence before min_tokens (generate's MinNewTokens...)
                 torch = self.torch
                 logits[torch.tensor(early).view(-1, 1), torch.tensor(self.eos_list)] = float("-inf")
-            plain = logits.argmax(dim=-1).tolist() if any(r.processors is None for r in rows) else None
+            plain = logits.argmax(dim=-1).tolist() if any(r.sampler.plain for r in rows) else None
             picked = [self._pick(r, logits[i : i + 1], plain[i] if plain else None) for i, r in enumerate(rows)]
             if scored:
                 k = max(rows[i].params.logprobs or 0 for i in scored)
@@ -305,54 +310,24 @@ class Batcher:
 
     # ------------------------------------------------------------------ per row
 
-    def _processors(self, params: SamplingParams) -> list[Any] | None:
-        """The logits processors `generate` would apply for these params (min_tokens aside: step() masks
-        EOS for the whole batch at once), or None for plain argmax."""
-        from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
-        from transformers import TopKLogitsWarper, TopPLogitsWarper
-
-        procs: list[Any] = []
-        if self._penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(self._penalty))
-        if not params.greedy:
-            if params.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_k:
-                procs.append(TopKLogitsWarper(params.top_k))
-            if params.top_p < 1.0:
-                procs.append(TopPLogitsWarper(params.top_p))
-        return procs if (procs or not params.greedy) else None
-
-    def _generator(self, params: SamplingParams) -> Any:
-        if params.greedy:
-            return None
-        gen = self.torch.Generator(device=self.device)
-        if params.seed is not None:
-            gen.manual_seed(params.seed)
-        else:
-            gen.seed()
-        return gen
+    def _sampler(self, job: Any) -> RowSampler:
+        request = job.request
+        return RowSampler(self.torch, request.params, request.prompt_ids, vocab=self.vocab, device=self.device,
+                          model_repetition_penalty=self._penalty, grammar=request.grammar, eos_ids=self.eos_list)
 
     def _pick(self, row: _Row, logits: Any, plain: int | None) -> int:
         """The next token of `row` from its logits [1, vocab]."""
-        if row.processors is None:
-            return int(logits.argmax(dim=-1)) if plain is None else plain
-        torch = self.torch
-        ids = torch.tensor([row.ids], dtype=torch.long, device=self.device)
-        scores = logits
-        for proc in row.processors:  # called directly: LogitsProcessorList inspects signatures every call
-            scores = proc(ids, scores)
-        if row.generator is None:
-            return int(scores.argmax(dim=-1))
-        probs = torch.nn.functional.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, num_samples=1, generator=row.generator))
+        return row.sampler.pick(logits, plain)
 
     def _advance(self, row: _Row, token: int) -> None:
         """Record `token` for `row`: detokenise, hand text out every `interval`, decide whether it is done."""
         row.ids.append(token)
         row.generated += 1
         row.pending += row.out.add([token])
-        if token in self.eos_ids:  # before min_tokens its logit is -inf: it cannot be picked
+        if not row.sampler.accept(token):  # cannot happen: the grammar's mask allowed only what it accepts
+            log.error("the grammar refused token %d that its own mask allowed; ending the request", token)
+            row.eos = True
+        if token in self.eos_ids or token in row.params.stop_token_ids:  # -inf before min_tokens: not picked
             row.eos = True
         if row.out.stopped or row.eos:
             row.finish = "stop"

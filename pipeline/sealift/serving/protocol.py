@@ -1,8 +1,9 @@
 """The OpenAI request schema (pydantic) and the response/chunk builders.
 
 Requests are validated strictly (a string where a number belongs is a 400, as
-OpenAI does) but unknown fields are accepted and ignored, so clients that send
-newer or vendor-specific fields keep working. Responses are plain dicts: they
+OpenAI does). Every field OpenAI or vLLM defines is honoured or refused with a 400
+(sealift.serving.fields); a field neither defines is logged and ignored, so clients
+that send newer or vendor-specific fields keep working. Responses are plain dicts: they
 are built once per token when streaming, and dicts are the cheapest to dump.
 """
 
@@ -29,6 +30,35 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
+class _TopLevel(_Request):
+    """A request body: fields it does not declare are kept (model_extra) to be refused or logged."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class FunctionDef(_Request):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class ToolCallFunction(_Request):
+    name: str
+    arguments: str
+
+
+class AssistantToolCall(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class StreamOptions(_Request):
     include_usage: bool | None = None
 
@@ -42,6 +72,8 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # an assistant's calls, sent back in a round trip
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     def text(self, index: int) -> str:
         """The message's text; non-text parts (images, audio) are refused: the backends are text-only."""
@@ -60,7 +92,7 @@ class ChatMessage(_Request):
         return "".join(pieces)
 
 
-class _Sampling(_Request):
+class _Sampling(_TopLevel):
     """Fields shared by chat and completion requests."""
 
     model: str
@@ -78,6 +110,32 @@ class _Sampling(_Request):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: str | None = None
+    logit_bias: dict[str, float] | None = None
+    # vLLM's sampling extensions
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    stop_token_ids: list[int] | None = None
+    allowed_token_ids: list[int] | None = None
+    skip_special_tokens: bool | None = True
+    # structured outputs: OpenAI's response_format, vLLM's structured_outputs (sealift.serving.structured)
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    request_id: str | None = None
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias); a key that is not a token id or a bias past ±100 is a 400."""
+        pairs = []
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise bad_request(f"logit_bias: key {key!r} is not a token id", param="logit_bias") from None
+            if not -100 <= value <= 100:
+                raise bad_request(f"logit_bias: bias {value} for token {key} is not between -100 and 100",
+                                  param="logit_bias")
+            pairs.append((token, float(value)))
+        return tuple(pairs)
 
     def stop_sequences(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -98,6 +156,51 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+    # vLLM's chat template extensions
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool | None = True
+    continue_final_message: bool | None = False
+
+    def template_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.chat_template_kwargs or {})
+        for key in ("tools", "messages", "tokenize", "conversation"):
+            if key in kwargs:
+                raise bad_request(f"chat_template_kwargs.{key}: set by the request itself, not here",
+                                  param=f"chat_template_kwargs.{key}")
+        if self.continue_final_message:
+            if self.add_generation_prompt:
+                raise bad_request("continue_final_message: needs add_generation_prompt false",
+                                  param="continue_final_message")
+            if self.messages[-1].role != "assistant":
+                raise bad_request("continue_final_message: the last message must be the assistant's",
+                                  param="continue_final_message")
+        kwargs["add_generation_prompt"] = bool(self.add_generation_prompt)
+        kwargs["continue_final_message"] = bool(self.continue_final_message)
+        return kwargs
+
+    def tool_mode(self) -> tuple[str, int | None]:
+        """(none | auto | required | named, the named tool's index) from tools and tool_choice."""
+        choice = self.tool_choice
+        if not self.tools:
+            if choice not in (None, "none"):
+                raise bad_request("tool_choice: needs tools", param="tool_choice")
+            return "none", None
+        if choice is None or choice == "auto":
+            return "auto", None
+        if choice in ("none", "required"):
+            return str(choice), None
+        if isinstance(choice, dict):
+            fn = choice.get("function") if choice.get("type") == "function" else None
+            name = fn.get("name") if isinstance(fn, dict) else None
+            for i, tool in enumerate(self.tools):
+                if tool.function.name == name:
+                    return "named", i
+            raise bad_request(f"tool_choice: no tool named {name!r} in tools", param="tool_choice")
+        raise bad_request(f"tool_choice: {choice!r} is not none, auto, required or a named function",
+                          param="tool_choice")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -116,12 +219,27 @@ class ChatCompletionRequest(_Sampling):
         """Alternatives per generated token: None for no logprobs."""
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def template_messages(self) -> list[dict[str, str]]:
-        """Messages as chat templates expect them: role and text content."""
+    def template_messages(self) -> list[dict[str, Any]]:
+        """Messages as chat templates expect them: role and text content; an assistant's tool_calls with
+        their arguments as objects (as vLLM hands them to templates), a tool message's tool_call_id."""
         out = []
         for i, m in enumerate(self.messages):
             role = "system" if m.role == "developer" else m.role
-            out.append({"role": role, "content": m.text(i)})
+            msg: dict[str, Any] = {"role": role, "content": m.text(i)}
+            if m.tool_calls:
+                calls = []
+                for j, call in enumerate(m.tool_calls):
+                    try:
+                        args = json.loads(call.function.arguments or "{}")
+                    except ValueError:
+                        raise bad_request(f"messages[{i}].tool_calls[{j}].function.arguments: not valid JSON",
+                                          param=f"messages.{i}.tool_calls.{j}.function.arguments") from None
+                    calls.append({"id": call.id, "type": "function",
+                                  "function": {"name": call.function.name, "arguments": args}})
+                msg["tool_calls"] = calls
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+            out.append(msg)
         return out
 
 
@@ -219,13 +337,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "index": index,
-        "message": {"role": "assistant", "content": text},
-        "logprobs": logprobs,
-        "finish_reason": finish,
-    }
+def chat_choice(index: int, text: str | None, finish: str, logprobs: dict[str, Any] | None = None,
+                tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
 
 def completion_choice(index: int, text: str, finish: str, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sealift.core.hfconfig import CONTEXT_KEYS as _CONTEXT_KEYS
+from sealift.serving.structured import Constraint
+from sealift.serving.tools import template_renders_tools
 from sealift.serving.backend import (
     BackendError,
     Chunk,
@@ -141,6 +143,7 @@ class TransformersBackend:
         self._decode = self._python_decode
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._grammars: Any = None  # sealift.serving.grammar.Grammars, made at load
 
     # ------------------------------------------------------------------ state
 
@@ -222,6 +225,12 @@ class TransformersBackend:
         if self.tokenizer.eos_token_id is not None:
             eos_list.append(self.tokenizer.eos_token_id)
         self._eos_ids = {int(e) for e in eos_list if e is not None}
+        from sealift.serving.grammar import Grammars
+
+        text_config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        self._grammars = Grammars(self.tokenizer, int(getattr(text_config, "vocab_size", 0) or self._vocab_size),
+                                  self._eos_ids)
         log.info(
             "loaded %s on %s (%s, context %d)", self.model_dir.name, device, self.model.dtype, self._context_length
         )
@@ -241,7 +250,8 @@ class TransformersBackend:
             self.model.config, self._context_length, self.model.dtype.itemsize
         )
         self._batcher = Batcher(
-            self.model, eos_ids=self._eos_ids, decode=self.decode, max_batch=size, interval=STREAM_INTERVAL_S
+            self.model, eos_ids=self._eos_ids, decode=self.decode, max_batch=size, interval=STREAM_INTERVAL_S,
+            decode_special=self.decode_special,
         )
         log.info("continuous batching: up to %d requests share each forward pass%s", size,
                  "" if self.max_batch else " (SEALIFT_MAX_BATCH unset: from cores and memory)")
@@ -258,11 +268,24 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ prompts
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
+    def chat_template(self) -> str | None:
+        """The model's chat template (the default one where the tokenizer has several), or None."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):
+            template = template.get("default") or next(iter(template.values()), None)
+        return template if isinstance(template, str) else None
+
+    def encode_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        template = self.chat_template()
+        if not template:
             raise PromptError("this model has no chat template; use /v1/completions with a prompt")
+        if tools and not template_renders_tools(template):
+            raise PromptError("this model's chat template does not render tools (it never reads `tools`); "
+                              "send the request without tools, or describe them in a message", param="tools")
+        kwargs = {"add_generation_prompt": True, **(template_kwargs or {})}
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, **kwargs)
         except Exception as exc:  # jinja raise_exception() in templates: the messages are not acceptable
             raise PromptError(f"the model's chat template refused the messages: {exc}") from exc
         with self._encode_lock:  # called from worker threads (asyncio.to_thread): one encode at a time
@@ -274,6 +297,16 @@ class TransformersBackend:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._decode(ids)
+
+    def decode_special(self, ids: Sequence[int]) -> str:
+        """Token ids to text with special tokens kept (a tool parser's markers, skip_special_tokens false)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def compile(self, constraint: Constraint) -> Any:
+        """A compiled xgrammar grammar for the constraint; ConstraintError (a 400) when it does not compile."""
+        if self._grammars is None:
+            raise BackendError("the model is still loading")
+        return self._grammars.compile(constraint)
 
     def token_text(self, token: int) -> str:
         """One token as text, special tokens included (what vLLM's tokenizer.decode(token_id) gives)."""
@@ -385,14 +418,17 @@ class TransformersBackend:
 
     def _generate(self, job: _Job) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         from sealift.serving.logprobs import prompt_logprobs, token_logprobs
 
+        from sealift.serving.sampling import RowSampler, SamplerLogitsProcessor
+
         params = job.request.params
-        out = OutputText(self.decode, params.stop)
+        out = OutputText(self.decode if params.skip_special_tokens else self.decode_special, params.stop)
         eos_ids = self._eos_ids
+        stop_ids = set(params.stop_token_ids)
         interval = STREAM_INTERVAL_S
         state: dict[str, Any] = {"prompt_seen": False, "tokens": 0, "eos": False, "pending": "", "posted": 0.0,
                                  "logits": None, "lps": [], "prompt_lps": None}
@@ -426,7 +462,7 @@ class TransformersBackend:
                 state["tokens"] += len(ids)
                 if want is not None and state["logits"] is not None:  # the raw logits this token was picked from
                     state["lps"] += token_logprobs(torch, state["logits"], ids, want)
-                if not eos_ids.isdisjoint(ids):
+                if not eos_ids.isdisjoint(ids) or not stop_ids.isdisjoint(ids):
                     state["eos"] = True
                 state["pending"] += out.add(ids)
                 now = time.monotonic()
@@ -445,7 +481,7 @@ class TransformersBackend:
             """Ends generate when the client went away or a stop string was found."""
 
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return halt if (job.cancelled.is_set() or out.stopped) else go
+                return halt if (job.cancelled.is_set() or out.stopped or state["eos"]) else go
 
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
@@ -454,12 +490,21 @@ class TransformersBackend:
             "streamer": Streamer(),
             "stopping_criteria": StoppingCriteriaList([Cancelled()]),
         }
-        if params.min_tokens:
+        if params.min_tokens and job.request.grammar is None:  # a grammar decides where it ends
             kwargs["min_new_tokens"] = params.min_tokens
+        # bias, penalties, stop_token_ids before min_tokens and the grammar: the batcher's own RowSampler
+        sampler = RowSampler(torch, params, job.request.prompt_ids, vocab=int(self.model.config.get_text_config().vocab_size),
+                             device=device, model_repetition_penalty=float(
+                                 getattr(self.model.generation_config, "repetition_penalty", None) or 1.0),
+                             grammar=job.request.grammar, eos_ids=sorted(self._eos_ids))
+        kwargs["logits_processor"] = LogitsProcessorList([SamplerLogitsProcessor(sampler, input_ids.shape[-1])])
+        kwargs["repetition_penalty"] = 1.0  # applied by the sampler (the request's or the model's)
         if params.greedy:
             kwargs["do_sample"] = False
         else:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+            if params.min_p:
+                kwargs["min_p"] = params.min_p
             if params.seed is not None:
                 torch.manual_seed(params.seed)
         if self.model.generation_config.pad_token_id is None and self._eos_ids:

