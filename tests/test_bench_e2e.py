@@ -92,3 +92,11 @@ def test_a_tiny_smoke_trip_measures_both_sides(tmp_path):
     assert sum(r["share"] for r in trip["sealift"]) == pytest.approx(1.0, abs=1e-3)
     assert doc["machine"]["cores"] >= 1 and len(doc["machine"]["load_average"]) == 3
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_the_vllm_engine_needs_a_python_with_vllm_for_the_baseline():
+    if subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True).returncode == 0:
+        pytest.skip("this Python has vllm")
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--engine", "vllm", "--model", "big",
+                        "--vllm-python", sys.executable], capture_output=True, text=True)
+    assert p.returncode == 2 and "cannot import vllm" in p.stderr and "--vllm-python" in p.stderr
