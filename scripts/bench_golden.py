@@ -54,6 +54,7 @@ def make_complete_model(out: Path, size_bytes: int) -> tuple[int, int]:
                          num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          tie_word_embeddings=False, dtype="bfloat16")
+    config.architectures = ["LlamaForCausalLM"]  # what a hub config.json names (sealift import requires it)
     out.mkdir(parents=True)
     with torch.device("meta"):
         from transformers import LlamaForCausalLM

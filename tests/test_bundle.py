@@ -321,3 +321,24 @@ def test_not_enough_free_space_exits_2_before_writing_anything(cpu_bento, tmp_pa
     assert "not enough free space" in run.err and "needs" in run.err and "available" in run.err
     assert len(run.err.strip().splitlines()) == 1
     assert not usb.exists()
+
+
+def test_copied_wheels_are_journaled_only_once_their_batch_is_fsynced(tmp_path: Path):
+    """Issue 26: wheels are fsynced in batches (not one by one); the journal, what a resumed export trusts, names
+    a wheel only after its batch was fsynced, so a kill in between makes the next run copy it again."""
+    src = tmp_path / "cache" / "a-1.0-py3-none-any.whl"
+    src.parent.mkdir()
+    src.write_bytes(os.urandom(300_000))
+    partial = tmp_path / "partial"
+    (partial / "wheels").mkdir(parents=True)
+    journal = tarstream.Journal.load(partial, "x:1", "plan", 0)
+    unsynced: list = []
+    entry, kept = export_step._copy_wheel(src, partial / "wheels" / src.name, f"wheels/{src.name}", journal,
+                                          lambda n: None, unsynced=unsynced)
+    assert kept == 0 and entry.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert (partial / "wheels" / src.name).read_bytes() == src.read_bytes()
+    assert journal.doc["files"] == {} and not (partial / tarstream.JOURNAL).exists()
+    export_step._settle(unsynced, journal)
+    assert unsynced == []
+    on_disk = json.loads((partial / tarstream.JOURNAL).read_text())
+    assert on_disk["files"] == {f"wheels/{src.name}": {"size": 300_000, "sha256": entry.sha256}}

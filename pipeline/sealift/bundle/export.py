@@ -274,15 +274,19 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         for stale in (partial / folder).iterdir():
             if f"{folder}/{stale.name}" not in wanted:
                 stale.unlink()
+        unsynced: list[tuple[Path, FileEntry]] = []  # copied, not yet fsynced nor in the journal
         with console.byte_progress(sum(w.stat().st_size for w in files), folder) as adv:
             for w in files:
                 rel = f"{folder}/{w.name}"
                 entry, kept = _copy_wheel(w, partial / rel, rel, journal, adv, medium=(final.parent, final),
-                                          check=check)
+                                          check=check, unsynced=unsynced)
                 reused += kept == 1
                 if kept == 2:
                     shared.append(entry)
                 entries.append(entry)
+                if sum(e.size for _, e in unsynced) >= SYNC_BATCH_BYTES:
+                    _settle(unsynced, journal)
+            _settle(unsynced, journal)
     wheel_entries = [e for e in entries if e.path.startswith(WHEELS + "/")]
     openllm_entries = [e for e in entries if e.path.startswith(WHEELS_OPENLLM + "/")]
     own = next((e.path.split("/", 1)[1] for e in wheel_entries if e.path.startswith(f"{WHEELS}/sealift-")), "")
@@ -338,12 +342,36 @@ def _write_small(folder: Path, name: str, data: bytes) -> FileEntry:
     return FileEntry(name, len(data), hashlib.sha256(data).hexdigest())
 
 
+#: Wheels copied without their fsync, at most this many bytes, are fsynced together, then journaled in one write.
+#: An fsync right after each wheel waits for that wheel's writeback alone: on the build host 96 files of 2.7 MB
+#: took 7.7 s so, 1.4 s written first and fsynced after; export --no-proof of a cpu bundle 11.6 s -> 9.5 s (issue 26).
+SYNC_BATCH_BYTES = 512 * 1024 * 1024
+
+
+def _settle(unsynced: list[tuple[Path, FileEntry]], journal: Journal) -> None:
+    """fsync the copied wheels, then record them in the journal (one write): only fsynced files are journaled."""
+    if not unsynced:
+        return
+    for dst, _ in unsynced:
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for _, entry in unsynced:
+        journal.doc["files"][entry.path] = {"size": entry.size, "sha256": entry.sha256}
+    journal.save()
+    unsynced.clear()
+
+
 def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advance,
-                medium: tuple[Path, Path] | None = None, check: WheelCheck | None = None) -> tuple[FileEntry, int]:
+                medium: tuple[Path, Path] | None = None, check: WheelCheck | None = None,
+                unsynced: list[tuple[Path, FileEntry]] | None = None) -> tuple[FileEntry, int]:
     """Copy+hash one wheel unless an earlier run already wrote it (re-read and checked), or another bundle on
     the medium holds the same bytes (hard-linked, sealift.bundle.wheelhouse.shared_wheel): (entry, 0 copied, 1 kept,
     2 shared). Each way, the bytes in the bundle hash to the lock's sha256 (`check`, sealift.bundle.wheelcheck):
-    a cached wheel that does not is fetched again once, or the export stops."""
+    a cached wheel that does not is fetched again once, or the export stops. With `unsynced`, a copied wheel is
+    not fsynced nor journaled here but added to it (`_settle` does both for a batch)."""
     check = check or WheelCheck()
     done = journal.doc["files"].get(rel)
     if done and dst.is_file() and dst.stat().st_size == done["size"] == src.stat().st_size \
@@ -358,8 +386,11 @@ def _copy_wheel(src: Path, dst: Path, rel: str, journal: Journal, advance: Advan
         journal.doc["files"][rel] = {"size": size, "sha256": digest}
         journal.save()
         return FileEntry(rel, size, digest), 2
-    entry = check.copy(src, lambda: copy_and_hash(src, dst, advance, relpath=rel), lambda e: e.sha256,
-                       lambda: dst.unlink(missing_ok=True))
+    entry = check.copy(src, lambda: copy_and_hash(src, dst, advance, relpath=rel, fsync=unsynced is None),
+                       lambda e: e.sha256, lambda: dst.unlink(missing_ok=True))
+    if unsynced is not None:
+        unsynced.append((dst, entry))
+        return entry, 0
     journal.doc["files"][rel] = {"size": entry.size, "sha256": entry.sha256}
     journal.save()
     return entry, 0
