@@ -103,6 +103,11 @@ def stdout_to_stderr():
         os.close(saved)
 
 
+def say(message: str) -> None:
+    """A progress line on stderr (a full run takes minutes per round)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -448,6 +453,7 @@ def run_levels(server: Server, client, a: argparse.Namespace, levels: list[int])
     for n in levels:
         batch = [PROMPTS[k % len(PROMPTS)] for k in range(max(a.prompts, 2 * n))]
         expected = len(batch) * a.max_tokens
+        say(f"  {server.backend}: {n} clients, {len(batch)} requests of {a.max_tokens} tokens")
         tokens, seconds, ttft = served(client, server.name, batch, a.max_tokens, n)
         if tokens != expected:
             raise SystemExit(f"{server.backend}, {n} clients: {tokens} tokens came back, {expected} asked for")
@@ -472,6 +478,7 @@ def measure(a: argparse.Namespace, levels: list[int]) -> dict:
         if model is None:
             from make_tiny_model import make_model
 
+            say(f"writing the model: hidden {a.hidden_size}, {a.layers} layers, head size {a.head_dim}")
             model = make_model(tmp / "model", hidden_size=a.hidden_size, layers=a.layers, head_dim=a.head_dim,
                                context=512)
         raw = None
@@ -481,6 +488,7 @@ def measure(a: argparse.Namespace, levels: list[int]) -> dict:
         servers: dict[str, Server] = {}
         try:
             for backend in a.backends:
+                say(f"starting {backend}")
                 if backend == "transformers":
                     extra = {"SEALIFT_MAX_BATCH": str(a.max_batch)} if a.max_batch else {}
                     servers[backend] = start_transformers(model, a.via, tmp, extra, a.dtype)
@@ -499,6 +507,7 @@ def measure(a: argparse.Namespace, levels: list[int]) -> dict:
                     rt, rs = raw.run([PROMPTS[k % len(PROMPTS)] for k in range(a.prompts)], a.max_tokens)
                     row["raw_tok_s"] = rt / rs
                 for b in order:
+                    say(f"round {i + 1}/{a.rounds}: {b}")
                     row[b] = run_levels(servers[b], clients[b], a, levels)
                     if i == 0:
                         memory[b]["after_first_round"] = tree_memory(servers[b].proc.pid)
