@@ -5,10 +5,10 @@
 
 On `--target cpu`, vLLM's CPU backend is the default engine where it runs the
 model, and sealift's transformers batcher where it does not (the reason is said
-in the build summary). Measured on this project's 2-core build host (a random
-135 M-parameter Qwen2, head_dim 64, 64 tokens greedy, see scripts/bench_serve.py):
-vLLM-CPU is ~2.2x (float32) to ~3.2x (bfloat16) the transformers batcher's
-throughput at 8 clients. What vLLM 0.32's CPU backend accepts (read in its source,
+in the build summary). Measured on this project's 2-core build host (scripts/bench_serve.py --backend
+both: a generated 511 M-parameter model, head size 64, float32, 64 tokens): vLLM-CPU 1.75x the transformers
+batcher's tokens/s for one client, 3.3x at 8 and 3.4x at 16 (best rounds; with other jobs on its cores it fell
+below, so it wants cores of its own). What vLLM 0.32's CPU backend accepts (read in its source,
 vllm/v1/attention/backends/cpu_attn.py and platforms/cpu.py):
 
 - head sizes 32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512 (the tests' tiny
@@ -106,8 +106,8 @@ def choose_engine(config: dict[str, Any], *, target: str, backend: str, trust_re
     arch = (config.get("architectures") or ["?"])[0]
     text = _text_config(config)
     head_dim = text.get("head_dim") or int(text["hidden_size"]) // int(text["num_attention_heads"])
-    return EngineChoice("vllm", f"vLLM's CPU backend ({arch}, head size {head_dim}; ~2-3x the transformers "
-                                "batcher's throughput: --backend transformers to choose it)")
+    return EngineChoice("vllm", f"vLLM's CPU backend ({arch}, head size {head_dim}; ~3x the transformers "
+                                "batcher's throughput at 8 clients: --backend transformers to choose it)")
 
 
 def vllm_version() -> str:
