@@ -32,7 +32,9 @@ def test_cpu_bento_labels_envs_and_models(cpu_bento):
     build = cpu_bento.build
     model_tag = build["model_tag"]
     assert build["bento_tag"] == f"{info['name']}:{info['version']}"
-    assert info["name"] == "tiny" and build["target"] == "cpu" and build["backend"] == "auto"
+    assert info["name"] == "tiny" and build["target"] == "cpu" and build["backend"] == "transformers"
+    # head size 16: vLLM's CPU attention refuses it, so the build chose the transformers batcher and says why
+    assert "head size is 16" in build["engine_reason"] and info["labels"]["sealift-backend"] == "transformers"
     labels = info["labels"]
     assert labels["sealift-model"] == model_tag
     assert labels["sealift-target"] == "cpu"
@@ -78,7 +80,7 @@ def test_bento_src_holds_service_pipeline_and_config(cpu_bento):
     assert config == {
         "model_tag": cpu_bento.build["model_tag"],
         "served_model_name": "tiny",
-        "backend": "auto",
+        "backend": "transformers",
         "target": "cpu",
         "trust_remote_code": False,
         "manifest_digest": labels["sealift-manifest"],
