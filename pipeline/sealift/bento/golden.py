@@ -137,18 +137,10 @@ class GoldenOutcome:
 
 
 def available_memory() -> int:
-    """Bytes this process may still use: psutil's available memory, capped by a cgroup v2 limit if any."""
-    import psutil
+    """Bytes this process may still use: MemAvailable cut to the container's memory limit (sealift.core.limits)."""
+    from sealift.core.limits import read_limits
 
-    available = int(psutil.virtual_memory().available)
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-        if limit.isdigit():
-            available = min(available, max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return available
+    return read_limits().memory_budget
 
 
 def plan_recording(*, params: int | None, size_bytes: int, available: int | None = None) -> GoldenPlan:
@@ -276,18 +268,17 @@ def load_golden(bento_src: Path) -> dict[str, Any] | None:
 
 
 def recording_threads() -> int:
-    """Intra-op threads for the recording: SEALIFT_TORCH_THREADS, else every usable core.
+    """Intra-op threads for the recording: SEALIFT_TORCH_THREADS, else every usable CPU (affinity and quota).
 
     Unlike the server (which keeps a core for its event loop), the recording is
     the only work the build does while it runs; on a 2-core host one thread
     would double every phase."""
+    from sealift.core.limits import read_limits
+
     raw = os.environ.get("SEALIFT_TORCH_THREADS", "").strip()
     if raw.isdigit() and int(raw) > 0:
         return int(raw)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return read_limits().cpus
 
 
 def record(

@@ -66,20 +66,16 @@ _STOP_WORKER = object()
 
 
 def default_torch_threads() -> int:
-    """Intra-op threads for generate on CPU: SEALIFT_TORCH_THREADS, else all usable cores but one.
+    """Intra-op threads for generate on CPU: SEALIFT_TORCH_THREADS, else the usable CPUs but one.
 
-    The spare core runs the event loop (HTTP, JSON, detokenising). With every core
-    in torch's OpenMP pool, one thread that the OS preempts stalls each op for all
-    of them: on a 2-core host that made generate 10-30x slower under load.
+    Usable CPUs are the affinity's cores cut to the container's CPU quota (sealift.core.limits): a
+    pod limited to 2 CPUs on a 64-core node gets 1 thread, not 63. The spare core runs the event
+    loop (HTTP, JSON, detokenising). With every core in torch's OpenMP pool, one thread that the OS
+    preempts stalls each op for all of them: on a 2-core host that made generate 10-30x slower under load.
     """
-    raw = os.environ.get("SEALIFT_TORCH_THREADS", "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    from sealift.serving.sizing import torch_threads
+
+    return torch_threads()[0]
 
 
 def context_length_of(config: dict[str, Any], tokenizer_max: int | None = None) -> int | None:
@@ -119,6 +115,7 @@ class TransformersBackend:
         max_model_len: int | None = None,
         device: str | None = None,
         max_batch: int | None = None,
+        prefill_tokens: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).resolve() if model_dir is not None else None
         self.trust_remote_code = trust_remote_code
@@ -127,6 +124,8 @@ class TransformersBackend:
         self.device = device
         #: requests per forward pass: None picks batching.default_max_batch() at load
         self.max_batch = max_batch
+        #: prompt tokens read per scheduler step while streams run: None takes SEALIFT_PREFILL_TOKENS at load
+        self.prefill_tokens = prefill_tokens
         #: why requests run one at a time with generate (None while batching)
         self.batching_off: str | None = None
         self._batcher: Any = None
@@ -238,7 +237,7 @@ class TransformersBackend:
 
     def _setup_batching(self) -> None:
         """Batch continuously if the model passes batching.probe(); else say why and use generate."""
-        from sealift.serving.batching import Batcher, default_max_batch, probe
+        from sealift.serving.batching import Batcher, probe
 
         reason = probe(self.model)
         if reason is not None:
@@ -246,15 +245,18 @@ class TransformersBackend:
             log.warning("continuous batching is off for %s: %s; serving one request at a time with generate",
                         self.model_dir.name if self.model_dir else "this model", reason)
             return
-        size = self.max_batch or default_max_batch(
-            self.model.config, self._context_length, self.model.dtype.itemsize
-        )
+        from sealift.serving.sizing import cpu_sizing
+
+        sizing = cpu_sizing(self.model.config, self._context_length, self.model.dtype.itemsize,
+                            max_batch=self.max_batch)
+        if self.prefill_tokens is None:
+            self.prefill_tokens = sizing.prefill_tokens
         self._batcher = Batcher(
-            self.model, eos_ids=self._eos_ids, decode=self.decode, max_batch=size, interval=STREAM_INTERVAL_S,
-            decode_special=self.decode_special,
+            self.model, eos_ids=self._eos_ids, decode=self.decode, max_batch=sizing.max_batch,
+            interval=STREAM_INTERVAL_S, decode_special=self.decode_special, prefill_tokens=self.prefill_tokens,
         )
-        log.info("continuous batching: up to %d requests share each forward pass%s", size,
-                 "" if self.max_batch else " (SEALIFT_MAX_BATCH unset: from cores and memory)")
+        log.info("continuous batching: up to %d requests share each forward pass%s; %s", sizing.max_batch,
+                 "" if self.max_batch else " (SEALIFT_MAX_BATCH unset: from cores and memory)", sizing.why)
 
     def _torch_dtype(self, torch: Any, config: dict[str, Any], device: str) -> Any:
         names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
@@ -381,11 +383,12 @@ class TransformersBackend:
                 job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
 
     def _serve_batched(self, batcher: Any) -> None:
-        """Admit queued requests while the batch has room (waiting only when it is empty), then one step; repeat."""
+        """Take queued requests while the batch has room (waiting only when it has no work), read prompts
+        within the prefill budget, then one decode step; repeat."""
         while True:
             while batcher.free > 0:
                 try:
-                    job = self._jobs.get(block=not batcher.rows)
+                    job = self._jobs.get(block=not batcher.busy)
                 except queue.Empty:
                     break
                 if job is _STOP_WORKER:
@@ -395,14 +398,16 @@ class TransformersBackend:
                 if job.cancelled.is_set():
                     continue
                 try:
-                    batcher.admit(job)
+                    batcher.queue(job)
                 except Exception as exc:
                     log.error("generation failed", exc_info=True)
                     job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
-            if not batcher.rows:
+            if not batcher.busy:
                 continue
             try:
-                batcher.step()
+                batcher.read_prompts()
+                if batcher.rows:
+                    batcher.step()
             except Exception as exc:  # out of memory, a model error: every request in the batch fails
                 log.error("generation failed", exc_info=True)
                 batcher.fail_all(f"generation failed: {type(exc).__name__}: {exc}")
