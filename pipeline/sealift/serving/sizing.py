@@ -9,6 +9,8 @@ and the cgroup memory limit), unless the environment says otherwise:
 - threads: SEALIFT_TORCH_THREADS, else the usable CPUs less one (the event loop's core);
 - batch cap: SEALIFT_MAX_BATCH, else ROWS_PER_CORE a CPU and no more rows than half the memory
   budget holds at the full context (sealift.serving.batching.default_max_batch);
+- memory budget: what the limits leave (less the weights), or SEALIFT_MEMORY_BUDGET where smaller;
+  a request whose KV cache cannot fit in it is refused (400; 429 while others hold it);
 - prefill budget: SEALIFT_PREFILL_TOKENS (0: none), else PREFILL_TOKENS: the prompt tokens one
   scheduler step may prefill before running streams get their next token.
 
@@ -25,8 +27,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from sealift.core.limits import Limits, read_limits
+from sealift.serving.backend import BudgetError, Reservation
 
-__all__ = ["PREFILL_TOKENS", "CpuSizing", "cpu_sizing", "prefill_tokens_from_env", "torch_threads"]
+__all__ = ["PREFILL_TOKENS", "CpuSizing", "MemoryBudget", "batching_from_env", "cpu_sizing", "memory_budget_from_env",
+           "prefill_tokens_from_env", "torch_threads"]
 
 #: Prompt tokens prefilled per scheduler step unless SEALIFT_PREFILL_TOKENS says otherwise: a 1k-token
 #: prompt then takes a couple of steps, and running streams get a token between them.
@@ -68,6 +72,23 @@ def prefill_tokens_from_env(environ: Mapping[str, str] | None = None) -> int:
     return int(raw) if raw.isdigit() else PREFILL_TOKENS
 
 
+def batching_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """SEALIFT_BATCHING: off (0, false, no) serves one request at a time with generate; else continuous batching."""
+    raw = (os.environ if environ is None else environ).get("SEALIFT_BATCHING", "").strip().lower()
+    return raw not in ("off", "0", "false", "no")
+
+
+def memory_budget_from_env(environ: Mapping[str, str] | None = None) -> int | None:
+    """SEALIFT_MEMORY_BUDGET (512M, 4G, ...): a cap under the limits read; None when unset or not a size."""
+    from sealift.core.units import parse_size
+
+    raw = (os.environ if environ is None else environ).get("SEALIFT_MEMORY_BUDGET", "").strip()
+    try:
+        return parse_size(raw) if raw else None
+    except ValueError:
+        return None
+
+
 def _namespace(config: Any) -> Any:
     """A config.json dict as attributes (text_config too), as transformers' config objects read."""
     if not isinstance(config, Mapping):
@@ -86,6 +107,9 @@ def cpu_sizing(
     limits = limits or read_limits()
     threads, threads_why = torch_threads(limits, env)
     budget = max(0, limits.memory_budget - weights_bytes)
+    capped = memory_budget_from_env(env)
+    if capped is not None and capped < budget:
+        budget, weights_bytes = capped, 0
     batch = max_batch or _positive(env, "SEALIFT_MAX_BATCH")
     if batch:
         batch_why = "SEALIFT_MAX_BATCH"
@@ -93,9 +117,54 @@ def cpu_sizing(
         batch = default_max_batch(_namespace(config), context_length, element_size, cores=limits.cpus, memory=budget)
         batch_why = f"from {limits.cpus} CPUs and half the memory budget at a context of {context_length}"
     prefill = prefill_tokens_from_env(env)
-    weights = f" after {weights_bytes / 2**30:.2f} GiB of weights" if weights_bytes else ""
+    weights = (" (SEALIFT_MEMORY_BUDGET)" if capped is not None and budget == capped
+               else f" after {weights_bytes / 2**30:.2f} GiB of weights" if weights_bytes else "")
     why = (f"transformers on CPU: {threads} torch threads ({threads_why}); batch cap {batch} ({batch_why}); "
            f"memory budget {budget / 2**30:.1f} GiB{weights}; prefill "
            + (f"{prefill} prompt tokens a step" if prefill else "unbounded (SEALIFT_PREFILL_TOKENS=0)")
            + f". Limits read: {limits.why}")
     return CpuSizing(threads, batch, budget, prefill, why)
+
+
+class MemoryBudget:
+    """What running requests may hold: each reserves its KV cache at full length (prompt + max_tokens, per
+    choice) and, when it scores its prompt, two scoring chunks of logits; refused past the budget.
+
+    Left padding can make a batch hold more than the sum (a short row padded to the longest): the
+    batch cap (half the budget at the full context) covers that; this keeps one request from
+    taking more than there is. `budget` None: no accounting (a GPU).
+    """
+
+    def __init__(self, budget: int | None, kv_per_token: int) -> None:
+        self.budget = budget
+        self.kv_per_token = kv_per_token
+        self.held = 0  # bytes held by running requests (changed on the event loop only)
+
+    def need(self, prompt_tokens: int, max_tokens: int, *, n: int = 1, score_prompt: bool = False) -> int:
+        from sealift.serving.batching import LOGIT_BYTES
+
+        return n * self.kv_per_token * (prompt_tokens + max_tokens) + (2 * LOGIT_BYTES if score_prompt else 0)
+
+    def reserve(self, prompt_tokens: int, max_tokens: int, *, n: int = 1, score_prompt: bool = False) -> Reservation:
+        """The request's share, held until released; BudgetError (busy: only for now) when it does not fit."""
+        need = self.need(prompt_tokens, max_tokens, n=n, score_prompt=score_prompt)
+        if self.budget is not None and need > 0:
+            what = (f"{prompt_tokens} prompt + {max_tokens} completion tokens" + (f" x {n} choices" if n > 1 else "")
+                    + (" with prompt logprobs" if score_prompt else ""))
+            if need > self.budget:
+                raise BudgetError(f"This request needs {_gib(need)} of memory ({what}); the server's memory budget is "
+                                  f"{_gib(self.budget)} (the container's memory limit or free memory, less the weights; "
+                                  "SEALIFT_MEMORY_BUDGET). Send fewer tokens, or raise the limit.")
+            if need > self.budget - self.held:
+                raise BudgetError(f"This request needs {_gib(need)} of memory ({what}); {_gib(self.held)} of the "
+                                  f"server's {_gib(self.budget)} memory budget is held by running requests. Retry "
+                                  "shortly.", busy=True)
+        self.held += need
+        return Reservation(self._release, need)
+
+    def _release(self, size: int) -> None:
+        self.held = max(0, self.held - size)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
