@@ -39,7 +39,7 @@ from sealift.serving.backend import BackendError, Chunk, OutputText, SamplingPar
 from sealift.serving.logprobs import token_logprobs
 from sealift.serving.sampling import RowSampler
 
-__all__ = ["Batcher", "default_max_batch", "probe", "unsupported_generation_config"]
+__all__ = ["Batcher", "default_max_batch", "probe", "scoring_rows", "unsupported_generation_config"]
 
 log = logging.getLogger("sealift.serving")
 
@@ -60,6 +60,11 @@ LOGIT_BYTES = 128 << 20
 #: decode step turns from memory-bound (weights read once for all rows) to compute-bound.
 ROWS_PER_CORE = 8
 MAX_DEFAULT_BATCH = 64
+
+
+def scoring_rows(vocab: int) -> int:
+    """Prompt positions scored per chunk (echo with logprobs): LOGIT_BYTES of float32 logits."""
+    return max(1, LOGIT_BYTES // (4 * max(1, vocab)))
 
 
 def unsupported_generation_config(generation_config: Any) -> str | None:
@@ -305,7 +310,7 @@ class Batcher:
         prompt = pending.row.ids
         score = pending.row.job.request.prompt_logprobs
         if score is not None:
-            n = min(n, max(1, LOGIT_BYTES // (4 * self.vocab)))
+            n = min(n, scoring_rows(self.vocab))
         start, end = pending.done, min(len(prompt), pending.done + max(1, n))
         logits, pending.cache = self.prefill(prompt[start:end], every=score is not None, cache=pending.cache)
         pending.done = end

@@ -128,22 +128,25 @@ def cpu_sizing(
 
 class MemoryBudget:
     """What running requests may hold: each reserves its KV cache at full length (prompt + max_tokens, per
-    choice) and, when it scores its prompt, two scoring chunks of logits; refused past the budget.
+    choice) and, when it scores its prompt, one scoring chunk of float32 logits twice (the logits and their
+    log-softmax); refused past the budget.
 
     Left padding can make a batch hold more than the sum (a short row padded to the longest): the
     batch cap (half the budget at the full context) covers that; this keeps one request from
     taking more than there is. `budget` None: no accounting (a GPU).
     """
 
-    def __init__(self, budget: int | None, kv_per_token: int) -> None:
+    def __init__(self, budget: int | None, kv_per_token: int, vocab: int = 0) -> None:
         self.budget = budget
         self.kv_per_token = kv_per_token
+        self.vocab = vocab
         self.held = 0  # bytes held by running requests (changed on the event loop only)
 
     def need(self, prompt_tokens: int, max_tokens: int, *, n: int = 1, score_prompt: bool = False) -> int:
-        from sealift.serving.batching import LOGIT_BYTES
+        from sealift.serving.batching import scoring_rows
 
-        return n * self.kv_per_token * (prompt_tokens + max_tokens) + (2 * LOGIT_BYTES if score_prompt else 0)
+        score = 2 * 4 * self.vocab * min(prompt_tokens, scoring_rows(self.vocab)) if score_prompt else 0
+        return n * self.kv_per_token * (prompt_tokens + max_tokens) + score
 
     def reserve(self, prompt_tokens: int, max_tokens: int, *, n: int = 1, score_prompt: bool = False) -> Reservation:
         """The request's share, held until released; BudgetError (busy: only for now) when it does not fit."""

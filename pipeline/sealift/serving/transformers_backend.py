@@ -264,7 +264,8 @@ class TransformersBackend:
             self._sizing = cpu_sizing(self.model.config, self._context_length, self.model.dtype.itemsize,
                                       max_batch=self.max_batch)
             self._budget = MemoryBudget(self._sizing.memory_budget,
-                                        kv_bytes_per_token(self.model.config, self.model.dtype.itemsize))
+                                        kv_bytes_per_token(self.model.config, self.model.dtype.itemsize),
+                                        self._vocab_size)
             if self.prefill_tokens is None:
                 self.prefill_tokens = self._sizing.prefill_tokens
         self._setup_batching()
