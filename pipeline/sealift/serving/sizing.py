@@ -170,4 +170,6 @@ class MemoryBudget:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    from sealift.core.units import fmt_bytes
+
+    return fmt_bytes(n)

@@ -182,7 +182,8 @@ class TransformersBackend:
                 info["why"] = self.batching_off
         if self._sizing is not None:
             info.update(threads=self._sizing.threads, max_batch=self._sizing.max_batch,
-                        memory_budget=self._sizing.memory_budget, prefill_tokens=self.prefill_tokens or 0)
+                        memory_budget=self._sizing.memory_budget, memory_held=self._budget.held,
+                        prefill_tokens=self.prefill_tokens or 0)
         return info
 
     # ------------------------------------------------------------------ memory per request
