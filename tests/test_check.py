@@ -228,6 +228,33 @@ def test_install_check_runs_the_check_after_installing(cpu_bento, tmp_path):
     assert [r["verdict"] for r in result["check"]["results"]] == ["match"] * 5
 
 
+def test_golden_outputs_recorded_later_reach_the_far_side(host, tiny_llama, tmp_path):
+    """build --no-golden, export, install: check says what to do; do it (golden, export, install): check passes."""
+    from conftest import Env
+
+    host.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
+    first = host.sealift("build", "tiny", "--target", "cpu", "--no-golden", "--json", check=True).json()
+    bundle = host.sealift("export", "tiny", tmp_path / "usb1", "--no-wheels", "--json", check=True).json()["bundle"]
+    airgap = Env(tmp_path / "airgap")
+    airgap.sealift("install", bundle, "--no-venv", "--json", check=True)
+    advice = airgap.sealift("check", "tiny")
+    assert advice.code == 2 and "no golden outputs" in advice.err, advice.err
+    assert "`sealift golden tiny`" in advice.err and "`sealift export tiny DEST`" in advice.err
+    assert "`sealift install`" in advice.err
+
+    golden = host.sealift("golden", "tiny", "--json", check=True).json()  # what the advice says, on the build host
+    assert golden["status"] == "recorded" and golden["bento_tag"] != first["bento_tag"]
+    assert not (Path(first["path"]) / "src" / "sealift_golden.json").exists()  # the old version is left as it was
+    bundle2 = host.sealift("export", "tiny", tmp_path / "usb2", "--no-wheels", "--json", check=True).json()
+    assert bundle2["bento_tag"] == golden["bento_tag"]
+    installed = airgap.sealift("install", bundle2["bundle"], "--no-venv", "--json", check=True).json()
+    assert installed["bento_tag"] == golden["bento_tag"]
+    run = airgap.sealift("check", "tiny", "--json")
+    assert run.code == 0, run.err + run.out
+    report = run.json()
+    assert report["ok"] and [r["verdict"] for r in report["results"]] == ["match"] * 5
+
+
 # --------------------------------------------------------------------------- evaluator configs
 
 

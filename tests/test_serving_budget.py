@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
+
 from pathlib import Path
 
 import httpx

@@ -449,3 +449,39 @@ def _imported_distributions(root: Path) -> set[str]:
     for module in third_party_modules(root, "service.py", PACKAGE):
         found.update(dists.get(module, []))
     return found
+
+
+# --------------------------------------------------------------------------- a new version with golden outputs
+
+
+def rebuild_with_golden(bento_tag: str, golden_file: Path) -> Any:
+    """A new version of bento `bento_tag` holding `golden_file` (`sealift golden NAME`); the stored Bento.
+
+    The same sources, bentofile (requirements, labels, envs) and model as the bento it comes from, so
+    it serves the same way; only src/sealift_golden.json differs, and the label sealift-golden-of names
+    the version it was made from. A new tag, not a rewrite in place: `export` writes a new bundle for it
+    and `install` imports it beside the old one, so the recording reaches the far side.
+    """
+    import yaml
+
+    apply_offline_env()
+    os.environ["BENTOML_NO_LOCAL_URL"] = "1"
+    os.environ["BENTOML_BUNDLE_LOCAL_BUILD"] = "false"
+    old = _bentoml.get_bento(bento_tag)
+    src = Path(old.path) / "src"
+    tmp_parent = paths.bentoml_home() / "tmp"
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    sweep_dead(tmp_parent, BUILD_PREFIX)
+    with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=tmp_parent) as tmp:
+        ctx = Path(tmp) / "context"
+        shutil.copytree(src, ctx, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(golden_file, ctx / GOLDEN_FILE)
+        path = ctx / "bentofile.yaml"
+        spec = yaml.safe_load(path.read_text()) or {}
+        spec["labels"] = {**(spec.get("labels") or {}), "sealift-golden-of": str(old.tag.version)}
+        include = list(spec.get("include") or [])
+        if GOLDEN_FILE not in include:
+            include.append(GOLDEN_FILE)
+        spec["include"] = include
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return _run_build(path, ctx, Path(tmp) / "store")

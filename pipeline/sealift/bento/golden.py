@@ -18,7 +18,8 @@ The file is `src/sealift_golden.json` in the bento, so `sealift export` and a
 plain `bentoml export` both carry it. A model whose float32 weights do not fit
 in the memory available here is skipped with one line (a 70B model needs
 280 GB): record it later, on a host where it fits, with `sealift golden NAME`,
-which writes the file into the model's newest bento.
+which makes a new version of the model's newest bento holding the file (export and
+install that version to carry it across).
 
 Cost (what the build waits for). The recording reads every weight once per
 generated token (decode is memory-bound) and does 2 x params x tokens FLOPs for
@@ -131,6 +132,8 @@ class GoldenOutcome:
     path: str | None = None
     #: Seconds per phase in the child (start, load, generate), when recorded.
     phases: dict[str, float] = field(default_factory=dict)
+    #: `sealift golden`: the new bento version that holds the recording
+    bento_tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -446,18 +449,23 @@ def _versions(sealift_version: str) -> dict[str, str]:
 
 
 def record_later(ref: str) -> GoldenOutcome:
-    """(Re)record the golden outputs of `ref`'s newest bento into its src/ (`sealift golden NAME`)."""
+    """Record the golden outputs of `ref`'s newest bento into a new version of it (`sealift golden NAME`).
+
+    A new bento version (sealift.bento.build.rebuild_with_golden), not a rewrite of the old one: the
+    old tag's bundle and install stay what they were, and `export` then `install` carry the new
+    version, with its recording, to the far side, where `sealift check` takes the newest bento.
+    """
+    from sealift.bento.build import rebuild_with_golden
     from sealift.model import _bentoml, store
-    from sealift.core.atomic import write_atomic
     from sealift.core.offline import apply_offline_env
 
     apply_offline_env()
     bento = _bentoml.get_bento(store.find_bento(ref))
-    src = Path(bento.path) / "src"
     model = store.describe(str(bento.info.labels.get(store.LABEL_MODEL) or ref))
     with tempfile.TemporaryDirectory(prefix="sealift-golden-") as tmp:
         outcome = record_into(Path(tmp), model)
         if outcome.status == "recorded":
-            write_atomic(src / GOLDEN_FILE, (Path(tmp) / GOLDEN_FILE).read_bytes())
-            outcome.path = str(src / GOLDEN_FILE)
+            new = rebuild_with_golden(str(bento.tag), Path(tmp) / GOLDEN_FILE)
+            outcome.bento_tag = str(new.tag)
+            outcome.path = str(Path(new.path) / "src" / GOLDEN_FILE)
     return outcome
