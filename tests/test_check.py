@@ -86,6 +86,8 @@ def test_build_reports_what_the_recording_cost(cpu_bento):
     assert {"start", "imports", "load", "short", "long"} <= set(golden["phases"])
     assert sum(golden["phases"].values()) <= golden["seconds"] + 0.5
     assert "seconds" not in golden_of(cpu_bento.bento_dir)
+    # the long prompt's length and why: the tiny model's whole context fits this host
+    assert golden["long_prompt"] == "240 tokens: the model's context of 256 less 16 to generate"
 
 
 def test_golden_outputs_are_what_transformers_generates(cpu_bento, tiny_llama):

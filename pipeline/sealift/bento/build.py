@@ -116,7 +116,8 @@ class BuildResult:
             split = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
             lines.insert(1, f"golden outputs: {self.golden['prompts']} prompts recorded in {self.golden['seconds']:.1f} s "
                             + (f"({split}) " if split else "")
-                            + "(src/sealift_golden.json; `sealift check` replays them)")
+                            + "(src/sealift_golden.json; `sealift check` replays them)"
+                            + (f"; long prompt {self.golden['long_prompt']}" if self.golden.get("long_prompt") else ""))
         from sealift.model.tensors import build_line
 
         tensors = build_line(self.tensors)  # a model not known to be whole says so here (issue 25)
