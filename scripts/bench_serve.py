@@ -21,6 +21,12 @@ raw generate (goal: >= 0.9x), and the server's resident memory (all its processe
 warm-up and at the end. --via bentoml (default) imports the model into a temporary Bento
 store and runs `bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
 
+--prefill-burst measures the prefill budget instead: 8 streams decode (--max-tokens each) while 8 new
+prompts of --burst-tokens (1,024) token ids arrive at once; inter-token latency (the gap between one
+stream's chunks) p50/p99/max of the running streams during the burst, and the new prompts' time to first
+token, with SEALIFT_PREFILL_TOKENS=0 (no budget: every waiting prompt read before the next decode step)
+against --prefill-tokens (default 512), same model and server, rounds interleaved; printed with ratios.
+
 --structured also runs each level with every request grammar-constrained (structured_outputs regex
 `[a-z ]+`, the same token count) and prints constrained over free tok/s per level (goal: the
 per-token cost at most 1.15x at 1 and 8 clients), and the time xgrammar takes to compile a 50-field
@@ -241,8 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-batch", type=int, help="SEALIFT_MAX_BATCH for the server (default: its own)")
     ap.add_argument("--structured", action="store_true", help="also measure grammar-constrained requests")
+    ap.add_argument("--prefill-burst", action="store_true", help="measure ITL of running streams under a burst "
+                    "of long prompts, with and without the prefill budget")
+    ap.add_argument("--burst-tokens", type=int, default=1024, help="--prefill-burst: tokens of each new prompt")
+    ap.add_argument("--prefill-tokens", type=int, default=512, help="--prefill-burst: the budget measured")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.prefill_burst:
+        from sealift.core.offline import apply_offline_env
+
+        apply_offline_env()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        with stdout_to_stderr():
+            result = measure_burst(a)
+        print(json.dumps(result, indent=2) if a.json else burst_table(result))
+        return 0
     try:
         levels = sorted({int(x) for x in a.levels.split(",") if x.strip()})
     except ValueError:
@@ -404,6 +423,142 @@ def measure(a: argparse.Namespace, levels: list[int]) -> tuple[list[dict], int, 
         finally:
             stop_server(proc)
     return rounds, threads, memory
+
+
+# --------------------------------------------------------------------------- the prefill budget
+
+
+STREAMS = 8
+
+
+def burst_round(url: str, name: str, a: argparse.Namespace, seed: int) -> dict:
+    """8 streams decode; once each has its first 8 chunks, 8 long prompts arrive at once. The running streams'
+    chunk gaps while the burst is being read (until every new prompt has its first token), and its TTFTs."""
+    import random
+    import threading
+
+    import httpx
+
+    rng = random.Random(seed)
+    arrivals: list[list[float]] = [[] for _ in range(STREAMS)]
+    warmed = threading.Barrier(STREAMS + 1)
+    errors: list[str] = []
+
+    def stream(i: int) -> None:
+        body = {"model": name, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": a.max_tokens, "temperature": 0,
+                "ignore_eos": True, "stream": True}
+        passed = False
+        try:
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        now = time.perf_counter()
+                        if arrivals[i] and now - arrivals[i][-1] < 0.001:
+                            continue  # events read together (one network read) arrived together
+                        arrivals[i].append(now)
+                        if len(arrivals[i]) == 8 and not passed:
+                            passed = True
+                            warmed.wait()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(f"stream {i}: {exc}")
+        if not passed:
+            warmed.abort()
+
+    ttft: list[float] = []
+
+    def newcomer() -> None:
+        ids = [rng.randrange(3, 400) for _ in range(a.burst_tokens)]
+        t0 = time.perf_counter()
+        body = {"model": name, "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith("data: {"):
+                    ttft.append(time.perf_counter() - t0)
+                    break
+            for _ in lines:
+                pass
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
+    for t in threads:
+        t.start()
+    warmed.wait(timeout=600)
+    start = time.perf_counter()
+    burst = [threading.Thread(target=newcomer) for _ in range(STREAMS)]
+    for t in burst:
+        t.start()
+    for t in burst:
+        t.join()
+    end = start + max(ttft)
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit("; ".join(errors))
+    gaps = []
+    for times in arrivals:
+        inside = [t for t in times if start <= t <= end]
+        before = [t for t in times if t < start][-1:]
+        after = [t for t in times if t > end][:1]
+        seq = before + inside + after  # a gap that spans the burst's edge counts: it is the stall
+        gaps += [b - a_ for a_, b in zip(seq, seq[1:])]
+    return {"gaps": gaps, "ttft": ttft}
+
+
+def measure_burst(a: argparse.Namespace) -> dict:
+    import statistics as st
+
+    budgets = [0, a.prefill_tokens]
+    with tempfile.TemporaryDirectory(prefix="sealift-bench-burst-") as tmpdir:
+        tmp = Path(tmpdir)
+        model = a.model
+        if model is None:
+            from make_tiny_model import make_model
+
+            model = make_model(tmp / "model", hidden_size=a.hidden_size, layers=a.layers,
+                               context=max(2048, a.burst_tokens + 64))
+        pooled: dict[int, dict[str, list[float]]] = {b: {"gaps": [], "ttft": [], "p99": []} for b in budgets}
+        servers = {}
+        try:
+            for b in budgets:
+                (tmp / str(b)).mkdir()
+                extra = {"SEALIFT_PREFILL_TOKENS": str(b), "SEALIFT_MAX_BATCH": str(2 * STREAMS)}
+                servers[b] = start_server(model, a.via, tmp / str(b), extra)
+                burst_round(servers[b][1], servers[b][2], a, seed=-1)  # warm up
+            for i in range(a.rounds):
+                for b in budgets:
+                    proc, url, name = servers[b]
+                    got = burst_round(url, name, a, seed=i)
+                    pooled[b]["gaps"] += got["gaps"]
+                    pooled[b]["ttft"] += got["ttft"]
+                    pooled[b]["p99"].append(percentile(got["gaps"], 99))
+        finally:
+            for proc, _, _ in servers.values():
+                stop_server(proc)
+
+    def stats(b: int) -> dict:
+        g, t = pooled[b]["gaps"], pooled[b]["ttft"]
+        return {"itl_p50_ms": 1000 * st.median(g), "itl_p99_ms": 1000 * percentile(g, 99), "itl_max_ms": 1000 * max(g),
+                "itl_p99_best_round_ms": 1000 * min(pooled[b]["p99"]), "burst_ttft_p50_s": st.median(t),
+                "burst_ttft_max_s": max(t), "gaps": len(g)}
+
+    off, on = stats(0), stats(a.prefill_tokens)
+    return {"streams": STREAMS, "burst_prompts": STREAMS, "burst_tokens": a.burst_tokens, "max_tokens": a.max_tokens,
+            "rounds": a.rounds, "prefill_tokens": a.prefill_tokens, "no_budget": off, "budget": on,
+            "itl_p99_ratio": off["itl_p99_ms"] / on["itl_p99_ms"],
+            "burst_ttft_p50_ratio": on["burst_ttft_p50_s"] / off["burst_ttft_p50_s"]}
+
+
+def burst_table(r: dict) -> str:
+    rows = [f"{r['streams']} running streams ({r['max_tokens']} tokens each) while {r['burst_prompts']} prompts of "
+            f"{r['burst_tokens']} tokens arrive; {r['rounds']} rounds pooled",
+            f"{'':28}{'no budget':>12}{'budget ' + str(r['prefill_tokens']):>14}"]
+    for key, label in (("itl_p50_ms", "ITL p50 (ms)"), ("itl_p99_ms", "ITL p99 (ms)"), ("itl_max_ms", "ITL max (ms)"),
+                       ("itl_p99_best_round_ms", "ITL p99, best round (ms)"),
+                       ("burst_ttft_p50_s", "new prompts' TTFT p50 (s)"), ("burst_ttft_max_s", "new prompts' TTFT max (s)")):
+        rows.append(f"{label:28}{r['no_budget'][key]:>12.3f}{r['budget'][key]:>14.3f}")
+    rows.append(f"ITL p99 without / with the budget: {r['itl_p99_ratio']:.2f}x; the new prompts' TTFT p50 with / "
+                f"without: {r['burst_ttft_p50_ratio']:.2f}x")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,20 @@ def test_check_passes_against_sealift_start_of_the_same_bento(cpu_bento, started
         assert [r["verdict"] for r in report["results"]] == ["match"] * 5
 
 
+def test_start_says_the_threads_batch_cap_and_memory_budget_it_chose_and_why(started):
+    log = started.log.read_text(errors="replace")
+    (line,) = [ln for ln in log.splitlines() if "transformers on CPU:" in ln]
+    for words in ("torch threads", "batch cap", "memory budget", "prefill 512 prompt tokens a step", "Limits read:",
+                  "CPUs"):
+        assert words in line, line
+
+
+def test_doctor_says_the_limits_it_reads(cpu_bento):
+    report = cpu_bento.host.sealift("doctor", "--quick", "--json").json()
+    (row,) = [c for c in report["checks"] if c["check"] == "limits"]
+    assert row["status"] in ("ok", "warn") and "CPUs" in row["detail"] and "memory" in row["detail"]
+
+
 def test_check_without_url_starts_a_server_and_stops_it(cpu_bento):
     run = cpu_bento.host.sealift("check", "tiny")
     assert run.code == 0, run.err + run.out
