@@ -22,7 +22,7 @@ warm-up and at the end. --via bentoml (default) imports the model into a tempora
 store and runs `bentoml serve service:LLM`; --via uvicorn runs `python -m sealift.serving`.
 
 --prefill-burst measures the prefill budget instead: 8 streams decode (--max-tokens each) while 8 new
-prompts of --burst-tokens (1,024) token ids arrive at once; inter-token latency (the gap between one
+prompts of --burst-tokens (1,024) token ids arrive at once (the streams ask --stream-tokens, 480, to outlast it); inter-token latency (the gap between one
 stream's chunks) p50/p99/max of the running streams during the burst, and the new prompts' time to first
 token, with SEALIFT_PREFILL_TOKENS=0 (no budget: every waiting prompt read before the next decode step)
 against --prefill-tokens (default 512), same model and server, rounds interleaved; printed with ratios.
@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     "of long prompts, with and without the prefill budget")
     ap.add_argument("--burst-tokens", type=int, default=1024, help="--prefill-burst: tokens of each new prompt")
     ap.add_argument("--prefill-tokens", type=int, default=512, help="--prefill-burst: the budget measured")
+    ap.add_argument("--stream-tokens", type=int, default=480, help="--prefill-burst: tokens of each running stream "
+                    "(enough to outlast the burst)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.prefill_burst:
@@ -431,69 +433,78 @@ def measure(a: argparse.Namespace, levels: list[int]) -> tuple[list[dict], int, 
 STREAMS = 8
 
 
-def burst_round(url: str, name: str, a: argparse.Namespace, seed: int) -> dict:
-    """8 streams decode; once each has its first 8 chunks, 8 long prompts arrive at once. The running streams'
-    chunk gaps while the burst is being read (until every new prompt has its first token), and its TTFTs."""
+def steady_prompts(url: str, name: str, tokens: int) -> list[str]:
+    """The STREAMS prompts whose greedy text streams most evenly: a random model's output holds bytes that
+    are not yet whole characters, and text held back sends no chunk (it would read as a stall)."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    candidates = [f"{p} {k}" for k in range(3) for p in PROMPTS]
+
+    def chunks(prompt: str) -> int:
+        body = {"model": name, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+                "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
+            return sum(1 for line in r.iter_lines() if line.startswith("data: {"))
+
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(chunks, candidates))
+    ranked = sorted(zip(counts, candidates), key=lambda c: -c[0])
+    return [p for _, p in ranked[:STREAMS]]
+
+
+def burst_round(url: str, name: str, a: argparse.Namespace, seed: int, prompts: list[str]) -> dict:
+    """8 streams decode (--stream-tokens each); once all are streaming, 8 long prompts arrive at once. The running streams'
+    chunk gaps while the burst is being read (until every new prompt has its first token), and its TTFTs.
+
+    One asyncio loop reads every stream (no client threads to be starved of the GIL, so a gap is the
+    server's, not the client's)."""
+    import asyncio
     import random
-    import threading
 
     import httpx
 
     rng = random.Random(seed)
     arrivals: list[list[float]] = [[] for _ in range(STREAMS)]
-    warmed = threading.Barrier(STREAMS + 1)
-    errors: list[str] = []
-
-    def stream(i: int) -> None:
-        body = {"model": name, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": a.max_tokens, "temperature": 0,
-                "ignore_eos": True, "stream": True}
-        passed = False
-        try:
-            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data: {"):
-                        now = time.perf_counter()
-                        if arrivals[i] and now - arrivals[i][-1] < 0.001:
-                            continue  # events read together (one network read) arrived together
-                        arrivals[i].append(now)
-                        if len(arrivals[i]) == 8 and not passed:
-                            passed = True
-                            warmed.wait()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(f"stream {i}: {exc}")
-        if not passed:
-            warmed.abort()
-
     ttft: list[float] = []
 
-    def newcomer() -> None:
-        ids = [rng.randrange(3, 400) for _ in range(a.burst_tokens)]
+    async def stream(client: httpx.AsyncClient, i: int, warm: asyncio.Event, counter: list[int]) -> None:
+        body = {"model": name, "prompt": prompts[i], "max_tokens": a.stream_tokens, "temperature": 0,
+                "ignore_eos": True, "stream": True}
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    arrivals[i].append(time.perf_counter())
+                    if len(arrivals[i]) == 2:  # streaming: its role chunk and a token
+                        counter[0] += 1
+                        if counter[0] == STREAMS:
+                            warm.set()
+
+    async def newcomer(client: httpx.AsyncClient, ids: list[int]) -> None:
         t0 = time.perf_counter()
         body = {"model": name, "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
-            lines = r.iter_lines()
-            for line in lines:
-                if line.startswith("data: {"):
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+            first = True
+            async for line in r.aiter_lines():
+                if first and line.startswith("data: {"):
                     ttft.append(time.perf_counter() - t0)
-                    break
-            for _ in lines:
-                pass
+                    first = False
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
-    for t in threads:
-        t.start()
-    warmed.wait(timeout=600)
-    start = time.perf_counter()
-    burst = [threading.Thread(target=newcomer) for _ in range(STREAMS)]
-    for t in burst:
-        t.start()
-    for t in burst:
-        t.join()
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=4 * STREAMS)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            warm, counter = asyncio.Event(), [0]
+            running = [asyncio.create_task(stream(client, i, warm, counter)) for i in range(STREAMS)]
+            await asyncio.wait_for(warm.wait(), timeout=600)
+            await asyncio.sleep(0.3)  # every stream decoding steadily
+            burst = [[rng.randrange(3, 400) for _ in range(a.burst_tokens)] for _ in range(STREAMS)]
+            start = time.perf_counter()
+            await asyncio.gather(*(newcomer(client, ids) for ids in burst))
+            await asyncio.gather(*running)
+            return start
+
+    start = asyncio.run(main())
     end = start + max(ttft)
-    for t in threads:
-        t.join()
-    if errors:
-        raise SystemExit("; ".join(errors))
     gaps = []
     for times in arrivals:
         inside = [t for t in times if start <= t <= end]
@@ -501,7 +512,7 @@ def burst_round(url: str, name: str, a: argparse.Namespace, seed: int) -> dict:
         after = [t for t in times if t > end][:1]
         seq = before + inside + after  # a gap that spans the burst's edge counts: it is the stall
         gaps += [b - a_ for a_, b in zip(seq, seq[1:])]
-    return {"gaps": gaps, "ttft": ttft}
+    return {"gaps": gaps, "ttft": ttft, "arrivals": [[t - start for t in times] for times in arrivals]}
 
 
 def measure_burst(a: argparse.Namespace) -> dict:
@@ -518,16 +529,19 @@ def measure_burst(a: argparse.Namespace) -> dict:
                                context=max(2048, a.burst_tokens + 64))
         pooled: dict[int, dict[str, list[float]]] = {b: {"gaps": [], "ttft": [], "p99": []} for b in budgets}
         servers = {}
+        steady: list[str] | None = None
         try:
             for b in budgets:
                 (tmp / str(b)).mkdir()
                 extra = {"SEALIFT_PREFILL_TOKENS": str(b), "SEALIFT_MAX_BATCH": str(2 * STREAMS)}
                 servers[b] = start_server(model, a.via, tmp / str(b), extra)
-                burst_round(servers[b][1], servers[b][2], a, seed=-1)  # warm up
+                if steady is None:
+                    steady = steady_prompts(servers[b][1], servers[b][2], a.stream_tokens)
+                burst_round(servers[b][1], servers[b][2], a, -1, steady)  # warm up
             for i in range(a.rounds):
                 for b in budgets:
                     proc, url, name = servers[b]
-                    got = burst_round(url, name, a, seed=i)
+                    got = burst_round(url, name, a, i, steady)
                     pooled[b]["gaps"] += got["gaps"]
                     pooled[b]["ttft"] += got["ttft"]
                     pooled[b]["p99"].append(percentile(got["gaps"], 99))
@@ -542,14 +556,14 @@ def measure_burst(a: argparse.Namespace) -> dict:
                 "burst_ttft_max_s": max(t), "gaps": len(g)}
 
     off, on = stats(0), stats(a.prefill_tokens)
-    return {"streams": STREAMS, "burst_prompts": STREAMS, "burst_tokens": a.burst_tokens, "max_tokens": a.max_tokens,
+    return {"streams": STREAMS, "burst_prompts": STREAMS, "burst_tokens": a.burst_tokens, "stream_tokens": a.stream_tokens,
             "rounds": a.rounds, "prefill_tokens": a.prefill_tokens, "no_budget": off, "budget": on,
             "itl_p99_ratio": off["itl_p99_ms"] / on["itl_p99_ms"],
             "burst_ttft_p50_ratio": on["burst_ttft_p50_s"] / off["burst_ttft_p50_s"]}
 
 
 def burst_table(r: dict) -> str:
-    rows = [f"{r['streams']} running streams ({r['max_tokens']} tokens each) while {r['burst_prompts']} prompts of "
+    rows = [f"{r['streams']} running streams ({r['stream_tokens']} tokens each) while {r['burst_prompts']} prompts of "
             f"{r['burst_tokens']} tokens arrive; {r['rounds']} rounds pooled",
             f"{'':28}{'no budget':>12}{'budget ' + str(r['prefill_tokens']):>14}"]
     for key, label in (("itl_p50_ms", "ITL p50 (ms)"), ("itl_p99_ms", "ITL p99 (ms)"), ("itl_max_ms", "ITL max (ms)"),
