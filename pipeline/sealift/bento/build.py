@@ -455,6 +455,29 @@ def _imported_distributions(root: Path) -> set[str]:
 # --------------------------------------------------------------------------- a new version with golden outputs
 
 
+def record_golden_version(ref: str) -> Any:
+    """Record the golden outputs of `ref`'s newest bento into a new version of it (`sealift golden NAME`);
+    the GoldenOutcome (sealift.bento.golden), its bento_tag the new version.
+
+    A new bento version, not a rewrite of the old one: the old tag's bundle and install stay what
+    they were, and `export` then `install` carry the new version, with its recording, to the far
+    side, where `sealift check` takes the newest bento.
+    """
+    from sealift.bento import golden
+    from sealift.model import store
+
+    apply_offline_env()
+    bento = _bentoml.get_bento(store.find_bento(ref))
+    model = store.describe(str(bento.info.labels.get(store.LABEL_MODEL) or ref))
+    with tempfile.TemporaryDirectory(prefix="sealift-golden-") as tmp:
+        outcome = golden.record_into(Path(tmp), model)
+        if outcome.status == "recorded":
+            new = rebuild_with_golden(str(bento.tag), Path(tmp) / GOLDEN_FILE)
+            outcome.bento_tag = str(new.tag)
+            outcome.path = str(Path(new.path) / "src" / GOLDEN_FILE)
+    return outcome
+
+
 def rebuild_with_golden(bento_tag: str, golden_file: Path) -> Any:
     """A new version of bento `bento_tag` holding `golden_file` (`sealift golden NAME`); the stored Bento.
 

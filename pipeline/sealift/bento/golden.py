@@ -19,7 +19,7 @@ plain `bentoml export` both carry it. A model whose float32 weights do not fit
 in the memory available here is skipped with one line (a 70B model needs
 280 GB): record it later, on a host where it fits, with `sealift golden NAME`,
 which makes a new version of the model's newest bento holding the file (export and
-install that version to carry it across).
+install that version to carry it across; sealift.bento.build.record_golden_version).
 
 Cost (what the build waits for). The recording reads every weight once per
 generated token (decode is memory-bound) and does 2 x params x tokens FLOPs for
@@ -49,7 +49,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,7 +65,6 @@ __all__ = [
     "plan_recording",
     "record",
     "record_into",
-    "record_later",
     "recording_threads",
 ]
 
@@ -501,29 +499,3 @@ def _versions(sealift_version: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return found
-
-
-# --------------------------------------------------------------------------- recording later
-
-
-def record_later(ref: str) -> GoldenOutcome:
-    """Record the golden outputs of `ref`'s newest bento into a new version of it (`sealift golden NAME`).
-
-    A new bento version (sealift.bento.build.rebuild_with_golden), not a rewrite of the old one: the
-    old tag's bundle and install stay what they were, and `export` then `install` carry the new
-    version, with its recording, to the far side, where `sealift check` takes the newest bento.
-    """
-    from sealift.bento.build import rebuild_with_golden
-    from sealift.model import _bentoml, store
-    from sealift.core.offline import apply_offline_env
-
-    apply_offline_env()
-    bento = _bentoml.get_bento(store.find_bento(ref))
-    model = store.describe(str(bento.info.labels.get(store.LABEL_MODEL) or ref))
-    with tempfile.TemporaryDirectory(prefix="sealift-golden-") as tmp:
-        outcome = record_into(Path(tmp), model)
-        if outcome.status == "recorded":
-            new = rebuild_with_golden(str(bento.tag), Path(tmp) / GOLDEN_FILE)
-            outcome.bento_tag = str(new.tag)
-            outcome.path = str(Path(new.path) / "src" / GOLDEN_FILE)
-    return outcome

@@ -65,9 +65,9 @@ def golden(
     bundle on the far side, where `sealift check` replays them. Exit 1 if it cannot record.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift.bento import golden as golden_step
+    from sealift.bento import build as build_step
 
-    outcome = golden_step.record_later(ref)
+    outcome = build_step.record_golden_version(ref)
     console.emit(outcome.to_dict(), lambda: console.out.print(
         f"golden outputs {outcome.status}: "
         + (f"in the new bento {outcome.bento_tag} ({outcome.path}); export and install it to carry them across"
