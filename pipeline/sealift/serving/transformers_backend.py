@@ -4,8 +4,12 @@ One worker thread owns the model and takes requests from a queue, so the event
 loop never blocks on the model. It batches them continuously (sealift.serving.batching):
 up to `max_batch` requests (SEALIFT_MAX_BATCH) share each forward pass, new ones join
 between steps, finished ones leave, and the rest wait in the queue. A model whose code
-cannot use that path (the load-time probe says why, in the log) is served one request
-at a time by `generate`. Either way tokens reach the client as they are made (text goes
+cannot use that path (the load-time probe says why, in the log), or SEALIFT_BATCHING=off, is
+served one request at a time by `generate`, which picks each token as the batcher does
+(sampling.PickLogitsProcessor: the request's own generator, EOS held back until min_tokens);
+`engine_info()` (the /v1/models card's `sealift` field) says which path serves. On CPU the
+threads, batch cap, prefill budget and memory budget come from the container's limits
+(sealift.serving.sizing); `reserve()` holds each request's memory while it runs. Either way tokens reach the client as they are made (text goes
 to the request's asyncio queue; tokens made within STREAM_INTERVAL_S of the last
 hand-over travel together), and a greedy request gets exactly what plain
 `model.generate(do_sample=False)` returns, alone or in a batch.
