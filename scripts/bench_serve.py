@@ -37,6 +37,12 @@ worker, vLLM's API server and EngineCore; proportional set size too, which count
 With both: vLLM over transformers for the single stream and every level (best over best, and the
 median of the ratios within a round), TTFT at 8 clients and memory side by side.
 
+--prefill-burst measures the prefill budget instead: 8 streams decode (--max-tokens each) while 8 new
+prompts of --burst-tokens (1,024) token ids arrive at once (the streams ask --stream-tokens, 480, to outlast it); inter-token latency (the gap between one
+stream's chunks) p50/p99/max of the running streams during the burst, and the new prompts' time to first
+token, with SEALIFT_PREFILL_TOKENS=0 (no budget: every waiting prompt read before the next decode step)
+against --prefill-tokens (default 512), same model and server, rounds interleaved; printed with ratios.
+
 --structured also runs each level with every request grammar-constrained (structured_outputs regex
 `[a-z ]+`, the same token count) and prints constrained over free tok/s per level (goal: the
 per-token cost at most 1.15x at 1 and 8 clients), and the time xgrammar takes to compile a 50-field
@@ -64,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_serve_report import print_table, summarise
+from bench_serve_report import percentile, print_table, summarise
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -389,8 +395,23 @@ def main(argv: list[str] | None = None) -> int:
                     "sealift start does, every usable core, one left to HTTP past 4)")
     ap.add_argument("--no-raw", action="store_true", help="skip the raw generate baseline")
     ap.add_argument("--structured", action="store_true", help="also measure grammar-constrained requests")
+    ap.add_argument("--prefill-burst", action="store_true", help="measure ITL of running streams under a burst "
+                    "of long prompts, with and without the prefill budget")
+    ap.add_argument("--burst-tokens", type=int, default=1024, help="--prefill-burst: tokens of each new prompt")
+    ap.add_argument("--prefill-tokens", type=int, default=512, help="--prefill-burst: the budget measured")
+    ap.add_argument("--stream-tokens", type=int, default=480, help="--prefill-burst: tokens of each running stream "
+                    "(enough to outlast the burst)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.prefill_burst:
+        from sealift.core.offline import apply_offline_env
+
+        apply_offline_env()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        with stdout_to_stderr():
+            result = measure_burst(a)
+        print(json.dumps(result, indent=2) if a.json else burst_table(result))
+        return 0
     try:
         levels = sorted({int(x) for x in a.levels.split(",") if x.strip()})
     except ValueError:
@@ -531,6 +552,153 @@ def measure(a: argparse.Namespace, levels: list[int]) -> dict:
                 stop_server(s.proc)
     return {"rounds": rounds, "hows": {b: s.how for b, s in servers.items()}, "memory": memory, "params": params,
             "compile_s": compile_s}
+
+
+# --------------------------------------------------------------------------- the prefill budget
+
+
+STREAMS = 8
+
+
+def steady_prompts(url: str, name: str, tokens: int) -> list[str]:
+    """The STREAMS prompts whose greedy text streams most evenly: a random model's output holds bytes that
+    are not yet whole characters, and text held back sends no chunk (it would read as a stall)."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    candidates = [f"{p} {k}" for k in range(3) for p in PROMPTS]
+
+    def chunks(prompt: str) -> int:
+        body = {"model": name, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+                "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
+            return sum(1 for line in r.iter_lines() if line.startswith("data: {"))
+
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(chunks, candidates))
+    ranked = sorted(zip(counts, candidates), key=lambda c: -c[0])
+    return [p for _, p in ranked[:STREAMS]]
+
+
+def burst_round(url: str, name: str, a: argparse.Namespace, seed: int, prompts: list[str]) -> dict:
+    """8 streams decode (--stream-tokens each); once all are streaming, 8 long prompts arrive at once. The running streams'
+    chunk gaps while the burst is being read (until every new prompt has its first token), and its TTFTs.
+
+    One asyncio loop reads every stream (no client threads to be starved of the GIL, so a gap is the
+    server's, not the client's)."""
+    import asyncio
+    import random
+
+    import httpx
+
+    rng = random.Random(seed)
+    arrivals: list[list[float]] = [[] for _ in range(STREAMS)]
+    ttft: list[float] = []
+
+    async def stream(client: httpx.AsyncClient, i: int, warm: asyncio.Event, counter: list[int]) -> None:
+        body = {"model": name, "prompt": prompts[i], "max_tokens": a.stream_tokens, "temperature": 0,
+                "ignore_eos": True, "stream": True}
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    arrivals[i].append(time.perf_counter())
+                    if len(arrivals[i]) == 2:  # streaming: its role chunk and a token
+                        counter[0] += 1
+                        if counter[0] == STREAMS:
+                            warm.set()
+
+    async def newcomer(client: httpx.AsyncClient, ids: list[int]) -> None:
+        t0 = time.perf_counter()
+        body = {"model": name, "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True}
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+            first = True
+            async for line in r.aiter_lines():
+                if first and line.startswith("data: {"):
+                    ttft.append(time.perf_counter() - t0)
+                    first = False
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=4 * STREAMS)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            warm, counter = asyncio.Event(), [0]
+            running = [asyncio.create_task(stream(client, i, warm, counter)) for i in range(STREAMS)]
+            await asyncio.wait_for(warm.wait(), timeout=600)
+            await asyncio.sleep(0.3)  # every stream decoding steadily
+            burst = [[rng.randrange(3, 400) for _ in range(a.burst_tokens)] for _ in range(STREAMS)]
+            start = time.perf_counter()
+            await asyncio.gather(*(newcomer(client, ids) for ids in burst))
+            await asyncio.gather(*running)
+            return start
+
+    start = asyncio.run(main())
+    end = start + max(ttft)
+    gaps = []
+    for times in arrivals:
+        inside = [t for t in times if start <= t <= end]
+        before = [t for t in times if t < start][-1:]
+        after = [t for t in times if t > end][:1]
+        seq = before + inside + after  # a gap that spans the burst's edge counts: it is the stall
+        gaps += [b - a_ for a_, b in zip(seq, seq[1:])]
+    return {"gaps": gaps, "ttft": ttft, "arrivals": [[t - start for t in times] for times in arrivals]}
+
+
+def measure_burst(a: argparse.Namespace) -> dict:
+    import statistics as st
+
+    budgets = [0, a.prefill_tokens]
+    with tempfile.TemporaryDirectory(prefix="sealift-bench-burst-") as tmpdir:
+        tmp = Path(tmpdir)
+        model = a.model
+        if model is None:
+            from make_tiny_model import make_model
+
+            model = make_model(tmp / "model", hidden_size=a.hidden_size, layers=a.layers,
+                               context=max(2048, a.burst_tokens + 64))
+        pooled: dict[int, dict[str, list[float]]] = {b: {"gaps": [], "ttft": [], "p99": []} for b in budgets}
+        servers = {}
+        steady: list[str] | None = None
+        try:
+            for b in budgets:
+                (tmp / str(b)).mkdir()
+                extra = {"SEALIFT_PREFILL_TOKENS": str(b), "SEALIFT_MAX_BATCH": str(2 * STREAMS)}
+                servers[b] = start_transformers(model, a.via, tmp / str(b), extra, a.dtype)
+                if steady is None:
+                    steady = steady_prompts(servers[b].url, servers[b].name, a.stream_tokens)
+                burst_round(servers[b].url, servers[b].name, a, -1, steady)  # warm up
+            for i in range(a.rounds):
+                for b in budgets:
+                    got = burst_round(servers[b].url, servers[b].name, a, i, steady)
+                    pooled[b]["gaps"] += got["gaps"]
+                    pooled[b]["ttft"] += got["ttft"]
+                    pooled[b]["p99"].append(percentile(got["gaps"], 99))
+        finally:
+            for server in servers.values():
+                stop_server(server.proc)
+
+    def stats(b: int) -> dict:
+        g, t = pooled[b]["gaps"], pooled[b]["ttft"]
+        return {"itl_p50_ms": 1000 * st.median(g), "itl_p99_ms": 1000 * percentile(g, 99), "itl_max_ms": 1000 * max(g),
+                "itl_p99_best_round_ms": 1000 * min(pooled[b]["p99"]), "burst_ttft_p50_s": st.median(t),
+                "burst_ttft_max_s": max(t), "gaps": len(g)}
+
+    off, on = stats(0), stats(a.prefill_tokens)
+    return {"streams": STREAMS, "burst_prompts": STREAMS, "burst_tokens": a.burst_tokens, "stream_tokens": a.stream_tokens,
+            "rounds": a.rounds, "prefill_tokens": a.prefill_tokens, "no_budget": off, "budget": on,
+            "itl_p99_ratio": off["itl_p99_ms"] / on["itl_p99_ms"],
+            "burst_ttft_p50_ratio": on["burst_ttft_p50_s"] / off["burst_ttft_p50_s"]}
+
+
+def burst_table(r: dict) -> str:
+    rows = [f"{r['streams']} running streams ({r['stream_tokens']} tokens each) while {r['burst_prompts']} prompts of "
+            f"{r['burst_tokens']} tokens arrive; {r['rounds']} rounds pooled",
+            f"{'':28}{'no budget':>12}{'budget ' + str(r['prefill_tokens']):>14}"]
+    for key, label in (("itl_p50_ms", "ITL p50 (ms)"), ("itl_p99_ms", "ITL p99 (ms)"), ("itl_max_ms", "ITL max (ms)"),
+                       ("itl_p99_best_round_ms", "ITL p99, best round (ms)"),
+                       ("burst_ttft_p50_s", "new prompts' TTFT p50 (s)"), ("burst_ttft_max_s", "new prompts' TTFT max (s)")):
+        rows.append(f"{label:28}{r['no_budget'][key]:>12.3f}{r['budget'][key]:>14.3f}")
+    rows.append(f"ITL p99 without / with the budget: {r['itl_p99_ratio']:.2f}x; the new prompts' TTFT p50 with / "
+                f"without: {r['burst_ttft_p50_ratio']:.2f}x")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -178,7 +178,9 @@ def cpu_bento(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Bui
     run = env.sealift(
         "build", "tiny", "--target", "cpu", "--json", check=True,
         UV_OFFLINE="1", PIP_NO_INDEX="1", SEALIFT_NET_GUARD="1",
-        SEALIFT_NET_GUARD_LOG=str(log), PYTHONPATH=str(guard_dir()),
+        SEALIFT_NET_GUARD_LOG=str(log),
+        # the guard first; then whatever PYTHONPATH the run has (a worktree's pipeline/ ahead of an editable install)
+        PYTHONPATH=os.pathsep.join([str(guard_dir()), *filter(None, [os.environ.get("PYTHONPATH")])]),
     )
     return BuiltBento(env, run.json(), log)
 

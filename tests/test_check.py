@@ -86,6 +86,8 @@ def test_build_reports_what_the_recording_cost(cpu_bento):
     assert {"start", "imports", "load", "short", "long"} <= set(golden["phases"])
     assert sum(golden["phases"].values()) <= golden["seconds"] + 0.5
     assert "seconds" not in golden_of(cpu_bento.bento_dir)
+    # the long prompt's length and why: the tiny model's whole context fits this host
+    assert golden["long_prompt"] == "240 tokens: the model's context of 256 less 16 to generate"
 
 
 def test_golden_outputs_are_what_transformers_generates(cpu_bento, tiny_llama):
@@ -173,6 +175,20 @@ def test_check_passes_against_sealift_start_of_the_same_bento(cpu_bento, started
         assert [r["verdict"] for r in report["results"]] == ["match"] * 5
 
 
+def test_start_says_the_threads_batch_cap_and_memory_budget_it_chose_and_why(started):
+    log = started.log.read_text(errors="replace")
+    (line,) = [ln for ln in log.splitlines() if "transformers on CPU:" in ln]
+    for words in ("torch threads", "batch cap", "memory budget", "prefill 512 prompt tokens a step", "Limits read:",
+                  "CPUs"):
+        assert words in line, line
+
+
+def test_doctor_says_the_limits_it_reads(cpu_bento):
+    report = cpu_bento.host.sealift("doctor", "--quick", "--json").json()
+    (row,) = [c for c in report["checks"] if c["check"] == "limits"]
+    assert row["status"] in ("ok", "warn") and "CPUs" in row["detail"] and "memory" in row["detail"]
+
+
 def test_check_without_url_starts_a_server_and_stops_it(cpu_bento):
     run = cpu_bento.host.sealift("check", "tiny")
     assert run.code == 0, run.err + run.out
@@ -226,6 +242,33 @@ def test_install_check_runs_the_check_after_installing(cpu_bento, tmp_path):
     assert result["bento_tag"] == cpu_bento.build["bento_tag"]
     assert result["check"]["ok"] and result["check"]["mode"] == "exact"
     assert [r["verdict"] for r in result["check"]["results"]] == ["match"] * 5
+
+
+def test_golden_outputs_recorded_later_reach_the_far_side(host, tiny_llama, tmp_path):
+    """build --no-golden, export, install: check says what to do; do it (golden, export, install): check passes."""
+    from conftest import Env
+
+    host.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
+    first = host.sealift("build", "tiny", "--target", "cpu", "--no-golden", "--json", check=True).json()
+    bundle = host.sealift("export", "tiny", tmp_path / "usb1", "--no-wheels", "--json", check=True).json()["bundle"]
+    airgap = Env(tmp_path / "airgap")
+    airgap.sealift("install", bundle, "--no-venv", "--json", check=True)
+    advice = airgap.sealift("check", "tiny")
+    assert advice.code == 2 and "no golden outputs" in advice.err, advice.err
+    assert "`sealift golden tiny`" in advice.err and "`sealift export tiny DEST`" in advice.err
+    assert "`sealift install`" in advice.err
+
+    golden = host.sealift("golden", "tiny", "--json", check=True).json()  # what the advice says, on the build host
+    assert golden["status"] == "recorded" and golden["bento_tag"] != first["bento_tag"]
+    assert not (Path(first["path"]) / "src" / "sealift_golden.json").exists()  # the old version is left as it was
+    bundle2 = host.sealift("export", "tiny", tmp_path / "usb2", "--no-wheels", "--json", check=True).json()
+    assert bundle2["bento_tag"] == golden["bento_tag"]
+    installed = airgap.sealift("install", bundle2["bundle"], "--no-venv", "--json", check=True).json()
+    assert installed["bento_tag"] == golden["bento_tag"]
+    run = airgap.sealift("check", "tiny", "--json")
+    assert run.code == 0, run.err + run.out
+    report = run.json()
+    assert report["ok"] and [r["verdict"] for r in report["results"]] == ["match"] * 5
 
 
 # --------------------------------------------------------------------------- evaluator configs

@@ -221,6 +221,7 @@ def test_recording_lengths_and_phases_on_a_tiny_model(tiny_llama):
 
     phases: dict[str, float] = {}
     doc = record(tiny_llama, phases=phases, max_new_tokens=3, long_new_tokens=2, long_prompt_max=40)
+    assert phases.pop("long_why") == "40 tokens (fixed at 40)"
     assert set(phases) == {"imports", "load", "short", "long"} and all(v >= 0 for v in phases.values())
     short = [p for p in doc["prompts"] if p["id"] != "raw-long"]
     long = next(p for p in doc["prompts"] if p["id"] == "raw-long")
@@ -233,6 +234,24 @@ def test_recording_lengths_and_phases_on_a_tiny_model(tiny_llama):
     assert long["max_tokens"] == LONG_NEW_TOKENS and long["near_context_limit"]
     assert len(long["prompt_token_ids"]) + LONG_NEW_TOKENS == doc["context_length"] == 256
     assert all(p["max_tokens"] == MAX_NEW_TOKENS for p in doc["prompts"] if p["id"] != "raw-long")
+
+
+def test_the_long_prompt_nears_the_context_as_far_as_the_host_affords():
+    from sealift.bento.golden import LONG_PROMPT_FLOOR, long_prompt_length
+
+    # a 7B model with 32k of context on a 16-core build host: about a minute of prefill is ~4k tokens
+    tokens, why = long_prompt_length(context=32768, params=7_000_000_000, gflops=1000, memory=64 * 2**30,
+                                     kv_bytes_per_token=114_688)
+    assert tokens == 8192 // 2 and "cut to what this host affords" in why and "60 s prefill at 1000 GFLOP/s" in why
+    # memory-bound: eager attention's scores (heads x context x 4 bytes a token) leave room for fewer
+    tokens, why = long_prompt_length(context=32768, params=500_000_000, gflops=1000, memory=2**30,
+                                     kv_bytes_per_token=12_288, score_bytes_per_token=14 * 32768 * 4)
+    assert tokens == 512 == LONG_PROMPT_FLOOR and "GiB left for keys and values" in why
+    # a small model on a fast host: the whole context less the tokens to generate
+    tokens, why = long_prompt_length(context=4096, params=100_000_000, gflops=500, memory=2**34, kv_bytes_per_token=1)
+    assert tokens == 4096 - 16 and "the model's context of 4096" in why
+    # never below the floor, never beyond the context
+    assert long_prompt_length(context=300, params=10**12, gflops=1, memory=1, kv_bytes_per_token=1)[0] == 284
 
 
 def test_old_recordings_with_longer_outputs_still_compare():

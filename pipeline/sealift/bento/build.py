@@ -116,7 +116,8 @@ class BuildResult:
             split = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
             lines.insert(1, f"golden outputs: {self.golden['prompts']} prompts recorded in {self.golden['seconds']:.1f} s "
                             + (f"({split}) " if split else "")
-                            + "(src/sealift_golden.json; `sealift check` replays them)")
+                            + "(src/sealift_golden.json; `sealift check` replays them)"
+                            + (f"; long prompt {self.golden['long_prompt']}" if self.golden.get("long_prompt") else ""))
         from sealift.model.tensors import build_line
 
         tensors = build_line(self.tensors)  # a model not known to be whole says so here (issue 25)
@@ -454,3 +455,62 @@ def _imported_distributions(root: Path) -> set[str]:
     for module in third_party_modules(root, "service.py", PACKAGE):
         found.update(dists.get(module, []))
     return found
+
+
+# --------------------------------------------------------------------------- a new version with golden outputs
+
+
+def record_golden_version(ref: str) -> Any:
+    """Record the golden outputs of `ref`'s newest bento into a new version of it (`sealift golden NAME`);
+    the GoldenOutcome (sealift.bento.golden), its bento_tag the new version.
+
+    A new bento version, not a rewrite of the old one: the old tag's bundle and install stay what
+    they were, and `export` then `install` carry the new version, with its recording, to the far
+    side, where `sealift check` takes the newest bento.
+    """
+    from sealift.bento import golden
+    from sealift.model import store
+
+    apply_offline_env()
+    bento = _bentoml.get_bento(store.find_bento(ref))
+    model = store.describe(str(bento.info.labels.get(store.LABEL_MODEL) or ref))
+    with tempfile.TemporaryDirectory(prefix="sealift-golden-") as tmp:
+        outcome = golden.record_into(Path(tmp), model)
+        if outcome.status == "recorded":
+            new = rebuild_with_golden(str(bento.tag), Path(tmp) / GOLDEN_FILE)
+            outcome.bento_tag = str(new.tag)
+            outcome.path = str(Path(new.path) / "src" / GOLDEN_FILE)
+    return outcome
+
+
+def rebuild_with_golden(bento_tag: str, golden_file: Path) -> Any:
+    """A new version of bento `bento_tag` holding `golden_file` (`sealift golden NAME`); the stored Bento.
+
+    The same sources, bentofile (requirements, labels, envs) and model as the bento it comes from, so
+    it serves the same way; only src/sealift_golden.json differs, and the label sealift-golden-of names
+    the version it was made from. A new tag, not a rewrite in place: `export` writes a new bundle for it
+    and `install` imports it beside the old one, so the recording reaches the far side.
+    """
+    import yaml
+
+    apply_offline_env()
+    os.environ["BENTOML_NO_LOCAL_URL"] = "1"
+    os.environ["BENTOML_BUNDLE_LOCAL_BUILD"] = "false"
+    old = _bentoml.get_bento(bento_tag)
+    src = Path(old.path) / "src"
+    tmp_parent = paths.bentoml_home() / "tmp"
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    sweep_dead(tmp_parent, BUILD_PREFIX)
+    with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=tmp_parent) as tmp:
+        ctx = Path(tmp) / "context"
+        shutil.copytree(src, ctx, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy2(golden_file, ctx / GOLDEN_FILE)
+        path = ctx / "bentofile.yaml"
+        spec = yaml.safe_load(path.read_text()) or {}
+        spec["labels"] = {**(spec.get("labels") or {}), "sealift-golden-of": str(old.tag.version)}
+        include = list(spec.get("include") or [])
+        if GOLDEN_FILE not in include:
+            include.append(GOLDEN_FILE)
+        spec["include"] = include
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return _run_build(path, ctx, Path(tmp) / "store")

@@ -18,7 +18,8 @@ The file is `src/sealift_golden.json` in the bento, so `sealift export` and a
 plain `bentoml export` both carry it. A model whose float32 weights do not fit
 in the memory available here is skipped with one line (a 70B model needs
 280 GB): record it later, on a host where it fits, with `sealift golden NAME`,
-which writes the file into the model's newest bento.
+which makes a new version of the model's newest bento holding the file (export and
+install that version to carry it across; sealift.bento.build.record_golden_version).
 
 Cost (what the build waits for). The recording reads every weight once per
 generated token (decode is memory-bound) and does 2 x params x tokens FLOPs for
@@ -48,7 +49,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,7 +65,6 @@ __all__ = [
     "plan_recording",
     "record",
     "record_into",
-    "record_later",
     "recording_threads",
 ]
 
@@ -77,12 +76,17 @@ TOP_K = 5
 #: Tokens generated per short prompt. Each is one decode step that reads every weight once (memory-bound:
 #: 28 GB a token for a 7B model in float32), so this, times the prompts, is most of the recording's cost.
 MAX_NEW_TOKENS = 8
-#: Tokens generated after the long prompt (its prompt fills the context up to them). 16, as before: for a
-#: model whose context is at most LONG_PROMPT_MAX + 16 the long prompt is the one earlier recordings hold.
+#: Tokens generated after the long prompt (its prompt fills the context up to them).
 LONG_NEW_TOKENS = 16
-#: The long prompt fills the context up to LONG_NEW_TOKENS, but is never longer than this many tokens: its
-#: prefill costs 2 x params x tokens FLOPs (7 TFLOP for a 7B model at 512 tokens, 29 at 2048).
-LONG_PROMPT_MAX = 512
+#: The long prompt fills the model's context up to LONG_NEW_TOKENS (so `check` exercises rope scaling,
+#: sliding windows and a long KV cache), cut to what the build host affords: a prefill of at most
+#: LONG_PREFILL_S seconds at the matmul speed measured in the recording child (2 x params FLOPs a token),
+#: and keys, values and (eager attention) one layer's scores within the memory left after the weights.
+#: Never cut below LONG_PROMPT_FLOOR tokens (what recordings held before) where the context allows.
+LONG_PREFILL_S = 60.0
+LONG_PROMPT_FLOOR = 512
+#: Kept for callers that name it: the floor of the long prompt.
+LONG_PROMPT_MAX = LONG_PROMPT_FLOOR
 #: Memory the recording needs beyond the float32 weights: torch, transformers, activations.
 OVERHEAD_BYTES = 768 * 1024**2
 #: Seconds the child may take before the build gives up on it (and carries on without a recording).
@@ -131,24 +135,20 @@ class GoldenOutcome:
     path: str | None = None
     #: Seconds per phase in the child (start, load, generate), when recorded.
     phases: dict[str, float] = field(default_factory=dict)
+    #: `sealift golden`: the new bento version that holds the recording
+    bento_tag: str | None = None
+    #: the long prompt's length and why (the model's context, or what this host afforded)
+    long_prompt: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def available_memory() -> int:
-    """Bytes this process may still use: psutil's available memory, capped by a cgroup v2 limit if any."""
-    import psutil
+    """Bytes this process may still use: MemAvailable cut to the container's memory limit (sealift.core.limits)."""
+    from sealift.core.limits import read_limits
 
-    available = int(psutil.virtual_memory().available)
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-        if limit.isdigit():
-            available = min(available, max(0, int(limit) - used))
-    except (OSError, ValueError):
-        pass
-    return available
+    return read_limits().memory_budget
 
 
 def plan_recording(*, params: int | None, size_bytes: int, available: int | None = None) -> GoldenPlan:
@@ -209,8 +209,9 @@ def record_into(ctx: Path, model: Any, *, timeout: float = TIMEOUT_S) -> GoldenO
     os.replace(tmp, out)
     doc = json.loads(out.read_text())
     phases = _read_phases(tmp, launched)
+    long = str(phases.pop("long_why", ""))
     return GoldenOutcome("recorded", "", round(time.monotonic() - started, 2), len(doc["prompts"]), str(out),
-                         phases)
+                         phases, long_prompt=long)
 
 
 def _phases_path(tmp: Path) -> Path:
@@ -227,7 +228,9 @@ def _read_phases(tmp: Path, launched: float) -> dict[str, float]:
         path.unlink()
     except (OSError, ValueError):
         return {}
-    phases = {k: round(float(v), 2) for k, v in raw.items() if k != "t0"}
+    phases = {k: round(float(v), 2) for k, v in raw.items() if k not in ("t0", "long_why")}
+    if raw.get("long_why"):
+        phases["long_why"] = raw["long_why"]  # type: ignore[assignment]
     if "t0" in raw:
         phases = {"start": round(max(0.0, float(raw["t0"]) - launched), 2), **phases}
     return phases
@@ -275,25 +278,58 @@ def load_golden(bento_src: Path) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the recording (child process)
 
 
+def long_prompt_length(*, context: int, params: int, gflops: float, memory: int, kv_bytes_per_token: int,
+                       score_bytes_per_token: int = 0, new_tokens: int = LONG_NEW_TOKENS,
+                       seconds: float = LONG_PREFILL_S) -> tuple[int, str]:
+    """(prompt tokens, why) for the long golden prompt: the context less `new_tokens`, cut to a prefill of
+    `seconds` at `gflops` and to `memory` at `kv_bytes_per_token` plus `score_bytes_per_token` x length
+    (eager attention's scores of one layer grow with the square: the caller folds them in per token)."""
+    full = max(1, context - new_tokens)
+    by_time = int(seconds * gflops * 1e9 / max(1, 2 * params))
+    by_memory = int(memory // max(1, kv_bytes_per_token + score_bytes_per_token))
+    floor = min(full, LONG_PROMPT_FLOOR)
+    tokens = min(full, by_time, by_memory)
+    if tokens < full:  # cut: to a multiple of 256, so that hosts of about the same speed record the same prompt
+        tokens = tokens // 256 * 256
+    tokens = max(floor, tokens)
+    if tokens == full:
+        return tokens, f"{tokens} tokens: the model's context of {context} less {new_tokens} to generate"
+    limit = "time" if by_time <= by_memory else "memory"
+    reason = (f"a {seconds:.0f} s prefill at {gflops:.0f} GFLOP/s" if limit == "time"
+              else f"{memory / 2**30:.1f} GiB left for keys and values")
+    return tokens, (f"{tokens} of the model's {context} tokens of context: cut to what this host affords "
+                    f"({reason}); `sealift golden NAME` on a bigger host records a longer one")
+
+
+def _matmul_gflops(torch: Any) -> float:
+    """float32 matmul speed here, GFLOP/s (about a third of a second)."""
+    a, b = torch.randn(512, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 0.3:
+        torch.mm(a, b)
+        runs += 1
+    return 2 * 512 * 1024 * 1024 * runs / (time.perf_counter() - started) / 1e9
+
+
 def recording_threads() -> int:
-    """Intra-op threads for the recording: SEALIFT_TORCH_THREADS, else every usable core.
+    """Intra-op threads for the recording: SEALIFT_TORCH_THREADS, else every usable CPU (affinity and quota).
 
     Unlike the server (which keeps a core for its event loop), the recording is
     the only work the build does while it runs; on a 2-core host one thread
     would double every phase."""
+    from sealift.core.limits import read_limits
+
     raw = os.environ.get("SEALIFT_TORCH_THREADS", "").strip()
     if raw.isdigit() and int(raw) > 0:
         return int(raw)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return read_limits().cpus
 
 
 def record(
     model_dir: Path, *, trust_remote_code: bool = False, model_tag: str = "", manifest_digest: str = "",
     max_new_tokens: int = MAX_NEW_TOKENS, long_new_tokens: int = LONG_NEW_TOKENS,
-    long_prompt_max: int = LONG_PROMPT_MAX, phases: dict[str, float] | None = None,
+    long_prompt_max: int | None = None, phases: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run PROMPTS greedily in float32 on CPU and return the recording (see the module docstring).
 
@@ -352,7 +388,20 @@ def record(
         prompts.append({**entry, **_generate(model, tokenizer, ids, max_new_tokens, eos_ids, decode)})
     lap("short")
 
-    long_len = min(context, long_prompt_max + long_new_tokens) - long_new_tokens
+    if long_prompt_max is not None:  # a fixed length (tests, the benchmark)
+        long_len = min(context, long_prompt_max + long_new_tokens) - long_new_tokens
+        long_why = f"{long_len} tokens (fixed at {long_prompt_max})"
+    else:
+        from sealift.serving.batching import kv_bytes_per_token
+
+        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        eager = getattr(model.config, "_attn_implementation", "eager") == "eager"
+        heads = int(getattr(text, "num_attention_heads", 1) or 1)
+        long_len, long_why = long_prompt_length(
+            context=context, params=sum(p.numel() for p in model.parameters()), gflops=_matmul_gflops(torch),
+            memory=max(0, available_memory() - OVERHEAD_BYTES), kv_bytes_per_token=kv_bytes_per_token(model.config, 4),
+            # eager attention holds one layer's [heads, L, L] scores: per token, heads x L x 4 bytes (L <= context)
+            score_bytes_per_token=heads * context * 4 if eager else 0, new_tokens=long_new_tokens)
     filler = list(tokenizer(LONG_FILLER)["input_ids"])
     ids = filler
     while len(ids) < long_len:
@@ -364,6 +413,7 @@ def record(
         **_generate(model, tokenizer, ids, long_new_tokens, eos_ids, decode),
     })
     lap("long")
+    spent["long_why"] = long_why  # type: ignore[assignment]  # to the build summary, not into the file
 
     return {
         "format": FORMAT,
@@ -449,24 +499,3 @@ def _versions(sealift_version: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return found
-
-
-# --------------------------------------------------------------------------- recording later
-
-
-def record_later(ref: str) -> GoldenOutcome:
-    """(Re)record the golden outputs of `ref`'s newest bento into its src/ (`sealift golden NAME`)."""
-    from sealift.model import _bentoml, store
-    from sealift.core.atomic import write_atomic
-    from sealift.core.offline import apply_offline_env
-
-    apply_offline_env()
-    bento = _bentoml.get_bento(store.find_bento(ref))
-    src = Path(bento.path) / "src"
-    model = store.describe(str(bento.info.labels.get(store.LABEL_MODEL) or ref))
-    with tempfile.TemporaryDirectory(prefix="sealift-golden-") as tmp:
-        outcome = record_into(Path(tmp), model)
-        if outcome.status == "recorded":
-            write_atomic(src / GOLDEN_FILE, (Path(tmp) / GOLDEN_FILE).read_bytes())
-            outcome.path = str(src / GOLDEN_FILE)
-    return outcome

@@ -62,17 +62,21 @@ def golden(
     json_output: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Record golden outputs into the model's newest bento (what `sealift build` does unless --no-golden).
+    """Record golden outputs into a new version of the model's newest bento (what `sealift build` does
+    unless --no-golden).
 
-    For a model that did not fit in memory at build: run it on a host where
-    its float32 weights fit, before `sealift export`. Exit 1 if it cannot record.
+    For a model built with --no-golden or that did not fit in memory at build: run it on a host where
+    its float32 weights fit, then `sealift export` (it takes the new version) and `sealift install` the
+    bundle on the far side, where `sealift check` replays them. Exit 1 if it cannot record.
     """
     console.set_mode(quiet=quiet, json_output=json_output)
-    from sealift.bento import golden as golden_step
+    from sealift.bento import build as build_step
 
-    outcome = golden_step.record_later(ref)
+    outcome = build_step.record_golden_version(ref)
     console.emit(outcome.to_dict(), lambda: console.out.print(
-        f"golden outputs {outcome.status}: {outcome.path or outcome.reason}", markup=False, soft_wrap=True))
+        f"golden outputs {outcome.status}: "
+        + (f"in the new bento {outcome.bento_tag} ({outcome.path}); export and install it to carry them across"
+           if outcome.bento_tag else outcome.path or outcome.reason), markup=False, soft_wrap=True))
     if outcome.status != "recorded":
         raise typer.Exit(1)
 

@@ -90,6 +90,9 @@ def start(
     kv_cache_gib: Optional[int] = typer.Option(
         None, "--kv-cache-gib", help="vLLM on CPU: its KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; default: half the "
                                      "memory left after the weights, said at start)."),
+    prefill_tokens: Optional[int] = typer.Option(
+        None, "--prefill-tokens", help="transformers on CPU: prompt tokens read per scheduler step, so running "
+        "streams keep decoding while new prompts arrive; 0 for no budget [env SEALIFT_PREFILL_TOKENS, default 512]."),
 ) -> None:
     """Serve a model from the local store with an OpenAI-compatible API, offline.
 
@@ -104,7 +107,9 @@ def start(
     are bound to the cores this process may use and --dtype defaults to the
     checkpoint's own (float32 stays float32). --max-num-seqs is vLLM's batch (requests past it
     queue inside vLLM); --max-concurrency is sealift's HTTP cap (requests past
-    it get 429): two settings, set apart.
+    it get 429): two settings, set apart. Before the server starts, the
+    threads, batch cap and memory budget it will use are printed with the
+    limits they come from (affinity, the cgroup's CPU quota and memory limit).
     """
     from sealift.host import start as start_step
 
@@ -119,6 +124,7 @@ def start(
         "dtype": dtype,
         "quantization": quantization,
         "kv_cache_gib": kv_cache_gib,
+        "prefill_tokens": prefill_tokens,
     }
     code = start_step.start(ref, host=host, port=port, options={k: v for k, v in options.items() if v is not None})
     raise typer.Exit(code)

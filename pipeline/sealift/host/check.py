@@ -284,10 +284,12 @@ def _http_error(exc: urllib.error.HTTPError) -> str:
     return f"HTTP {exc.code}: {message}"
 
 
-def ask(url: str, served: str, prompt: dict[str, Any], api_key: str | None) -> Answer:
-    """Replay one golden prompt greedily; the answer (or the server's refusal)."""
-    body: dict[str, Any] = {"model": served, "temperature": 0, "max_tokens": prompt["max_tokens"],
-                            "return_token_ids": True}  # vLLM's; sealift's server ignores it
+def ask(url: str, served: str, prompt: dict[str, Any], api_key: str | None, *, token_ids: bool = True) -> Answer:
+    """Replay one golden prompt greedily; the answer (or the server's refusal). `token_ids` asks for vLLM's
+    return_token_ids (sealift's own server refuses the field: it compares text there)."""
+    body: dict[str, Any] = {"model": served, "temperature": 0, "max_tokens": prompt["max_tokens"]}
+    if token_ids:
+        body["return_token_ids"] = True
     if prompt["kind"] == "chat":
         path, body["messages"] = "/v1/chat/completions", prompt["messages"]
     else:
@@ -363,7 +365,8 @@ def check_model(
     if recorded is None:
         raise UserError(
             f"bento {bento_tag} has no golden outputs (built with --no-golden, or the model did not fit in memory)",
-            hint=f"on the build host: sealift golden {name}, then export again",
+            hint=f"on the build host, `sealift golden {name}` makes a new bento version holding them; then "
+                 f"`sealift export {name} DEST` and `sealift install` that bundle here",
         )
     served = served_name or BentoConfig.load(src, environ={"SEALIFT_MODEL": bento_tag}).served_model_name
     started = time.monotonic()
@@ -400,7 +403,7 @@ def _replay(url: str, served: str, recorded: dict[str, Any], api_key: str | None
     tokenizer = None if exact else StoreTokenizer.for_model(str(recorded.get("model_tag") or ""))
     results = []
     for prompt in recorded["prompts"]:
-        answer = ask(url, served, prompt, api_key)
+        answer = ask(url, served, prompt, api_key, token_ids=card.get("owned_by") != "sealift")
         results.append(compare(prompt, answer, exact=exact, margin_nats=margin_nats, tokenizer=tokenizer))
     return results, card, exact
 

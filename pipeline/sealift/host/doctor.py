@@ -137,6 +137,7 @@ def run_doctor(name: str | None = None, *, verify: bool = True) -> DoctorReport:
     report.checks += _guarded("runtime", lambda: [check_runtime(targets or {"cpu"})])
     report.checks += _guarded("gpu", lambda: check_gpu(models, targets))
     report.checks += _guarded("target", check_installed_targets)
+    report.checks += _guarded("limits", lambda: [check_limits()])
     report.checks += _guarded("disk", check_disk)
     return report
 
@@ -492,6 +493,21 @@ def _gpus_needed(need: int, free: list[int]) -> int:
     while size < n:
         size *= 2
     return size if size <= len(free) else n
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def check_limits() -> Check:
+    """The CPUs and memory this host (or container) lets the server use, as `sealift start` sizes it by."""
+    from sealift.core.limits import read_limits
+
+    limits = read_limits()
+    if limits.memory_budget < 1 << 30:
+        return Check("limits", WARN, limits.why,
+                     "raise the container's memory limit (resources.limits.memory) or free memory: "
+                     "under 1 GiB holds only the smallest models")
+    return Check("limits", OK, limits.why)
 
 
 # --------------------------------------------------------------------------- disk

@@ -57,6 +57,7 @@ OPTION_ENV = {
     "dtype": "SEALIFT_DTYPE",
     "quantization": "SEALIFT_QUANTIZATION",
     "kv_cache_gib": "SEALIFT_KV_CACHE_GIB",
+    "prefill_tokens": "SEALIFT_PREFILL_TOKENS",
 }
 
 POLL_S = 0.5
@@ -140,17 +141,42 @@ def engine_plan(tag: str, bento_src: Path, env: dict[str, str]) -> str | None:
         serve = ServeConfig.from_env(config, env)
     except UserError:
         return None
-    if config.target != "cpu" or serve.backend != "vllm":
-        return None
-    from sealift.serving.vllm_backend import cpu_engine_plan
-
     try:
         model_path = _bentoml.get_model(config.model_tag).path
     except Exception:  # noqa: BLE001 - the plan is informative; the server reports a missing model itself
         model_path = None
+    if serve.backend == "transformers" or (serve.backend == "auto" and host_target() == "cpu"
+                                           and config.backend != "vllm"):
+        return transformers_plan(serve, model_path, env) if host_target() == "cpu" else None
+    if config.target != "cpu" or serve.backend != "vllm":
+        return None
+    from sealift.serving.vllm_backend import cpu_engine_plan
+
     plan = cpu_engine_plan(serve, model_path)
     env.setdefault("SEALIFT_KV_CACHE_GIB", str(plan.kv_cache_gib))  # the server uses the size said here
     return plan.why
+
+
+def transformers_plan(serve: ServeConfig, model_path: str | Path | None, env: dict[str, str]) -> str | None:
+    """What the transformers backend will size itself to on this CPU host (threads, batch cap, memory, prefill)."""
+    from sealift.serving.sizing import cpu_sizing
+    from sealift.serving.transformers_backend import context_length_of
+
+    if model_path is None:
+        return None
+    root = Path(model_path)
+    try:
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    declared = context_length_of(config) or 2048
+    context = min(serve.max_model_len or declared, declared)
+    dtype = serve.dtype or config.get("torch_dtype") or config.get("dtype") or "float32"
+    element = 2 if dtype in ("bfloat16",) else 4  # float16 runs as float32 on CPU (transformers_backend)
+    stored = sum(f.stat().st_size for f in root.glob("*.safetensors")) or sum(f.stat().st_size for f in root.glob("*.bin"))
+    declared_dtype = config.get("torch_dtype") or config.get("dtype")
+    on_disk = 2 if declared_dtype in ("bfloat16", "float16") else 4
+    return cpu_sizing(config, context, element, weights_bytes=stored * element // on_disk, environ=env).why
 
 
 def server_python(bento_tag: str) -> str:
@@ -182,6 +208,8 @@ def option_env(options: dict[str, Any]) -> dict[str, str]:
     for key in ("max_concurrency", "tensor_parallel_size", "max_model_len", "max_num_seqs", "kv_cache_gib"):
         if key in opts and int(opts[key]) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {opts[key]}")
+    if "prefill_tokens" in opts and int(opts["prefill_tokens"]) < 0:
+        raise UserError(f"--prefill-tokens must be 0 (no budget) or more, got {opts['prefill_tokens']}")
     if "gpu_memory_utilization" in opts and not 0 < float(opts["gpu_memory_utilization"]) <= 1:
         raise UserError(f"--gpu-memory-utilization must be in (0, 1], got {opts['gpu_memory_utilization']}")
     return {OPTION_ENV[k]: str(v) for k, v in opts.items()}

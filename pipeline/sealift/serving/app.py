@@ -7,7 +7,9 @@ when run without BentoML. Under BentoML the app is
 mounted at "/" and BentoML's own /readyz asks the service's __is_ready__.
 
 Order of checks for a generation request: API key (401), concurrency (429),
-model loaded (503), body (415 not JSON, 413 too big, 400 invalid), model name (404), prompt length (400).
+model loaded (503), body (415 not JSON, 413 too big, 400 invalid), model name (404), prompt length (400),
+memory (400 when the request's KV cache can never fit the server's memory budget, 429 while running
+requests hold what it needs; held until its generation ends).
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sealift.serving import fields
 from sealift.serving import protocol as p
-from sealift.serving.backend import Backend, BackendError, GenerationRequest, PromptError, SamplingParams
+from sealift.serving.backend import (
+    Backend,
+    BackendError,
+    BudgetError,
+    GenerationRequest,
+    PromptError,
+    Reservation,
+    SamplingParams,
+)
 from sealift.serving.choices import Choice, ChoiceShaper, choice_requests, merge_choices
 from sealift.serving.config import ServeConfig
 from sealift.serving.structured import Constraint, ConstraintError, from_response_format, from_structured_outputs
@@ -248,7 +258,25 @@ class OpenAIServer:
         return JSONResponse(self._card())
 
     def _card(self) -> dict[str, Any]:
-        return p.model_card(self.config.served_model_name, self.created, self.backend.context_length or None)
+        card = p.model_card(self.config.served_model_name, self.created, self.backend.context_length or None)
+        info = getattr(self.backend, "engine_info", None)
+        if callable(info):  # sealift's own field: which path serves (continuous batching or one at a time) and why
+            card["sealift"] = info()
+        return card
+
+    def reserve(self, gens: list[GenerationRequest], prompt_tokens: int, chat: bool) -> Reservation | None:
+        """The memory the request holds while it runs; 400 when it never fits the budget, 429 while others hold it."""
+        reserve = getattr(self.backend, "reserve", None)
+        if not callable(reserve):
+            return None
+        first = gens[0]
+        try:
+            return reserve(prompt_tokens, first.params.max_tokens, n=len(gens),
+                           score_prompt=first.prompt_logprobs is not None)
+        except BudgetError as exc:
+            if exc.busy:
+                raise APIError(429, str(exc), type="requests", code="memory_busy", headers={"Retry-After": "1"}) from None
+            raise APIError(400, str(exc), param="messages" if chat else "prompt", code="memory_budget_exceeded") from None
 
     async def chat_completions(self, request: Request) -> Response:
         self.check_auth(request)
@@ -306,11 +334,18 @@ class OpenAIServer:
             prompt = req.single_prompt()  # type: ignore[union-attr]
             prompt_text = prompt if isinstance(prompt, str) else self.backend.decode(prompt_ids)
         shaper = ChoiceShaper(self.backend.token_text, prompt_ids, req.logprobs_k(), echo=echo, prompt_text=prompt_text)
+        held = self.reserve(gens, len(prompt_ids), chat)
         if req.stream:
             if chat:
-                return _event_stream(self._chat_events(gens, shaper, rid, created, name, req.include_usage(), outputs))
-            return _event_stream(self._completion_events(gens, shaper, rid, created, name, req.include_usage()))
-        results = await self._collect(gens, request)
+                return _event_stream(_releasing(
+                    self._chat_events(gens, shaper, rid, created, name, req.include_usage(), outputs), held))
+            return _event_stream(_releasing(
+                self._completion_events(gens, shaper, rid, created, name, req.include_usage()), held))
+        try:
+            results = await self._collect(gens, request)
+        finally:
+            if held is not None:
+                held.release()
         use = p.usage(len(prompt_ids), sum(c.completion_tokens for c in results))
         if chat:
             single = getattr(req, "parallel_tool_calls", True) is False
@@ -444,6 +479,16 @@ async def _wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def _releasing(events: AsyncIterator[bytes], held: Reservation | None) -> AsyncIterator[bytes]:
+    """The events, then the request's memory back (also when the client goes away mid-stream)."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        if held is not None:
+            held.release()
 
 
 def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:

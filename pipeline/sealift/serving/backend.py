@@ -124,6 +124,32 @@ class PromptError(ValueError):
         self.param = param
 
 
+class BudgetError(Exception):
+    """A request needs more memory than the server's budget (`busy` False: a 400, it never fits) or than
+    is left while other requests run (`busy` True: a 429, retry). The message names the limit."""
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+@dataclass
+class Reservation:
+    """Memory held for one request while it runs; `release()` (idempotent) gives it back."""
+
+    release_fn: Callable[[int], None]
+    size: int
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.release_fn(self.size)
+
+    def __del__(self) -> None:  # a response that never started streaming still gives its memory back
+        self.release()
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the app needs from an in-process engine."""

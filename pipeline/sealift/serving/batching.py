@@ -7,6 +7,12 @@ this is the smallest scheduler that reaches the goal, in the worker thread that 
 - a new request is prefilled alone (a batch of one with its own DynamicCache, as `generate`
   does it), picks its first token, and its cache then joins the running batch, left-padded
   to the batch's length;
+- with a prefill budget (`prefill_tokens`, SEALIFT_PREFILL_TOKENS) and streams running, a
+  step reads at most that many prompt tokens (a long prompt in chunks over several steps,
+  continuing its own cache) before the running streams get their next token, so a burst of
+  long prompts does not stall them; with nothing running, waiting prompts are read whole;
+- echo with logprobs scores the prompt chunk by chunk (at most LOGIT_BYTES of float32
+  logits at a time), never as one [prompt_len, vocab] tensor;
 - each step is one decode forward over every active request: one new token each, the 2D
   attention mask hiding the padding, position ids per row;
 - a request that is done (end of sequence, max_tokens, a stop string, the client gone)
@@ -24,17 +30,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sealift.serving.backend import BackendError, Chunk, OutputText, SamplingParams, TokenLogprob
-from sealift.serving.logprobs import prompt_logprobs, token_logprobs
+from sealift.serving.logprobs import token_logprobs
 from sealift.serving.sampling import RowSampler
 
-__all__ = ["Batcher", "default_max_batch", "probe", "unsupported_generation_config"]
+__all__ = ["Batcher", "default_max_batch", "probe", "scoring_rows", "unsupported_generation_config"]
 
 log = logging.getLogger("sealift.serving")
 
@@ -47,10 +52,19 @@ UNSUPPORTED_GENERATION_KEYS = (
     "renormalize_logits", "watermarking_config", "guidance_scale", "low_memory", "num_beams",
 )
 
+#: Float32 logits one prompt-scoring chunk may hold (echo with logprobs): 64k rows of a 152k
+#: vocabulary would be 40 GB at once; 128 MiB is ~220 rows of it.
+LOGIT_BYTES = 128 << 20
+
 #: Rows at most per core, before memory is considered: past a few rows per core a CPU
 #: decode step turns from memory-bound (weights read once for all rows) to compute-bound.
 ROWS_PER_CORE = 8
 MAX_DEFAULT_BATCH = 64
+
+
+def scoring_rows(vocab: int) -> int:
+    """Prompt positions scored per chunk (echo with logprobs): LOGIT_BYTES of float32 logits."""
+    return max(1, LOGIT_BYTES // (4 * max(1, vocab)))
 
 
 def unsupported_generation_config(generation_config: Any) -> str | None:
@@ -62,17 +76,6 @@ def unsupported_generation_config(generation_config: Any) -> str | None:
         if value not in (None, False, 0, 1.0, [], {}) or (key == "renormalize_logits" and value):
             return f"{key}={value!r}"
     return None
-
-
-def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def kv_bytes_per_token(config: Any, element_size: int) -> int:
@@ -88,17 +91,28 @@ def kv_bytes_per_token(config: Any, element_size: int) -> int:
 def default_max_batch(
     config: Any, context_length: int, element_size: int = 4, *, cores: int | None = None, memory: int | None = None
 ) -> int:
-    """SEALIFT_MAX_BATCH when unset: ROWS_PER_CORE per core, and no more rows than half the
-    available memory holds at the full context (left padding makes every row as long as the longest)."""
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-    memory = _available_memory() if memory is None else memory
+    """SEALIFT_MAX_BATCH when unset: ROWS_PER_CORE per usable CPU, and no more rows than half the
+    memory budget (sealift.core.limits: MemAvailable cut to the cgroup's limit) holds at the full context (left padding makes every row as long as the longest)."""
+    if cores is None or memory is None:  # the container's limits, not the node's (sealift.core.limits)
+        from sealift.core.limits import read_limits
+
+        limits = read_limits()
+        cores = limits.cpus if cores is None else cores
+        memory = limits.memory_budget if memory is None else memory
     per_row = max(1, kv_bytes_per_token(config, element_size) * max(1, context_length))
     by_memory = int(memory * 0.5) // per_row
     return max(1, min(ROWS_PER_CORE * cores, MAX_DEFAULT_BATCH, by_memory))
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """A request whose prompt is being read: its own cache, and how far it got."""
+
+    row: Any  # _Row
+    cache: Any = None
+    done: int = 0  # prompt tokens in the cache
+    logits: Any = None  # the last position's logits [1, vocab] once the prompt is read
+    scores: list[TokenLogprob | None] = field(default_factory=list)  # prompt logprobs so far (echo)
 
 
 @dataclass(eq=False)
@@ -139,6 +153,7 @@ class Batcher:
         max_batch: int,
         interval: float,
         decode_special: Callable[[Sequence[int]], str] | None = None,
+        prefill_tokens: int = 0,
     ) -> None:
         import torch
 
@@ -152,6 +167,10 @@ class Batcher:
         self.max_batch = max_batch
         self.interval = interval
         self.rows: list[_Row] = []
+        #: prompt tokens read per step while streams run (0: none, every waiting prompt is read whole)
+        self.prefill_tokens = prefill_tokens
+        #: requests queued with `queue()` whose prompts are being read, oldest first
+        self.prefilling: list[_Prefill] = []
         #: the most rows one forward pass has carried (shows that requests did share passes)
         self.peak_rows = 0
         self.cache: Any = None
@@ -166,21 +185,29 @@ class Batcher:
 
     @property
     def free(self) -> int:
-        return self.max_batch - len(self.rows)
+        return self.max_batch - len(self.rows) - len(self.prefilling)
+
+    @property
+    def busy(self) -> bool:
+        """Rows decoding or prompts being read: a step has work."""
+        return bool(self.rows or self.prefilling)
 
     # ------------------------------------------------------------------ the model
 
-    def prefill(self, prompt_ids: Sequence[int], *, every: bool = False) -> tuple[Any, Any]:
+    def prefill(self, prompt_ids: Sequence[int], *, every: bool = False, cache: Any = None) -> tuple[Any, Any]:
         """(logits as float32, a DynamicCache holding the prompt) for one prompt: the last position's
-        [1, vocab], or with `every` all of them [len, vocab] (to score the prompt)."""
+        [1, vocab], or with `every` all of them [len, vocab] (to score the prompt). With `cache` (holding
+        the tokens before these), the prompt is read on from where it stopped (a chunk of a long prompt)."""
         from transformers import DynamicCache
 
         torch = self.torch
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
-        cache = DynamicCache(config=self.model.config)
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        before = cache.get_seq_length()
         out = self.model(
-            input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, return_dict=True,
-            **{self._cache_kw: cache}, **({} if every else self._keep),
+            input_ids=ids, attention_mask=torch.ones(1, before + ids.shape[1], dtype=torch.long, device=self.device),
+            use_cache=True, return_dict=True, **{self._cache_kw: cache}, **({} if every else self._keep),
         )
         logits = out.logits[0] if every else out.logits[:, -1]
         return logits.to(copy=True, dtype=torch.float32), cache  # the cache is filled in place
@@ -236,21 +263,78 @@ class Batcher:
     # ------------------------------------------------------------------ requests
 
     def admit(self, job: Any) -> None:
-        """Prefill a new request, send its first token, and add it to the batch unless it is already done."""
+        """Prefill a new request whole, send its first token, and add it to the batch unless it is already done."""
+        pending = self._pending(job)
+        with self.torch.inference_mode():
+            while pending.logits is None:
+                self._read(pending, len(pending.row.ids))
+        self._start(pending)
+
+    def queue(self, job: Any) -> None:
+        """Take a new request; `step()` reads its prompt (within the prefill budget) and then decodes it."""
+        self.prefilling.append(self._pending(job))
+
+    def read_prompts(self) -> None:
+        """Read queued prompts: at most `prefill_tokens` tokens while rows are decoding, else all of them."""
+        left = self.prefill_tokens if (self.prefill_tokens and self.rows) else None
+        with self.torch.inference_mode():
+            while self.prefilling and (left is None or left > 0):
+                pending = self.prefilling[0]
+                if pending.row.job.cancelled.is_set():
+                    self.prefilling.pop(0)
+                    continue
+                remaining = len(pending.row.ids) - pending.done
+                before = pending.done
+                try:
+                    self._read(pending, remaining if left is None else min(left, remaining))
+                    if pending.logits is not None:
+                        self.prefilling.pop(0)
+                        self._start(pending)
+                except Exception as exc:  # this prompt failed (a model error): its request alone ends
+                    log.error("generation failed", exc_info=True)
+                    if self.prefilling and self.prefilling[0] is pending:
+                        self.prefilling.pop(0)
+                    pending.row.job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
+                    continue
+                if left is not None:
+                    left -= pending.done - before
+
+    def _pending(self, job: Any) -> _Prefill:
         params: SamplingParams = job.request.params
         prompt = list(job.request.prompt_ids)
         decode = self.decode if params.skip_special_tokens else self.decode_special
-        row = _Row(job, OutputText(decode, params.stop), list(prompt), len(prompt), self._sampler(job))
-        score = job.request.prompt_logprobs
+        return _Prefill(_Row(job, OutputText(decode, params.stop), list(prompt), len(prompt), self._sampler(job)))
+
+    def _read(self, pending: _Prefill, n: int) -> None:
+        """Read up to `n` more prompt tokens into the request's cache (fewer when scoring: LOGIT_BYTES a chunk)."""
+        prompt = pending.row.ids
+        score = pending.row.job.request.prompt_logprobs
+        if score is not None:
+            n = min(n, scoring_rows(self.vocab))
+        start, end = pending.done, min(len(prompt), pending.done + max(1, n))
+        logits, pending.cache = self.prefill(prompt[start:end], every=score is not None, cache=pending.cache)
+        pending.done = end
+        if score is not None:  # logits at position i score token i + 1: this chunk scores start + 1 .. end
+            if start == 0:
+                pending.scores.append(None)
+            following = prompt[start + 1 : end + 1]
+            if following:
+                pending.scores += token_logprobs(self.torch, logits[: len(following)], following, score)
+            logits = logits[-1:]
+        if end == len(prompt):
+            pending.logits = logits
+
+    def _start(self, pending: _Prefill) -> None:
+        """The prompt is read: pick the first token, send it, and join the batch unless the request is done."""
+        row, logits, cache = pending.row, pending.logits, pending.cache
+        params = row.params
+        if row.job.request.prompt_logprobs is not None:
+            row.prompt_logprobs = tuple(pending.scores)
+        if params.max_tokens == 0:  # scoring only
+            row.finish = "length"
+            self._end(row)
+            return
         with self.torch.inference_mode():
-            logits, cache = self.prefill(prompt, every=score is not None)
-            if score is not None:  # echo with logprobs: every prompt position's logits came back
-                row.prompt_logprobs = tuple(prompt_logprobs(self.torch, logits, prompt, score))
-                logits = logits[-1:]
-            if params.max_tokens == 0:  # scoring only
-                row.finish = "length"
-                self._end(row)
-                return
             raw = logits.clone() if params.logprobs is not None else None
             if params.min_tokens and self.eos_list and row.sampler.matcher is None:  # a grammar decides its end
                 logits[:, self.eos_list] = float("-inf")
@@ -303,9 +387,9 @@ class Batcher:
 
     def fail_all(self, message: str) -> None:
         """End every row with a BackendError (the worker is stopping, or a forward pass failed)."""
-        for r in self.rows:
+        for r in [*self.rows, *(p.row for p in self.prefilling)]:
             r.job.post(BackendError(message))
-        self.rows = []
+        self.rows, self.prefilling = [], []
         self.cache = self.mask = None
 
     # ------------------------------------------------------------------ per row

@@ -4,7 +4,9 @@
       .plain               True: nothing to do but argmax (the batch's one argmax serves it)
       .pick(logits, plain) the next token from this row's logits [1, vocab] (changed in place)
       .accept(token)       after each token: penalty counts, the grammar matcher
-      .prepare(logits)     every step before sampling (also the generate fallback's logits processor)
+      .prepare(logits)     every step before sampling
+
+    PickLogitsProcessor(torch, sampler, ...)   the generate fallback's last processor: the same pick
 
 In vLLM's order: logit_bias and allowed_token_ids, stop_token_ids held back before min_tokens,
 repetition (prompt and output), frequency and presence (output) penalties, the grammar's
@@ -156,16 +158,25 @@ class RowSampler:
         return True
 
 
-class SamplerLogitsProcessor:
-    """transformers' LogitsProcessor over a RowSampler, for the generate fallback (one sequence):
-    accepts the token generate picked last, then prepares the scores of the next one."""
+class PickLogitsProcessor:
+    """generate's last logits processor on the one-at-a-time path: the token the batcher would pick.
 
-    def __init__(self, sampler: RowSampler, prompt_length: int) -> None:
-        self.sampler = sampler
-        self.prompt_length = prompt_length
+    Accepts the token generate took last, masks every EOS id before min_tokens (as the batcher does,
+    unless a grammar decides the end), lets the request's RowSampler pick (its own generator: no global
+    seed), and returns scores where only that token is possible, so greedy generate takes it.
+    """
+
+    def __init__(self, torch: Any, sampler: Any, prompt_length: int, eos_ids: list[int]) -> None:
+        self.torch, self.sampler, self.prompt_length, self.eos_ids = torch, sampler, prompt_length, eos_ids
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         made = input_ids.shape[-1] - self.prompt_length
         if made > self.sampler.generated:
             self.sampler.accept(int(input_ids[0, -1]))
-        return self.sampler.prepare(scores.float())
+        logits = scores[:1].to(copy=True, dtype=self.torch.float32)
+        if made < self.sampler.params.min_tokens and self.eos_ids and self.sampler.matcher is None:
+            logits[:, self.eos_ids] = float("-inf")
+        token = self.sampler.pick(logits, None)
+        only = self.torch.full_like(scores, float("-inf"))
+        only[:, token] = 0.0
+        return only

@@ -4,8 +4,12 @@ One worker thread owns the model and takes requests from a queue, so the event
 loop never blocks on the model. It batches them continuously (sealift.serving.batching):
 up to `max_batch` requests (SEALIFT_MAX_BATCH) share each forward pass, new ones join
 between steps, finished ones leave, and the rest wait in the queue. A model whose code
-cannot use that path (the load-time probe says why, in the log) is served one request
-at a time by `generate`. Either way tokens reach the client as they are made (text goes
+cannot use that path (the load-time probe says why, in the log), or SEALIFT_BATCHING=off, is
+served one request at a time by `generate`, which picks each token as the batcher does
+(sampling.PickLogitsProcessor: the request's own generator, EOS held back until min_tokens);
+`engine_info()` (the /v1/models card's `sealift` field) says which path serves. On CPU the
+threads, batch cap, prefill budget and memory budget come from the container's limits
+(sealift.serving.sizing); `reserve()` holds each request's memory while it runs. Either way tokens reach the client as they are made (text goes
 to the request's asyncio queue; tokens made within STREAM_INTERVAL_S of the last
 hand-over travel together), and a greedy request gets exactly what plain
 `model.generate(do_sample=False)` returns, alone or in a batch.
@@ -18,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sealift.core.hfconfig import CONTEXT_KEYS as _CONTEXT_KEYS
+from sealift.serving.sizing import MemoryBudget
 from sealift.serving.structured import Constraint
 from sealift.serving.tools import template_renders_tools
 from sealift.serving.backend import (
@@ -36,6 +40,7 @@ from sealift.serving.backend import (
     GenerationRequest,
     OutputText,
     PromptError,
+    Reservation,
     SamplingDefaults,
 )
 
@@ -66,20 +71,16 @@ _STOP_WORKER = object()
 
 
 def default_torch_threads() -> int:
-    """Intra-op threads for generate on CPU: SEALIFT_TORCH_THREADS, else all usable cores but one.
+    """Intra-op threads for generate on CPU: SEALIFT_TORCH_THREADS, else the usable CPUs but one.
 
-    The spare core runs the event loop (HTTP, JSON, detokenising). With every core
-    in torch's OpenMP pool, one thread that the OS preempts stalls each op for all
-    of them: on a 2-core host that made generate 10-30x slower under load.
+    Usable CPUs are the affinity's cores cut to the container's CPU quota (sealift.core.limits): a
+    pod limited to 2 CPUs on a 64-core node gets 1 thread, not 63. The spare core runs the event
+    loop (HTTP, JSON, detokenising). With every core in torch's OpenMP pool, one thread that the OS
+    preempts stalls each op for all of them: on a 2-core host that made generate 10-30x slower under load.
     """
-    raw = os.environ.get("SEALIFT_TORCH_THREADS", "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    from sealift.serving.sizing import torch_threads
+
+    return torch_threads()[0]
 
 
 def context_length_of(config: dict[str, Any], tokenizer_max: int | None = None) -> int | None:
@@ -119,6 +120,8 @@ class TransformersBackend:
         max_model_len: int | None = None,
         device: str | None = None,
         max_batch: int | None = None,
+        prefill_tokens: int | None = None,
+        batching: bool | None = None,
     ) -> None:
         self.model_dir = Path(model_dir).resolve() if model_dir is not None else None
         self.trust_remote_code = trust_remote_code
@@ -127,8 +130,14 @@ class TransformersBackend:
         self.device = device
         #: requests per forward pass: None picks batching.default_max_batch() at load
         self.max_batch = max_batch
+        #: prompt tokens read per scheduler step while streams run: None takes SEALIFT_PREFILL_TOKENS at load
+        self.prefill_tokens = prefill_tokens
         #: why requests run one at a time with generate (None while batching)
         self.batching_off: str | None = None
+        #: False serves one request at a time with generate; None: SEALIFT_BATCHING (off/0/false), else batch
+        self.batching = batching
+        self._sizing: Any = None  # sealift.serving.sizing.CpuSizing, at load on CPU
+        self._budget = MemoryBudget(None, 0)  # what requests may hold: set at load on CPU
         self._batcher: Any = None
         self._encode_lock = threading.Lock()
         self.model: Any = None
@@ -167,6 +176,25 @@ class TransformersBackend:
     @property
     def sampling_defaults(self) -> SamplingDefaults:
         return self._defaults
+
+    def engine_info(self) -> dict[str, Any]:
+        """How requests are served (the /v1/models card's `sealift` field): the path, why, and the sizing."""
+        info: dict[str, Any] = {"backend": self.name}
+        if self.ready:
+            info["path"] = "one-at-a-time" if self._batcher is None else "continuous-batching"
+            if self.batching_off:
+                info["why"] = self.batching_off
+        if self._sizing is not None:
+            info.update(threads=self._sizing.threads, max_batch=self._sizing.max_batch,
+                        memory_budget=self._sizing.memory_budget, memory_held=self._budget.held,
+                        prefill_tokens=self.prefill_tokens or 0)
+        return info
+
+    # ------------------------------------------------------------------ memory per request
+
+    def reserve(self, prompt_tokens: int, max_tokens: int, *, n: int = 1, score_prompt: bool = False) -> Reservation:
+        """Hold a request's memory while it runs (from the event loop): sealift.serving.sizing.MemoryBudget."""
+        return self._budget.reserve(prompt_tokens, max_tokens, n=n, score_prompt=score_prompt)
 
     def start(self, model_dir: str | Path | None = None) -> None:
         """Load the model (from `model_dir` if given now) in the worker thread, then serve its queue."""
@@ -234,27 +262,44 @@ class TransformersBackend:
         log.info(
             "loaded %s on %s (%s, context %d)", self.model_dir.name, device, self.model.dtype, self._context_length
         )
+        if device == "cpu":  # threads, batch cap, memory budget from the container's limits (after the weights)
+            from sealift.serving.batching import kv_bytes_per_token
+            from sealift.serving.sizing import cpu_sizing
+
+            self._sizing = cpu_sizing(self.model.config, self._context_length, self.model.dtype.itemsize,
+                                      max_batch=self.max_batch)
+            self._budget = MemoryBudget(self._sizing.memory_budget,
+                                        kv_bytes_per_token(self.model.config, self.model.dtype.itemsize),
+                                        self._vocab_size)
+            if self.prefill_tokens is None:
+                self.prefill_tokens = self._sizing.prefill_tokens
         self._setup_batching()
 
     def _setup_batching(self) -> None:
         """Batch continuously if the model passes batching.probe(); else say why and use generate."""
-        from sealift.serving.batching import Batcher, default_max_batch, probe
+        from sealift.serving.batching import Batcher, probe
 
-        reason = probe(self.model)
+        from sealift.serving.sizing import batching_from_env
+
+        wanted = batching_from_env() if self.batching is None else self.batching
+        reason = probe(self.model) if wanted else "SEALIFT_BATCHING is off"
         if reason is not None:
             self.batching_off = reason
             log.warning("continuous batching is off for %s: %s; serving one request at a time with generate",
                         self.model_dir.name if self.model_dir else "this model", reason)
             return
-        size = self.max_batch or default_max_batch(
-            self.model.config, self._context_length, self.model.dtype.itemsize
-        )
+        sizing = self._sizing
+        if sizing is None:  # on a GPU: the batch cap from cores and memory as on CPU
+            from sealift.serving.sizing import cpu_sizing
+
+            sizing = cpu_sizing(self.model.config, self._context_length, self.model.dtype.itemsize,
+                                max_batch=self.max_batch)
         self._batcher = Batcher(
-            self.model, eos_ids=self._eos_ids, decode=self.decode, max_batch=size, interval=STREAM_INTERVAL_S,
-            decode_special=self.decode_special,
+            self.model, eos_ids=self._eos_ids, decode=self.decode, max_batch=sizing.max_batch,
+            interval=STREAM_INTERVAL_S, decode_special=self.decode_special, prefill_tokens=self.prefill_tokens or 0,
         )
-        log.info("continuous batching: up to %d requests share each forward pass%s", size,
-                 "" if self.max_batch else " (SEALIFT_MAX_BATCH unset: from cores and memory)")
+        log.info("continuous batching: up to %d requests share each forward pass%s; %s", sizing.max_batch,
+                 "" if self.max_batch else " (SEALIFT_MAX_BATCH unset: from cores and memory)", sizing.why)
 
     def _torch_dtype(self, torch: Any, config: dict[str, Any], device: str) -> Any:
         names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}
@@ -381,11 +426,12 @@ class TransformersBackend:
                 job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
 
     def _serve_batched(self, batcher: Any) -> None:
-        """Admit queued requests while the batch has room (waiting only when it is empty), then one step; repeat."""
+        """Take queued requests while the batch has room (waiting only when it has no work), read prompts
+        within the prefill budget, then one decode step; repeat."""
         while True:
             while batcher.free > 0:
                 try:
-                    job = self._jobs.get(block=not batcher.rows)
+                    job = self._jobs.get(block=not batcher.busy)
                 except queue.Empty:
                     break
                 if job is _STOP_WORKER:
@@ -395,14 +441,16 @@ class TransformersBackend:
                 if job.cancelled.is_set():
                     continue
                 try:
-                    batcher.admit(job)
+                    batcher.queue(job)
                 except Exception as exc:
                     log.error("generation failed", exc_info=True)
                     job.post(BackendError(f"generation failed: {type(exc).__name__}: {exc}"))
-            if not batcher.rows:
+            if not batcher.busy:
                 continue
             try:
-                batcher.step()
+                batcher.read_prompts()
+                if batcher.rows:
+                    batcher.step()
             except Exception as exc:  # out of memory, a model error: every request in the batch fails
                 log.error("generation failed", exc_info=True)
                 batcher.fail_all(f"generation failed: {type(exc).__name__}: {exc}")
@@ -423,7 +471,7 @@ class TransformersBackend:
 
         from sealift.serving.logprobs import prompt_logprobs, token_logprobs
 
-        from sealift.serving.sampling import RowSampler, SamplerLogitsProcessor
+        from sealift.serving.sampling import PickLogitsProcessor, RowSampler
 
         params = job.request.params
         out = OutputText(self.decode if params.skip_special_tokens else self.decode_special, params.stop)
@@ -490,23 +538,17 @@ class TransformersBackend:
             "streamer": Streamer(),
             "stopping_criteria": StoppingCriteriaList([Cancelled()]),
         }
-        if params.min_tokens and job.request.grammar is None:  # a grammar decides where it ends
-            kwargs["min_new_tokens"] = params.min_tokens
-        # bias, penalties, stop_token_ids before min_tokens and the grammar: the batcher's own RowSampler
+        # The batcher's own choice: its RowSampler (bias, penalties, the grammar, temperature, top_k/p, min_p, a
+        # generator of the request's own seed) and its min_tokens mask over every EOS id, picked in a logits
+        # processor that leaves generate only that token to take greedily: same seed, same text, either path.
         sampler = RowSampler(torch, params, job.request.prompt_ids, vocab=int(self.model.config.get_text_config().vocab_size),
                              device=device, model_repetition_penalty=float(
                                  getattr(self.model.generation_config, "repetition_penalty", None) or 1.0),
                              grammar=job.request.grammar, eos_ids=sorted(self._eos_ids))
-        kwargs["logits_processor"] = LogitsProcessorList([SamplerLogitsProcessor(sampler, input_ids.shape[-1])])
+        kwargs["logits_processor"] = LogitsProcessorList(
+            [PickLogitsProcessor(torch, sampler, input_ids.shape[-1], sorted(self._eos_ids))])
         kwargs["repetition_penalty"] = 1.0  # applied by the sampler (the request's or the model's)
-        if params.greedy:
-            kwargs["do_sample"] = False
-        else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-            if params.min_p:
-                kwargs["min_p"] = params.min_p
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+        kwargs["do_sample"] = False
         if self.model.generation_config.pad_token_id is None and self._eos_ids:
             kwargs["pad_token_id"] = min(self._eos_ids)
         hook = None
