@@ -330,6 +330,21 @@ def test_unknown_model_is_404(served: Served) -> None:
         served.client().chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=4)
 
 
+def test_json_schema_is_answered_by_the_grammar(served: Served) -> None:
+    """The bento's vLLM command carries sealift's structured-outputs config (xgrammar, no free whitespace): a random
+    model answers a bounded JSON schema exactly, as only the grammar can make it (issue 21's vLLM side)."""
+    schema = {"type": "object", "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                                                "ok": {"type": "boolean"}},
+              "required": ["unit", "ok"], "additionalProperties": False}
+    r = served.client().chat.completions.create(
+        model=NAME, messages=MESSAGES, max_tokens=40, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema, "strict": True}})
+    answer = json.loads(r.choices[0].message.content)
+    assert set(answer) == {"unit", "ok"} and answer["unit"] in ("celsius", "fahrenheit")
+    assert isinstance(answer["ok"], bool) and r.choices[0].finish_reason == "stop"
+    assert " " not in r.choices[0].message.content.strip("{}")  # disable_any_whitespace
+
+
 # --------------------------------------------------------------------------- acceptance and the network
 
 
