@@ -38,12 +38,16 @@ def served(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama: Path):
+    return make_reference(tiny_llama)
+
+
+def make_reference(model_dir: Path):
     """(tokenizer, logprobs(ids) -> [len, vocab] log-softmax of the raw logits) of the source model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama, local_files_only=True, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
 
     def logprobs(ids: list[int]):
         with torch.inference_mode():

@@ -116,17 +116,7 @@ def served(vllm_served: Served) -> Served:
 @pytest.fixture(scope="module")
 def reference(tiny_qwen64: Path):
     """The logprob contract's reference (tokenizer, log-softmax of the raw logits), on this module's model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_qwen64, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen64, local_files_only=True, dtype=torch.float32).eval()
-
-    def logprobs(ids: list[int]):
-        with torch.inference_mode():
-            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
-
-    return tok, logprobs
+    return logprob_contract.make_reference(tiny_qwen64)
 
 
 # --------------------------------------------------------------------------- build, export, install
