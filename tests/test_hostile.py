@@ -66,7 +66,7 @@ def signed(cpu_bento, key, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def spanned(cpu_bento, tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("usb-vols")
-    run = cpu_bento.host.sealift("export", "tiny", root / "a", root / "b", "--no-wheels", "--volume-size", "1M",
+    run = cpu_bento.host.sealift("export", "tiny", root / "a", root / "b", "--no-wheels", "--volume-size", "1536K",
                                  "--json", check=True)
     return [Path(v) for v in run.json()["volumes"]]
 

@@ -292,9 +292,9 @@ def test_a_bad_size_exits_2(cpu_bento, tmp_path):
 
 @pytest.fixture(scope="module")
 def spanned(cpu_bento, tmp_path_factory) -> dict:
-    """The cpu bento on two 'USB disks' at once, 1M each."""
+    """The cpu bento on two 'USB disks' at once, 1.5 MiB each."""
     root = tmp_path_factory.mktemp("disks")
-    return export(cpu_bento.host, "tiny", root / "usb1", root / "usb2", "--volume-size", "1M")
+    return export(cpu_bento.host, "tiny", root / "usb1", root / "usb2", "--volume-size", "1536K")
 
 
 def test_each_volume_describes_itself_and_checks_alone(spanned):
@@ -305,7 +305,7 @@ def test_each_volume_describes_itself_and_checks_alone(spanned):
         doc = json.loads((vol / volumes.VOLUME_JSON).read_text())
         assert (doc["volume"], doc["volumes"], doc["bento"]) == (i, 2, spanned["bento_tag"])
         ids.add(doc["bundle_id"])
-        assert sum(p.stat().st_size for p in vol.iterdir()) <= 2**20
+        assert sum(p.stat().st_size for p in vol.iterdir()) <= 1536 * 1024
         out = sums_check(vol)
         assert all(f"{f}: OK" in out for f in doc["files"])
     assert len(ids) == 1
@@ -318,7 +318,7 @@ def test_install_takes_the_volumes_and_refuses_an_incomplete_or_mixed_set(spanne
     assert run.code == 2 and "vol-2" in run.err and "missing" in run.err and len(run.err.strip().splitlines()) == 1
     run = host.sealift("install", vol1, vol1, vol2, "--no-venv")
     assert run.code == 2 and "given twice" in run.err
-    again = export(cpu_bento.host, "tiny", tmp_path / "again1", tmp_path / "again2", "--volume-size", "1M")
+    again = export(cpu_bento.host, "tiny", tmp_path / "again1", tmp_path / "again2", "--volume-size", "1536K")
     run = host.sealift("install", vol1, again["volumes"][1], "--no-venv")  # the same bento, another export
     assert run.code == 2 and "two different bundles" in run.err
     broken = tmp_path / "broken"

