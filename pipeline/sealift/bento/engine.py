@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sealift.core.errors import UserError
+from sealift.core.hfconfig import attention_shape, text_config
 
 __all__ = ["ARCHITECTURES", "CPU_HEAD_SIZES", "DEFAULT_VLLM_VERSION", "EngineChoice", "choose_engine",
            "vllm_requirement", "vllm_version"]
@@ -56,14 +57,9 @@ class EngineChoice:
     reason: str
 
 
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    text = config.get("text_config")
-    return text if isinstance(text, dict) else config
-
-
 def cpu_blocker(config: dict[str, Any], *, trust_remote_code: bool = False) -> str | None:
     """Why vLLM's CPU backend cannot run this model, or None when it can."""
-    text = _text_config(config)
+    text = text_config(config)
     archs = [a for a in (config.get("architectures") or []) if isinstance(a, str)]
     if trust_remote_code or config.get("auto_map"):
         return "the model runs its own code (auto_map), which vLLM does not load"
@@ -71,13 +67,11 @@ def cpu_blocker(config: dict[str, Any], *, trust_remote_code: bool = False) -> s
         return "config.json names no architecture"
     if not any(a in ARCHITECTURES for a in archs):
         return f"{archs[0]} is not a family sealift has seen vLLM's CPU backend serve"
-    try:
-        heads = int(text["num_attention_heads"])
-        head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return "config.json gives no head size (num_attention_heads, hidden_size)"
-    if head_dim not in CPU_HEAD_SIZES:
-        return (f"its head size is {head_dim}; vLLM's CPU attention runs "
+    shape = attention_shape(config)
+    if shape is None:
+        return "config.json gives no head size (num_attention_heads, hidden_size or head_dim, num_hidden_layers)"
+    if shape.head_dim not in CPU_HEAD_SIZES:
+        return (f"its head size is {shape.head_dim}; vLLM's CPU attention runs "
                 f"{', '.join(map(str, CPU_HEAD_SIZES))}")
     dtype = text.get("dtype") or text.get("torch_dtype") or config.get("dtype") or config.get("torch_dtype")
     if dtype is not None and dtype not in CPU_DTYPES:
@@ -104,8 +98,8 @@ def choose_engine(config: dict[str, Any], *, target: str, backend: str, trust_re
     if blocker:
         return EngineChoice("transformers", f"transformers: vLLM's CPU backend cannot run it ({blocker})")
     arch = (config.get("architectures") or ["?"])[0]
-    text = _text_config(config)
-    head_dim = text.get("head_dim") or int(text["hidden_size"]) // int(text["num_attention_heads"])
+    shape = attention_shape(config)
+    head_dim = shape.head_dim if shape else "?"
     return EngineChoice("vllm", f"vLLM's CPU backend ({arch}, head size {head_dim}; ~3x the transformers "
                                 "batcher's throughput at 8 clients: --backend transformers to choose it)")
 

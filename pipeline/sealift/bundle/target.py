@@ -41,6 +41,7 @@ from typing import Any
 
 from sealift.bundle.cpuvllm import CPU_VLLM_FLAGS, cpu_check, cpu_flags, left_out, override_lines  # noqa: F401
 from sealift.core.errors import UserError
+from sealift.core.hfconfig import attention_shape, text_config
 
 __all__ = [
     "CUDA_LINES", "DEFAULT_CUDA", "CudaLine", "GpuStack", "HostCheck", "HostFacts", "WheelInfo",
@@ -242,20 +243,12 @@ def check_gpu_wheels(wheels: list[Path], *, cuda: str | None = None) -> GpuStack
 
 def kv_cache_bytes(config: dict[str, Any], *, tokens: int, dtype_bytes: int = 2) -> int | None:
     """KV cache for `tokens` tokens of a transformers config: 2 (K, V) x layers x kv heads x head dim x dtype."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    try:
-        layers = int(text["num_hidden_layers"])
-        heads = int(text["num_attention_heads"])
-        kv_heads = int(text.get("num_key_value_heads") or heads)
-        head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    return 2 * layers * kv_heads * head_dim * dtype_bytes * tokens
+    shape = attention_shape(config)
+    return shape.kv_bytes_per_token(dtype_bytes) * tokens if shape else None
 
 
 def max_context(config: dict[str, Any]) -> int | None:
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    value = text.get("max_position_embeddings")
+    value = text_config(config).get("max_position_embeddings")
     return int(value) if isinstance(value, int) and value > 0 else None
 
 

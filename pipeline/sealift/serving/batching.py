@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sealift.core.hfconfig import attention_shape
 from sealift.serving.backend import BackendError, Chunk, OutputText, SamplingParams, TokenLogprob
 from sealift.serving.logprobs import token_logprobs
 from sealift.serving.sampling import RowSampler
@@ -79,13 +80,12 @@ def unsupported_generation_config(generation_config: Any) -> str | None:
 
 
 def kv_bytes_per_token(config: Any, element_size: int) -> int:
-    """Bytes of keys and values one token takes in the cache, over all layers."""
-    text = getattr(config, "text_config", None) or config
-    heads = int(getattr(text, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(text, "head_dim", None) or getattr(text, "hidden_size", heads) // heads)
-    layers = int(getattr(text, "num_hidden_layers", 1) or 1)
-    return 2 * layers * kv_heads * head_dim * element_size
+    """Bytes of keys and values one token takes in the cache, over all layers (where the config does not give its
+    shape: one layer of one head as wide as hidden_size)."""
+    shape = attention_shape(config)
+    if shape is None:
+        return 2 * int(getattr(config, "hidden_size", 1) or 1) * element_size
+    return shape.kv_bytes_per_token(element_size)
 
 
 def default_max_batch(

@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sealift.core import limits
+from sealift.core.hfconfig import attention_shape, text_config
 from sealift.core.offline import OFFLINE_ENV
 from sealift.serving.config import ServeConfig
 
@@ -73,13 +75,8 @@ def checkpoint_dtype(model_path: str | Path) -> str | None:
     """The dtype config.json names (`dtype`, or `torch_dtype` before transformers 5), when it is one vLLM's CPU
     backend serves: a float32 checkpoint serves in float32 there, as on the transformers backend (vLLM's own
     `auto` would halve it)."""
-    import json
-
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    config = _model_config(model_path)
+    text = text_config(config)
     value = text.get("dtype") or text.get("torch_dtype") or config.get("dtype") or config.get("torch_dtype")
     return value if value in ("float32", "bfloat16", "float16") else None
 
@@ -168,17 +165,10 @@ class CpuEnginePlan:
 
 
 def usable_cores() -> list[int]:
-    """The cores this process may run on (its affinity), cut to the container's CPU quota where one is set."""
+    """The cores this process may run on (its affinity), cut to the container's CPU quota (sealift.core.limits)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    try:  # the pod's limit (cgroup cpu.max / cfs quota), where sealift.core.limits reads it
-        from sealift.core import limits  # type: ignore[attr-defined]
-
-        quota = limits.cpu_limit()
-    except (ImportError, AttributeError, OSError, ValueError):
-        quota = None
-    if quota:
-        cores = cores[:max(1, int(quota))]
-    return cores
+    cpus, _ = limits.usable()
+    return cores[:max(1, cpus)]
 
 
 def _weights_bytes(model_path: str | Path | None) -> int:
@@ -189,23 +179,8 @@ def _weights_bytes(model_path: str | Path | None) -> int:
 
 
 def available_memory() -> int:
-    """Bytes this process may still use: the smaller of the host's available memory and the container's limit."""
-    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:  # MemAvailable counts the page cache the kernel can give back; free pages alone do not
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        pass
-    try:
-        from sealift.core import limits  # type: ignore[attr-defined]
-
-        cap = limits.memory_limit()
-    except (ImportError, AttributeError, OSError, ValueError):
-        cap = None
-    return min(avail, int(cap)) if cap else avail
+    """Bytes this process may still use: MemAvailable cut to the container's limit less its working set."""
+    return limits.read_limits().memory_budget
 
 
 #: vLLM's default batch (--max-num-seqs) on CPU: the sequences a KV cache sized from the model must hold.
@@ -213,6 +188,7 @@ FULL_BATCH = 256
 
 
 def _model_config(model_path: str | Path | None) -> dict:
+    """config.json of the model folder, {} where there is none or it does not parse."""
     import json
 
     if model_path is None:
@@ -221,31 +197,23 @@ def _model_config(model_path: str | Path | None) -> dict:
         config = json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
         return {}
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    return text if isinstance(text, dict) else {}
+    return config if isinstance(config, dict) else {}
 
 
 def _context(model_path: str | Path | None, config: ServeConfig) -> int | None:
-    value = config.max_model_len or _model_config(model_path).get("max_position_embeddings")
+    value = config.max_model_len or text_config(_model_config(model_path)).get("max_position_embeddings")
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _full_batch_kv_bytes(model_path: str | Path | None, config: ServeConfig) -> int | None:
     """KV cache bytes for --max-num-seqs (default 256) sequences of the full context, or None if unknown."""
-    text = _model_config(model_path)
+    shape = attention_shape(_model_config(model_path))
     context = _context(model_path, config)
-    try:
-        heads = int(text["num_attention_heads"])
-        kv_heads = int(text.get("num_key_value_heads") or heads)
-        head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // heads)
-        layers = int(text["num_hidden_layers"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    if not context:
+    if shape is None or not context:
         return None
     dtype = config.dtype or checkpoint_dtype(model_path or ".") or "bfloat16"
     width = 4 if dtype in ("float32", "float") else 2
-    return 2 * layers * kv_heads * head_dim * width * context * (config.max_num_seqs or FULL_BATCH)
+    return shape.kv_bytes_per_token(width) * context * (config.max_num_seqs or FULL_BATCH)
 
 
 def cpu_engine_plan(config: ServeConfig, model_path: str | Path | None = None) -> CpuEnginePlan:
