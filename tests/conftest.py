@@ -79,21 +79,71 @@ class Env:
         return run
 
 
+#: Folders under the worker's basetemp that conftest's session fixtures made: they outlive the module that first
+#: asked for them. Every other folder a module made is removed when the module ends (see module_scratch).
+SESSION_DIRS: set[str] = set()
+
+
+def session_tmp(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder for a session fixture of this conftest: kept until the session ends."""
+    path = tmp_path_factory.mktemp(name)
+    SESSION_DIRS.add(path.name)
+    return path
+
+
+def _remove(paths: list[Path]) -> None:
+    """rm -rf in the background: deleting GBs takes tens of seconds on a disk mounted with `discard`."""
+    if paths:
+        subprocess.Popen(["rm", "-rf", "--", *map(str, paths)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def uv_cache(tmp_path_factory: pytest.TempPathFactory):
-    """uv's cache for this run only, removed at its end. Every bundle install unpacks its wheels into uv's
-    cache, keyed by the wheel's path: with the user's cache, each run left ~0.7 GB per torch it installed."""
-    where = tmp_path_factory.getbasetemp() / "uv-cache"
-    before = os.environ.get("UV_CACHE_DIR")
-    os.environ["UV_CACHE_DIR"] = str(where)
-    yield where
-    if before is None:
+def session_uv_cache(tmp_path_factory: pytest.TempPathFactory):
+    """uv's cache for what runs outside a module's own (conftest's session fixtures set up before it), removed
+    at the session's end; never the user's ~/.cache/uv."""
+    cache = session_tmp(tmp_path_factory, "uv-cache")
+    saved = os.environ.get("UV_CACHE_DIR")
+    os.environ["UV_CACHE_DIR"] = str(cache)
+    yield cache
+    if saved is None:
         os.environ.pop("UV_CACHE_DIR", None)
     else:
-        os.environ["UV_CACHE_DIR"] = before
-    # removed in the background: deleting GBs takes tens of seconds on a disk mounted with `discard`
-    subprocess.Popen(["rm", "-rf", "--", str(where)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+        os.environ["UV_CACHE_DIR"] = saved
+    _remove([cache])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_scratch(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Each test module's disk is given back when the module ends, so that the suite's peak is one module's
+    bundles, venvs and stores (plus the session's shared ones), not the sum of all (CI's disk filled up).
+
+    - uv's cache is the module's own (UV_CACHE_DIR): every bundle install unpacks its wheels into uv's cache,
+      keyed by the wheel's path, so a cache shared by the session held one unpacked torch per install (the venvs
+      made from it keep their hard links when it goes);
+    - the folders the module made under the basetemp (its tests' tmp_path, its fixtures' mktemp) are removed
+      after its fixtures are torn down, except conftest's session ones (SESSION_DIRS) and, when a test of the
+      module failed, all of them (to read).
+    Test modules' own fixtures are module-scoped: a session-scoped one in a test module would outlive its only
+    users, with its server running."""
+    base = tmp_path_factory.getbasetemp()
+    before = {p.name for p in base.iterdir()}
+    failed = request.session.testsfailed
+    cache = tmp_path_factory.mktemp("uv-cache-module")
+    saved = os.environ["UV_CACHE_DIR"]  # session_uv_cache's
+    os.environ["UV_CACHE_DIR"] = str(cache)
+    yield cache
+    os.environ["UV_CACHE_DIR"] = saved
+    made = [p for p in base.iterdir() if p.name not in before and p.name not in SESSION_DIRS]
+    if request.session.testsfailed > failed:
+        made = [cache] if cache in made else []
+    _remove(made)
+
+
+@pytest.fixture
+def uv_cache(module_scratch: Path) -> Path:
+    """The uv cache the running module's sealift and uv processes use."""
+    return module_scratch
 
 
 @pytest.fixture
@@ -104,7 +154,7 @@ def host(tmp_path: Path) -> Env:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
+    return session_tmp(tmp_path_factory, "models")
 
 
 def _cached_model(models_dir: Path, key: str, **kwargs) -> Path:
@@ -172,7 +222,7 @@ def cpu_bento(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Bui
     index (UV_OFFLINE, PIP_NO_INDEX) and under the network guard, which logs any attempt."""
     from sealift.core.offline import guard_dir
 
-    env = Env(tmp_path_factory.mktemp("bento-host"))
+    env = Env(session_tmp(tmp_path_factory, "bento-host"))
     env.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
     log = env.root / "build-net.log"
     run = env.sealift(
@@ -216,10 +266,10 @@ def installed_bundle(cpu_bento: BuiltBento, wheel_cache: Path, tmp_path_factory:
     with only loopback where one can be made, else under the network guard, and never with an index."""
     from sealift.core.offline import guarded_env, netns_prefix
 
-    usb = tmp_path_factory.mktemp("usb-with-wheels")
+    usb = session_tmp(tmp_path_factory, "usb-with-wheels")
     export = cpu_bento.host.sealift("export", "tiny", usb, "--with-openllm", "--json", check=True, timeout=1800,
                                     SEALIFT_WHEEL_CACHE=str(wheel_cache)).json()
-    host = Env(tmp_path_factory.mktemp("airgap-host"))
+    host = Env(session_tmp(tmp_path_factory, "airgap-host"))
     env = guarded_env(host.environ(PIP_NO_INDEX="1", UV_NO_INDEX="1"), log_path=host.root / "install-net.jsonl",
                       SEALIFT_NET_GUARD_TRACE="1")  # every attempt, and every guarded process, logged
     p = subprocess.run([*(netns_prefix() or []), *SEALIFT, "install", export["bundle"], "--json"],
@@ -274,7 +324,7 @@ class BareHost:
 def bare_host(installed_bundle: InstalledBundle, tmp_path_factory: pytest.TempPathFactory) -> BareHost:
     """INSTALL.txt's commands for sealift itself, run as written on a host with only Python: pip, --no-index,
     the bundle's wheels/ (shared by test_bundle_bootstrap and test_openllm)."""
-    root = tmp_path_factory.mktemp("bare-host")
+    root = session_tmp(tmp_path_factory, "bare-host")
     host = BareHost(root / "home", installed_bundle.bundle, root / "net.jsonl")
     host.home.mkdir()
     steps = [s for s in install_txt_steps(installed_bundle.bundle) if "openllm" not in s]

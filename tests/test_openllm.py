@@ -34,7 +34,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.openllm
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def openllm_bin(bare_host_openllm: Path) -> Path:
     """`openllm` as the bundle's INSTALL.txt makes it: openllm 0.6.30 in its own venv from wheels-openllm/, with
     pip --no-index and no network, its command linked beside sealift's (conftest `bare_host_openllm`)."""

@@ -135,7 +135,7 @@ def build_context(dest: Path, bento_config: dict) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bento_store(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_custom: Path) -> dict:
     """A Bento store holding both tiny models, imported with the real `sealift import`."""
     host = Env(tmp_path_factory.mktemp("serving-host"))
@@ -169,7 +169,7 @@ def assert_no_network(guard_log: Path) -> None:
     assert not attempts, f"the server tried to reach the network: {attempts[:3]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bento_llama(bento_store: dict, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`bentoml serve service:LLM` from the repo root with SEALIFT_MODEL and an API key, network guarded."""
     tmp = tmp_path_factory.mktemp("bento-llama")
@@ -183,7 +183,7 @@ def bento_llama(bento_store: dict, tiny_llama: Path, tmp_path_factory: pytest.Te
     assert_no_network(tmp / "net.log")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bento_custom(bento_store: dict, tiny_custom: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`bentoml serve` from a build-like context whose sealift_bento.json trusts the model's code."""
     tmp = tmp_path_factory.mktemp("bento-custom")
@@ -205,7 +205,7 @@ def bento_custom(bento_store: dict, tiny_custom: Path, tmp_path_factory: pytest.
     assert_no_network(tmp / "net.log")
 
 
-@pytest.fixture(scope="session", params=["bento_llama", "bento_custom"])
+@pytest.fixture(scope="module", params=["bento_llama", "bento_custom"])
 def served(request: pytest.FixtureRequest) -> Served:
     return request.getfixturevalue(request.param)
 
@@ -432,7 +432,7 @@ def test_eight_concurrent_clients_all_answered(served: Served) -> None:
 # --------------------------------------------------------------------------- the app under plain uvicorn
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def guarded(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`python -m sealift.serving` with an API key and max_concurrency=1."""
     tmp = tmp_path_factory.mktemp("uvicorn-guarded")
@@ -539,7 +539,7 @@ os.execv(sys.executable, cmd)
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def bento_vllm_standin(bento_store: dict, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`bentoml serve` with SEALIFT_BACKEND=vllm: BentoML's __command__ proxy in front of a stand-in `vllm`."""
     pytest.importorskip("fastapi", reason="BentoML's __command__ proxy needs fastapi")

