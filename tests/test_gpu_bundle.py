@@ -350,6 +350,7 @@ def test_a_gpu_export_refuses_a_cpu_torch_from_the_wheels(gpu_host, installed_bu
                tag="cp311-cp311-manylinux_2_28_x86_64")
     make_wheel(wheels, "torchvision", "0.28.0", requires=("torch==2.13.0",))
     make_wheel(wheels, "vllm", "0.32.0", requires=("torch==2.13.0", "torchvision==0.28.0"))
+    make_wheel(wheels, "triton", "3.9.0")  # xgrammar needs it on a GPU; the CPU bundle these came from left it out
     dest = tmp_path / "usb"
     run = gpu_host.sealift("export", "tiny", dest, "--wheels-from", wheels)
     assert run.code == 2, run.err
