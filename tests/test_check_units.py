@@ -237,7 +237,7 @@ def test_recording_lengths_and_phases_on_a_tiny_model(tiny_llama):
 
 
 def test_the_long_prompt_nears_the_context_as_far_as_the_host_affords():
-    from sealift.bento.golden import LONG_PROMPT_FLOOR, long_prompt_length
+    from sealift.bento.golden import LONG_PROMPT_FLOOR, long_prefill_seconds, long_prompt_length
 
     # a 7B model with 32k of context on a 16-core build host: about a minute of prefill is ~4k tokens
     tokens, why = long_prompt_length(context=32768, params=7_000_000_000, gflops=1000, memory=64 * 2**30,
@@ -252,6 +252,20 @@ def test_the_long_prompt_nears_the_context_as_far_as_the_host_affords():
     assert tokens == 4096 - 16 and "the model's context of 4096" in why
     # never below the floor, never beyond the context
     assert long_prompt_length(context=300, params=10**12, gflops=1, memory=1, kv_bytes_per_token=1)[0] == 284
+    # the prefill's time grows with the checkpoint: a 1 GB model gets 15 s, not the minute a 15 GB 7B model gets
+    tokens, why = long_prompt_length(context=4096, params=500_000_000, gflops=100, memory=2**34, kv_bytes_per_token=1,
+                                     seconds=long_prefill_seconds(10**9))
+    assert tokens == 1280 and "15 s prefill at 100 GFLOP/s" in why  # 15 s x 100 GFLOP/s / 1 GFLOP a token = 1500
+
+
+def test_the_long_prompts_time_follows_the_checkpoint_size():
+    from sealift.bento.golden import LONG_PREFILL_MIN_S, LONG_PREFILL_S, long_prefill_seconds
+
+    assert long_prefill_seconds(0) == LONG_PREFILL_MIN_S == 10  # the tiny models of the tests
+    assert long_prefill_seconds(10**9) == 15
+    assert long_prefill_seconds(2 * 10**9) == 30
+    assert long_prefill_seconds(15 * 10**9) == LONG_PREFILL_S == 60  # a 7B model in bf16 keeps the minute
+    assert long_prefill_seconds(140 * 10**9) == 60
 
 
 def test_old_recordings_with_longer_outputs_still_compare():

@@ -24,8 +24,8 @@ install that version to carry it across; sealift.bento.build.record_golden_versi
 Cost (what the build waits for). The recording reads every weight once per
 generated token (decode is memory-bound) and does 2 x params x tokens FLOPs for
 the long prompt's prefill: 4 prompts x MAX_NEW_TOKENS (8) + LONG_NEW_TOKENS
-(16) = 48 passes over the float32 weights, a prefill of at most
-LONG_PROMPT_MAX (512) tokens, the load (bf16 on disk becomes float32), and the
+(16) = 48 passes over the float32 weights, a prefill of the long prompt
+(long_prefill_seconds: 15 s a GB of checkpoint, 10 to 60 s), the load (bf16 on disk becomes float32), and the
 child's start (importing torch and transformers). Torch uses every core
 (recording_threads). The build prints the seconds and their split (start,
 imports, load, short, long). Measured with scripts/bench_golden.py on a
@@ -61,6 +61,7 @@ __all__ = [
     "PROMPTS",
     "TOP_K",
     "available_memory",
+    "long_prefill_seconds",
     "load_golden",
     "plan_recording",
     "record",
@@ -80,10 +81,16 @@ MAX_NEW_TOKENS = 8
 LONG_NEW_TOKENS = 16
 #: The long prompt fills the model's context up to LONG_NEW_TOKENS (so `check` exercises rope scaling,
 #: sliding windows and a long KV cache), cut to what the build host affords: a prefill of at most
-#: LONG_PREFILL_S seconds at the matmul speed measured in the recording child (2 x params FLOPs a token),
+#: long_prefill_seconds() at the matmul speed measured in the recording child (2 x params FLOPs a token),
 #: and keys, values and (eager attention) one layer's scores within the memory left after the weights.
 #: Never cut below LONG_PROMPT_FLOOR tokens (what recordings held before) where the context allows.
+#: The prefill's time grows with the weights, as the trip's own cost does (copying and hashing them):
+#: LONG_PREFILL_S_PER_GB seconds a GB of checkpoint, between LONG_PREFILL_MIN_S and LONG_PREFILL_S. A 1 GB
+#: model's long prompt took 57 of its recording's 75 s with a flat minute (4,080 tokens on 2 cores), 44% of
+#: the whole trip (scripts/bench_e2e.py); a 15 GB 7B model keeps the minute. `sealift check` replays it.
 LONG_PREFILL_S = 60.0
+LONG_PREFILL_MIN_S = 10.0
+LONG_PREFILL_S_PER_GB = 15.0
 LONG_PROMPT_FLOOR = 512
 #: Kept for callers that name it: the floor of the long prompt.
 LONG_PROMPT_MAX = LONG_PROMPT_FLOOR
@@ -301,6 +308,21 @@ def long_prompt_length(*, context: int, params: int, gflops: float, memory: int,
                     f"({reason}); `sealift golden NAME` on a bigger host records a longer one")
 
 
+def long_prefill_seconds(weights_bytes: int) -> float:
+    """Seconds of prefill the long prompt may take: LONG_PREFILL_S_PER_GB a GB of checkpoint, within
+    [LONG_PREFILL_MIN_S, LONG_PREFILL_S]."""
+    return max(LONG_PREFILL_MIN_S, min(LONG_PREFILL_S, LONG_PREFILL_S_PER_GB * weights_bytes / 1e9))
+
+
+def _checkpoint_bytes(model_dir: Path) -> int:
+    """Bytes of the weight files in a model folder (safetensors, else .bin/.pt): what the trip carries."""
+    for pattern in ("*.safetensors", "*.bin", "*.pt"):
+        files = [f for f in Path(model_dir).glob(pattern) if f.is_file()]
+        if files:
+            return sum(f.stat().st_size for f in files)
+    return 0
+
+
 def _matmul_gflops(torch: Any) -> float:
     """float32 matmul speed here, GFLOP/s (about a third of a second)."""
     a, b = torch.randn(512, 1024), torch.randn(1024, 1024)
@@ -401,7 +423,8 @@ def record(
             context=context, params=sum(p.numel() for p in model.parameters()), gflops=_matmul_gflops(torch),
             memory=max(0, available_memory() - OVERHEAD_BYTES), kv_bytes_per_token=kv_bytes_per_token(model.config, 4),
             # eager attention holds one layer's [heads, L, L] scores: per token, heads x L x 4 bytes (L <= context)
-            score_bytes_per_token=heads * context * 4 if eager else 0, new_tokens=long_new_tokens)
+            score_bytes_per_token=heads * context * 4 if eager else 0, new_tokens=long_new_tokens,
+            seconds=long_prefill_seconds(_checkpoint_bytes(model_dir)))
     filler = list(tokenizer(LONG_FILLER)["input_ids"])
     ids = filler
     while len(ids) < long_len:
