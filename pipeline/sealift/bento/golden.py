@@ -314,15 +314,6 @@ def long_prefill_seconds(weights_bytes: int) -> float:
     return max(LONG_PREFILL_MIN_S, min(LONG_PREFILL_S, LONG_PREFILL_S_PER_GB * weights_bytes / 1e9))
 
 
-def _checkpoint_bytes(model_dir: Path) -> int:
-    """Bytes of the weight files in a model folder (safetensors, else .bin/.pt): what the trip carries."""
-    for pattern in ("*.safetensors", "*.bin", "*.pt"):
-        files = [f for f in Path(model_dir).glob(pattern) if f.is_file()]
-        if files:
-            return sum(f.stat().st_size for f in files)
-    return 0
-
-
 def _matmul_gflops(torch: Any) -> float:
     """float32 matmul speed here, GFLOP/s (about a third of a second)."""
     a, b = torch.randn(512, 1024), torch.randn(1024, 1024)
@@ -374,6 +365,7 @@ def record(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sealift.core.hfconfig import checkpoint_bytes
     from sealift.core.version import __version__
     from sealift.serving.transformers_backend import context_length_of
 
@@ -424,7 +416,7 @@ def record(
             memory=max(0, available_memory() - OVERHEAD_BYTES), kv_bytes_per_token=kv_bytes_per_token(model.config, 4),
             # eager attention holds one layer's [heads, L, L] scores: per token, heads x L x 4 bytes (L <= context)
             score_bytes_per_token=heads * context * 4 if eager else 0, new_tokens=long_new_tokens,
-            seconds=long_prefill_seconds(_checkpoint_bytes(model_dir)))
+            seconds=long_prefill_seconds(checkpoint_bytes(model_dir)))
     filler = list(tokenizer(LONG_FILLER)["input_ids"])
     ids = filler
     while len(ids) < long_len:

@@ -8,9 +8,10 @@ batcher's budget read the attention shape through `attention_shape`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTEXT_KEYS", "AttentionShape", "attention_shape", "context_length", "text_config"]
+__all__ = ["CONTEXT_KEYS", "AttentionShape", "attention_shape", "checkpoint_bytes", "context_length", "text_config"]
 
 #: config.json keys that hold the context length, in the order they are tried.
 CONTEXT_KEYS = (
@@ -74,3 +75,9 @@ def attention_shape(config: Any) -> AttentionShape | None:
     if min(heads, kv_heads, head_dim, layers) <= 0:
         return None
     return AttentionShape(layers, heads, kv_heads, head_dim)
+
+
+def checkpoint_bytes(model_dir: str | Path) -> int:
+    """Bytes of the weight files in a model folder: its *.safetensors, else its *.bin (0 where it has neither)."""
+    root = Path(model_dir)
+    return sum(f.stat().st_size for f in root.glob("*.safetensors")) or sum(f.stat().st_size for f in root.glob("*.bin"))

@@ -39,6 +39,7 @@ from sealift.model import _bentoml
 from sealift.core import console
 from sealift.host import registry
 from sealift.core.errors import Failure, UserError
+from sealift.core.hfconfig import checkpoint_bytes
 from sealift.core.offline import apply_offline_env, guarded_env
 from sealift.serving.config import BACKENDS, DTYPES, BentoConfig, ServeConfig
 from sealift.model.store import find_bento
@@ -173,7 +174,7 @@ def transformers_plan(serve: ServeConfig, model_path: str | Path | None, env: di
     context = min(serve.max_model_len or declared, declared)
     dtype = serve.dtype or config.get("torch_dtype") or config.get("dtype") or "float32"
     element = 2 if dtype in ("bfloat16",) else 4  # float16 runs as float32 on CPU (transformers_backend)
-    stored = sum(f.stat().st_size for f in root.glob("*.safetensors")) or sum(f.stat().st_size for f in root.glob("*.bin"))
+    stored = checkpoint_bytes(root)
     declared_dtype = config.get("torch_dtype") or config.get("dtype")
     on_disk = 2 if declared_dtype in ("bfloat16", "float16") else 4
     return cpu_sizing(config, context, element, weights_bytes=stored * element // on_disk, environ=env).why

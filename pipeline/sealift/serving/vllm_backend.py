@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sealift.core import limits
-from sealift.core.hfconfig import attention_shape, text_config
+from sealift.core.hfconfig import attention_shape, checkpoint_bytes, text_config
 from sealift.core.offline import OFFLINE_ENV
 from sealift.serving.config import ServeConfig
 
@@ -75,7 +75,10 @@ def checkpoint_dtype(model_path: str | Path) -> str | None:
     """The dtype config.json names (`dtype`, or `torch_dtype` before transformers 5), when it is one vLLM's CPU
     backend serves: a float32 checkpoint serves in float32 there, as on the transformers backend (vLLM's own
     `auto` would halve it)."""
-    config = _model_config(model_path)
+    return _dtype_of(_model_config(model_path))
+
+
+def _dtype_of(config: dict) -> str | None:
     text = text_config(config)
     value = text.get("dtype") or text.get("torch_dtype") or config.get("dtype") or config.get("torch_dtype")
     return value if value in ("float32", "bfloat16", "float16") else None
@@ -171,13 +174,6 @@ def usable_cores() -> list[int]:
     return cores[:max(1, cpus)]
 
 
-def _weights_bytes(model_path: str | Path | None) -> int:
-    if model_path is None:
-        return 0
-    root = Path(model_path)
-    return sum(f.stat().st_size for f in root.glob("*.safetensors")) or sum(f.stat().st_size for f in root.glob("*.bin"))
-
-
 def available_memory() -> int:
     """Bytes this process may still use: MemAvailable cut to the container's limit less its working set."""
     return limits.read_limits().memory_budget
@@ -200,18 +196,18 @@ def _model_config(model_path: str | Path | None) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def _context(model_path: str | Path | None, config: ServeConfig) -> int | None:
-    value = config.max_model_len or text_config(_model_config(model_path)).get("max_position_embeddings")
+def _context(model_config: dict, config: ServeConfig) -> int | None:
+    value = config.max_model_len or text_config(model_config).get("max_position_embeddings")
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def _full_batch_kv_bytes(model_path: str | Path | None, config: ServeConfig) -> int | None:
+def _full_batch_kv_bytes(model_config: dict, config: ServeConfig) -> int | None:
     """KV cache bytes for --max-num-seqs (default 256) sequences of the full context, or None if unknown."""
-    shape = attention_shape(_model_config(model_path))
-    context = _context(model_path, config)
+    shape = attention_shape(model_config)
+    context = _context(model_config, config)
     if shape is None or not context:
         return None
-    dtype = config.dtype or checkpoint_dtype(model_path or ".") or "bfloat16"
+    dtype = config.dtype or _dtype_of(model_config) or "bfloat16"
     width = 4 if dtype in ("float32", "float") else 2
     return shape.kv_bytes_per_token(width) * context * (config.max_num_seqs or FULL_BATCH)
 
@@ -227,17 +223,18 @@ def cpu_engine_plan(config: ServeConfig, model_path: str | Path | None = None) -
     cores = usable_cores()
     reserved = cores[-1:] if len(cores) > 4 else []
     bind = [c for c in cores if c not in reserved]
-    weights = _weights_bytes(model_path)
+    weights = checkpoint_bytes(model_path) if model_path is not None else 0
     if config.kv_cache_gib:
         gib, source = config.kv_cache_gib, "--kv-cache-gib"
     else:
         spare = max(0, available_memory() - int(weights * 1.2))
         gib = max(1, min(64, spare // 2 // 2**30))
         source = f"half of the {spare / 2**30:.1f} GiB free after the {weights / 2**30:.2f} GiB of weights"
-        full = _full_batch_kv_bytes(model_path, config)  # more than a full batch of full contexts is never used
+        model_config = _model_config(model_path)  # read once
+        full = _full_batch_kv_bytes(model_config, config)  # more than a full batch of full contexts is never used
         if full is not None and full < gib * 2**30:
             gib = max(1, -(-full // 2**30))
-            source = (f"enough for {FULL_BATCH} sequences of {_context(model_path, config)} tokens; "
+            source = (f"enough for {FULL_BATCH} sequences of {_context(model_config, config)} tokens; "
                       f"{spare / 2**30:.1f} GiB free")
     why = (f"vLLM CPU: {len(bind)} OpenMP threads bound to cores {','.join(map(str, bind))}"
            + (f", core {reserved[0]} left to the HTTP servers" if reserved else "")
