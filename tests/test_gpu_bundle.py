@@ -320,7 +320,9 @@ def test_the_proof_installs_for_the_bundles_platform_and_says_when_this_host_can
     assert proof.runs_here(f"manylinux_2_28_{here}") is None and proof.runs_here(None) is None
 
 
-def test_a_proof_that_fails_refuses_the_export_and_writes_nothing(cpu_bento, installed_bundle, tmp_path):
+def test_a_proof_that_fails_refuses_the_export_and_finishes_nothing(cpu_bento, installed_bundle, tmp_path):
+    """The proof runs beside the archive's write: a failed one leaves only the .partial folder (no SHA256SUMS, no
+    final name), and the next export resumes it: the archive's bytes are not written again."""
     wheels = wheel_set(installed_bundle.bundle / "wheels", tmp_path / "wheels", leave_out=("torch",))
     make_wheel(wheels, "torch", "2.13.0+cpu", files={"torch/__init__.py": "raise ImportError('a broken torch')\n"},
                tag="cp311-cp311-manylinux_2_28_x86_64")
@@ -328,11 +330,31 @@ def test_a_proof_that_fails_refuses_the_export_and_writes_nothing(cpu_bento, ins
     run = cpu_bento.host.sealift("export", "tiny", dest, "--wheels-from", wheels)
     assert run.code == 2, run.err
     lines = [ln for ln in run.err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "proof failed" in lines[0] and "a broken torch" in lines[0]
-    assert not dest.exists() or not any(dest.iterdir())
-    # --no-proof skips it: the same wheels then make a bundle (whose proof says skipped)
+    assert len(lines) == 1 and "proof failed" in lines[0] and "a broken torch" in lines[0], run.err
+    assert "was not finished" in lines[0] and "the next export resumes it" in lines[0], lines[0]
+    [partial] = dest.iterdir()
+    assert partial.name.endswith(".partial") and not (partial / "SHA256SUMS").exists()
+    assert (partial / "wheels" / next(wheels.glob("torch-*.whl")).name).is_file()
+    # --no-proof skips it: the same wheels then make a bundle (whose proof says skipped), from what was written
     run = cpu_bento.host.sealift("export", "tiny", dest, "--wheels-from", wheels, "--no-proof", "--json", check=True)
-    assert run.json()["proof"] == {"skipped": "--no-proof"}
+    result = run.json()
+    assert result["proof"] == {"skipped": "--no-proof"}
+    assert result["resumed_from_bytes"] == result["archive_bytes"] and result["reused_files"] == result["wheels"]
+    assert [p.name for p in dest.iterdir()] == [Path(result["bundle"]).name]
+
+
+def test_the_proofs_uv_refuses_a_wheel_that_is_not_the_locks(tmp_path):
+    """The proof holds each wheel to the lock's sha256 as uv reads it (HashMismatch: none of its code ran), a
+    second check behind the copy's."""
+    from sealift.bundle import proof
+
+    marker = tmp_path / "ran"
+    wheel = make_wheel(tmp_path / "wheels", "purepkg", "1.0",
+                       files={"purepkg/__init__.py": f"open({str(marker)!r}, 'w').close()\n"})
+    with pytest.raises(proof.HashMismatch, match="the wheel for purepkg==1.0 is not the one the lock names"):
+        proof.prove([wheel], ["purepkg==1.0"], target="cpu", python_version=t_py(),
+                    constraints=[f"purepkg==1.0 --hash=sha256:{'0' * 64}"])
+    assert not marker.exists()
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +362,7 @@ def gpu_host(tmp_path_factory, tiny_llama) -> Env:
     """A host holding tiny_llama and a gpu bento of it (nothing else: the shared cpu host stays as it is)."""
     env = Env(tmp_path_factory.mktemp("gpu-host"))
     env.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
-    env.sealift("build", "tiny", "--target", "gpu", "--json", check=True)
+    env.sealift("build", "tiny", "--target", "gpu", "--no-golden", "--json", check=True)
     return env
 
 
@@ -365,10 +387,10 @@ def test_a_second_bundle_on_the_same_medium_adds_only_the_wheels_not_already_the
     env.sealift("import", tiny_llama, "--name", "tiny", "--json", check=True)
     wheels = installed_bundle.bundle / "wheels"
     dest = tmp_path / "usb"
-    env.sealift("build", "tiny", "--target", "cpu", "--json", check=True)
+    env.sealift("build", "tiny", "--target", "cpu", "--no-golden", "--json", check=True)
     first = env.sealift("export", "tiny", dest, "--wheels-from", wheels, "--no-proof", "--json", check=True).json()
     assert first["shared_wheels"] == 0
-    env.sealift("build", "tiny", "--target", "cpu", "--json", check=True)  # a second bento version
+    env.sealift("build", "tiny", "--target", "cpu", "--no-golden", "--json", check=True)  # a second bento version
     second = env.sealift("export", "tiny", dest, "--wheels-from", wheels, "--no-proof", "--json", check=True).json()
     assert second["bundle"] != first["bundle"]
     assert second["shared_wheels"] == second["wheels"] == first["wheels"]

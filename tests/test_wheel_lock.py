@@ -218,8 +218,9 @@ def test_a_poisoned_cached_wheel_that_cannot_be_fetched_again_is_refused(cpu_ben
 
 @pytest.mark.parametrize("kind", ["code", "garbage"])
 def test_the_proof_refuses_a_poisoned_wheel_before_its_code_runs(cpu_bento, index, primed, tmp_path, kind):
-    """code: a valid wheel whose import leaves a mark (uv's hash check stops it); garbage: random bytes (uv
-    cannot even read it). Either way export finds the cached wheel is not the lock's and fetches it again."""
+    """code: a valid wheel whose import leaves a mark; garbage: random bytes. Either way export finds the cached
+    wheel is not the lock's as it copies it to the medium, fetches it again, and the proof (which runs over the
+    medium's copies, beside the archive's write) installs the good one: the poison never reaches uv."""
     url, good, bad = index
     cache = _cache_copy(primed, tmp_path)
     cached = _poison(cache, bad, good["torch"])
@@ -231,9 +232,6 @@ def test_the_proof_refuses_a_poisoned_wheel_before_its_code_runs(cpu_bento, inde
     run = _export(cpu_bento, url, cache, dest, human=True, **{MARKER_ENV: str(marker)})
     assert run.code == 0, run.err
     assert not marker.exists(), "the poisoned torch ran"
-    if kind == "code":
-        assert "the wheel for torch==2.13.0 is not the one the lock names" in run.err, run.err
-    assert "running the checks again over the wheels fetched again" in run.err, run.err
     assert f"{cached.name} in the wheel cache is not the wheel the lock names" in run.err, run.err
     assert re.search(r"proof: offline venv .* imports torch", run.out), run.out  # proven over the good wheel
     [bundle] = [p for p in dest.iterdir() if p.is_dir()]

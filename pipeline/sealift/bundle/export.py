@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sealift.core import console
 from sealift.bundle import signing, volumes
@@ -169,10 +169,20 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
             check.add(resolved)
             openllm_wheels = list(resolved)
 
-    # What the target needs, and the proof: both before a byte is written (sealift.bundle.target, sealift.bundle.proof).
+    # What the target needs: before a byte is written (sealift.bundle.target). The proof (sealift.bundle.proof) runs
+    # beside the archive's write on the plain path; a delta, volumes and an OCI layout prove first.
+    requirements = bundle_requirements(bento)
+    limit = volumes.file_limit(dest, max_file_size)
+    beside = (plan is None and not oci and not spanning
+              and not volumes.needs_split(members, [*wheels, *openllm_wheels], limit))
+
     def needs_and_proof() -> tuple[dict[str, Any], dict[str, Any]]:
+        if beside:
+            needs = proof_step.needs_for(bento, kind, wheels, platform=platform, python_version=python_version,
+                                         cuda=cuda, backend=backend, left_out=left_out)
+            return needs, proof_step.skipped(wheels, run_proof=proof, python_version=python_version) or {}
         return proof_step.needs_and_proof(bento, kind, wheels, platform=platform, python_version=python_version,
-                                          cuda=cuda, run_proof=proof, requirements=bundle_requirements(bento),
+                                          cuda=cuda, run_proof=proof, requirements=requirements,
                                           constraints=check.constraints(wheels), backend=backend,
                                           left_out=left_out)
     try:
@@ -184,6 +194,12 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
         console.warn(f"the wheels were refused ({exc.message[:120]}); running the checks again over the wheels "
                      "fetched again")
         needs, proven = needs_and_proof()
+    prove_beside = None
+    if beside and not proven:  # the proof runs: over the medium's copies of the wheels, while the archive is written
+        def prove_beside(copies: list[Path], steps: Any) -> dict[str, Any]:
+            return proof_step.proof_for(bento, kind, copies, platform=platform, python_version=python_version,
+                                        requirements=requirements, constraints=check.constraints(wheels),
+                                        backend=backend, left_out=left_out, steps=steps, beside=True)
     wheels = plan.split_wheels(wheels) if plan else wheels  # the far side's pool holds the rest
     if oci:  # one OCI image layout instead of the folder (sealift.bundle.oci)
         from sealift.bundle import oci as oci_step
@@ -192,7 +208,6 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
                                         sbom=bool(wheels) if sbom is None else sbom, shell=shell, needs=needs)
         result.proof = proven
         return result
-    limit = volumes.file_limit(dest, max_file_size)
     if spanning or volumes.needs_split(members, [*wheels, *openllm_wheels], limit):  # parts and volumes
         if plan is not None:
             raise UserError(f"a delta bundle (--have) cannot be written in parts yet, and a file of it is over "
@@ -220,8 +235,9 @@ def export_bento(tag: str, dest: Path, *, platform: str | None, python_version: 
         result = _write_bundle(bento, members, wheels, journal, partial, final, platform, python_version, started,
                                openllm_wheels=openllm_wheels, needs=needs, sign=sign,
                                sbom=bool(wheels) if sbom is None else sbom, delta=plan.record() if plan else None,
-                               check=check)
-        result.proof = proven
+                               check=check, prove=prove_beside)
+        if prove_beside is None:
+            result.proof = proven
         return result
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
@@ -234,9 +250,15 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
                   final: Path, platform: str, python_version: str, started: float, *,
                   openllm_wheels: list[Path] | None = None, needs: dict[str, Any] | None = None,
                   sign: Path | None = None, sbom: bool = True, delta: dict[str, Any] | None = None,
-                  check: WheelCheck | None = None) -> ExportResult:
+                  check: WheelCheck | None = None,
+                  prove: Callable[[list[Path], Any], dict[str, Any]] | None = None) -> ExportResult:
     """Write (or finish) everything in `partial`, then make it `final`; `delta`: manifest.json's delta record;
-    `check`: each wheel's bytes as copied against its lock (sealift.bundle.wheelcheck)."""
+    `check`: each wheel's bytes as copied against its lock (sealift.bundle.wheelcheck).
+
+    The wheels are written first; `prove` (sealift.bundle.proof.proof_for) then runs over their copies in a
+    thread (proof.Beside) while the archive is written, and `partial` becomes `final` only once it passed:
+    a failed proof leaves `partial` with its journal, for the next export to resume.
+    """
     check = check or WheelCheck()
     if journal.doc["archive"]["offset"] == 0 and not journal.doc["files"] and partial.exists():
         shutil.rmtree(partial)  # no journal we can trust: nothing in it is known to be complete
@@ -245,23 +267,6 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
     archive_name = f"{bento.name}-{bento.version}.tar"
     resumed = 0
     entries: list[FileEntry] = []
-
-    arch = journal.archive
-    written = partial / archive_name
-    if arch.get("done") and written.is_file() and written.stat().st_size == arch["size"]:
-        with console.byte_progress(arch["size"], "checking the archive already written") as adv:
-            digest = hash_file(partial / archive_name, adv)
-        if digest == arch["sha256"]:
-            entries.append(FileEntry(archive_name, arch["size"], digest))
-            resumed = arch["size"]
-        else:
-            arch.update(offset=0, sha256=hashlib.sha256().hexdigest(), done=False)
-    if not entries:
-        console.info(f"writing {archive_name} ({fmt_bytes(arch['size'])})")
-        # one bar (rich shows one at a time): a resumed export first re-reads what it wrote before
-        with console.byte_progress(arch["size"] + int(arch.get("offset", 0)), archive_name) as adv:
-            entry, resumed = write_archive(members, partial / archive_name, journal, adv, adv)
-        entries.append(entry)
 
     reused = 0
     shared: list[FileEntry] = []
@@ -287,6 +292,36 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
                 if sum(e.size for _, e in unsynced) >= SYNC_BATCH_BYTES:
                     _settle(unsynced, journal)
             _settle(unsynced, journal)
+    pending = None
+    if prove is not None and wheels:  # the proof, over the medium's copies, beside the archive's write
+        from sealift.bundle.proof import Beside
+
+        console.info(f"proof: the runtime venv from the {len(wheels)} wheels on the medium, beside the archive's write")
+        pending = Beside(lambda steps: prove([partial / WHEELS / w.name for w in wheels], steps),
+                         outcome=f"the bundle was not finished ({partial} stays: the next export resumes it)")
+    try:
+        arch = journal.archive
+        archive_entry: FileEntry | None = None
+        written = partial / archive_name
+        if arch.get("done") and written.is_file() and written.stat().st_size == arch["size"]:
+            with console.byte_progress(arch["size"], "checking the archive already written") as adv:
+                digest = hash_file(partial / archive_name, adv)
+            if digest == arch["sha256"]:
+                archive_entry = FileEntry(archive_name, arch["size"], digest)
+                resumed = arch["size"]
+            else:
+                arch.update(offset=0, sha256=hashlib.sha256().hexdigest(), done=False)
+        if archive_entry is None:
+            console.info(f"writing {archive_name} ({fmt_bytes(arch['size'])})")
+            # one bar (rich shows one at a time): a resumed export first re-reads what it wrote before
+            with console.byte_progress(arch["size"] + int(arch.get("offset", 0)), archive_name) as adv:
+                archive_entry, resumed = write_archive(members, partial / archive_name, journal, adv, adv)
+    except BaseException:
+        if pending is not None:
+            pending.stop()
+        raise
+    proven = pending.wait() if pending is not None else None  # a failed proof: `partial` and its journal stay
+    entries.insert(0, archive_entry)  # the archive first in the lists, as before the wheels were written first
     wheel_entries = [e for e in entries if e.path.startswith(WHEELS + "/")]
     openllm_entries = [e for e in entries if e.path.startswith(WHEELS_OPENLLM + "/")]
     own = next((e.path.split("/", 1)[1] for e in wheel_entries if e.path.startswith(f"{WHEELS}/sealift-")), "")
@@ -332,7 +367,7 @@ def _write_bundle(bento: BentoSource, members: list[Member], wheels: list[Path],
         shared_wheels=len(shared), shared_wheel_bytes=sum(e.size for e in shared),
         sbom=sbom_step.SBOM_NAME if sbom else "", signature=signature.to_dict() if signature else None,
         relied_files=len(delta["relies"]) if delta else 0, relied_bytes=delta["relied_bytes"] if delta else 0,
-        wheel_hashes=manifest.get("wheel_hashes") or {},
+        wheel_hashes=manifest.get("wheel_hashes") or {}, proof=proven or {},
     )
 
 

