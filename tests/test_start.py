@@ -6,6 +6,7 @@ One server (the shared cpu bento, with an API key) serves all the assertions.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -131,6 +132,17 @@ def test_second_start_on_a_busy_port_is_refused(server, cpu_bento):
     run = cpu_bento.host.sealift("start", "tiny", "--port", str(server.port), timeout=60)
     assert run.code == 2 and "already in use" in run.err
     assert len(run.err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="this Python has vLLM")
+def test_vllm_asked_of_a_python_without_it_is_one_line_not_a_restart_loop(cpu_bento):
+    """BentoML restarts a worker that fails to start, forever: start checks the server's Python first."""
+    port = free_port()
+    run = cpu_bento.host.sealift("start", "tiny", "--port", str(port), "--backend", "vllm", timeout=60)
+    assert run.code == 2, run.err
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and "serves with vLLM" in lines[0] and "has no vllm" in lines[0], run.err
+    assert "--backend transformers" in lines[0] and port_is_free(port)
 
 
 def test_sigint_stops_everything(server):

@@ -92,10 +92,35 @@ def _server_command(ref: str, host: str, port: int, options: dict[str, Any]) -> 
     if python != sys.executable:  # the runtime venv: its bin (vllm, ...) first on PATH too
         env["VIRTUAL_ENV"] = str(Path(python).parent.parent)
         env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
+    check_engine_present(tag, config, python, env)
     # cwd = the bento's src: `python -m` puts cwd first on sys.path, so the
     # bento's own copy of service.py and sealift/ is what runs.
     cmd = [python, "-m", "bentoml", "serve", tag, "--host", host, "--port", str(port)]
     return tag, cmd, env, bento_src, config.served_model_name
+
+
+#: Exit 3 from the server's Python when it cannot find vllm (a lookup: nothing is imported).
+_FIND_VLLM = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm') else 3)"
+
+
+def check_engine_present(tag: str, config: BentoConfig, python: str, env: dict[str, str]) -> None:
+    """UserError (exit 2) before BentoML starts when the bento serves with vLLM and the server's Python has none.
+
+    BentoML restarts a worker whose startup fails, forever: without this a vLLM bento started with a Python
+    that lacks vLLM (no runtime venv here) printed the same traceback every few seconds and never exited.
+    """
+    try:
+        backend = ServeConfig.from_env(config, env).backend
+    except UserError:
+        return  # a bad knob: the service says which, with its own error
+    if backend != "vllm" or env.get("SEALIFT_VLLM_EXECUTABLE"):  # a wrapper the user named is trusted to run vLLM
+        return
+    found = subprocess.run([python, "-c", _FIND_VLLM], env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if found.returncode == 3:
+        raise UserError(f"{tag} serves with vLLM, and {python} has no vllm: nothing was started",
+                        hint="install its bundle here (`sealift install`: the runtime venv carries vLLM), or start it "
+                             "with --backend transformers")
 
 
 @contextlib.contextmanager
