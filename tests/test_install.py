@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import importlib.util
 import os
 import shutil
 import signal
@@ -286,6 +287,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CACHED = r"""
+import importlib, importlib.util, json, sys
+out = {}
+for name in sys.argv[1:]:
+    mod = importlib.import_module(name)
+    out[name] = __import__("os").path.isfile(importlib.util.cache_from_source(mod.__file__))
+print(json.dumps(out))
+"""
+
+
+def test_install_wrote_the_bytecode_of_what_the_server_imports(installed_bundle):
+    """uv does not compile; install imports the server's modules once so that each start (even where nothing
+    can be written: PYTHONDONTWRITEBYTECODE, a read-only venv) finds their .pyc files."""
+    result = installed_bundle.install
+    assert result["timings"]["bytecode"] > 0
+    py = Path(result["venv"]) / "bin" / "python"
+    names = ["torch", "transformers", "transformers.models.llama.modeling_llama", "bentoml",
+             "_bentoml_impl.worker.service", "sealift.serving.app", "safetensors.torch"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    src = Path(result["bento_path"]) / "src" if result.get("bento_path") else None
+    src = src or next((installed_bundle.host.bentoml_home / "bentos").glob("*/*/src"))
+    run = subprocess.run([str(py), "-c", CACHED, *names], env=env, cwd=src, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == dict.fromkeys(names, True)
+    # a module the server does not import was left to uv's default (not compiled)
+    untouched = Path(result["venv"]).glob("lib/python3*/site-packages/torch/utils/benchmark/utils/fuzzer.py")
+    assert [f for f in untouched if Path(importlib.util.cache_from_source(str(f))).is_file()] == []
 
 
 def test_installed_bundle_made_an_offline_venv_and_serves_a_chat(installed_bundle):

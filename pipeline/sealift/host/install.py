@@ -9,7 +9,8 @@ $SEALIFT_HOME/tmp (sealift.host.wheelpool), the other files hashed only. The sto
 change only once every byte matched: models and the bento are renamed in (as `bentoml import`
 would place them, without its two copies through the system temp directory), the wheels become
 blobs named by their sha256. Then the runtime venv from exactly the bundle's wheels
-(sealift.host.venv), the bento linked for openllm (sealift.host.openllm), the install recorded.
+(sealift.host.venv) and the bytecode of what the server imports (sealift.host.bytecode), the bento
+linked for openllm (sealift.host.openllm), the install recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sealift.core.units import fmt_bytes
 from sealift.host import openllm, registry, verify, wheelpool
 from sealift.host.importing import StagedImport
 from sealift.host.medium import open_medium
+from sealift.host.bytecode import warm_bytecode
 from sealift.host.venv import create_venv
 from sealift.host.wheelpool import Wheel
 from sealift.model import _bentoml
@@ -176,6 +178,13 @@ def install_bundle(bundle_dir: Path | list[Path], *, venv: Path | None = None, m
                                    requirements=req_file, wheels=wheelset,
                                    left_out=tuple((doc.get("needs") or {}).get("wheels_left_out") or ()))
         timings["venv"] = time.monotonic() - t
+        if venv_status == "created":  # the .pyc files of what the server imports (sealift.host.bytecode)
+            with console.spinner("compiling what the server imports (once, here: not at each start)"):
+                warmed = warm_bytecode(venv_path / "bin" / "python", [Path(p) for p in outcome.model_paths.values()],
+                                       Path(outcome.bento_path) / "src")
+            timings["bytecode"] = warmed.seconds
+            if warmed.error:
+                console.warn(f"the runtime venv's bytecode was not written ({warmed.error}); each start compiles it")
 
     target.record_needs(doc)  # for `sealift doctor`
     repo = openllm.register(bento_tag=bento_tag, bento_path=Path(outcome.bento_path),
