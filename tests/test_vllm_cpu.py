@@ -370,10 +370,36 @@ def test_no_process_tried_the_network(served: Served) -> None:
     assert not attempts, f"the vLLM server tried to reach the network: {attempts[:3]}"
 
 
+def test_sigterm_leaves_no_process_behind(served: Served) -> None:
+    """Stops the module's server (before the openllm route starts its own, on the same core). vLLM forks an EngineCore and a worker under BentoML's workers."""
+    served.seen.update(descendants(served.proc.pid))
+    names = " ".join(served.seen.values())
+    assert "VLLM::EngineCore" in names or len(served.seen) >= 4, served.seen
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=120) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    alive = []
+    while time.monotonic() < deadline:
+        alive = [pid for pid in served.seen if _alive(pid)]
+        if not alive:
+            break
+        time.sleep(0.5)
+    assert not alive, {pid: served.seen[pid] for pid in alive}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_openllm_serve_starts_the_vllm_route(vllm_path: dict, tmp_path: Path) -> None:
     """`openllm serve tiny` (openllm 0.6.30 from the bundle's wheels-openllm/, as INSTALL.txt installs it) makes its
     venv from the kept wheels with uv, offline, leaving out what the bundle leaves out (UV_OVERRIDE from
-    `sealift env`), and serves the bento's vLLM command; in a loopback-only network namespace."""
+    `sealift env`), and serves the bento's vLLM command; in a loopback-only network namespace. Last in the module:
+    the module's server has stopped, so this one has the core to itself (and vLLM's compile cache that one left)."""
     import shlex
 
     from conftest import BareHost, install_txt_steps
@@ -410,28 +436,3 @@ def test_openllm_serve_starts_the_vllm_route(vllm_path: dict, tmp_path: Path) ->
     assert venvs and all(not list(v.glob("torchvision*")) for v in venvs)  # left out, as sealift install did
     assert read_guard_log(guard_log) == []
     print(f"openllm serve (vLLM for CPUs) answered after {result['seconds']:.1f} s")
-
-
-def test_sigterm_leaves_no_process_behind(served: Served) -> None:
-    """Last in the module: stops the server. vLLM forks an EngineCore and a worker under BentoML's workers."""
-    served.seen.update(descendants(served.proc.pid))
-    names = " ".join(served.seen.values())
-    assert "VLLM::EngineCore" in names or len(served.seen) >= 4, served.seen
-    served.proc.send_signal(signal.SIGTERM)
-    assert served.proc.wait(timeout=120) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    alive = []
-    while time.monotonic() < deadline:
-        alive = [pid for pid in served.seen if _alive(pid)]
-        if not alive:
-            break
-        time.sleep(0.5)
-    assert not alive, {pid: served.seen[pid] for pid in alive}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
