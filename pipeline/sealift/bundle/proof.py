@@ -32,9 +32,11 @@ Export runs the proof beside the write (`Beside`): the wheels are copied to the
 medium first, each held to the lock as it is read, then the proof installs from
 those copies while the bento archive (the model's bytes) is written, and the
 bundle gets its final name only after the proof passed. A failed proof leaves
-the `.partial` folder, which the next export resumes. Nothing here loads weights, and nothing stays behind: the
-venv and uv's cache for it are in the temporary directory (a GPU stack needs
-~9 GB there while the proof runs).
+the `.partial` folder, which the next export resumes.
+
+Nothing here loads weights, and nothing stays behind: the venv and uv's cache
+for it are in the temporary directory (a GPU stack needs ~9 GB there while the
+proof runs).
 """
 
 from __future__ import annotations
@@ -445,7 +447,6 @@ class Beside:
         self.steps = _Steps(outcome)
         self._result: dict[str, Any] | None = None
         self._error: BaseException | None = None
-        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._main, args=(run,), name="sealift-proof", daemon=True)
         self._thread.start()
 

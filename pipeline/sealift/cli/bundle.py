@@ -76,8 +76,9 @@ def export(
     imports torch, transformers, bentoml (gpu: vllm, torchvision,
     torch.version.cuda) and, for gpu, runs vLLM's own `serve` parser over the
     command lines the bento runs. The bundle gets its name only once the proof
-    passed; a failed proof leaves NAME.partial, which the next export resumes. manifest.json records what
-    the target needs (platform, glibc, Python, CUDA, minimum driver, GPU memory).
+    passed; a failed proof leaves NAME.partial, which the next export resumes.
+    manifest.json records what the target needs (platform, glibc, Python,
+    CUDA, minimum driver, GPU memory).
 
     Anyone can check a signed bundle without sealift, in its directory:
     ssh-keygen -Y verify -f allowed_signers -I IDENTITY -n sealift -s SHA256SUMS.sig < SHA256SUMS

@@ -1,6 +1,6 @@
 """The runtime venv's bytecode, written once at install for the modules the server imports.
 
-    warm_bytecode(python, model_dirs) -> Warmed  (seconds, modules imported, .pyc files written)
+    warm_bytecode(python, model_dirs, bento_src) -> Warmed  (seconds, names imported, modules loaded, error)
 
 uv installs without compiling (pip compiles by default). The server then compiles
 every module it imports (~2,100 files for torch, transformers and bentoml) on one
